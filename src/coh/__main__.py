@@ -1,0 +1,5 @@
+import sys
+
+from coh.cli import main
+
+sys.exit(main())

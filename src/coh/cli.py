@@ -1,0 +1,159 @@
+"""The ``coh`` command: one subcommand per pipeline stage. Argument parsing only; the work is in
+``coh.data``, ``coh.train``, ``coh.serve``, ``coh.eval`` and ``coh.convert``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+NOT_BUILT = {
+    "train": "CoH fine-tuning of any Hugging Face causal LM",
+    "serve": "an OpenAI-compatible server with a chat page",
+    "eval": "lm-evaluation-harness and the paper's own evaluations",
+    "convert": "checkpoints in and out (Meta LLaMA, EasyLM, LoRA, HF)",
+    "demo": "the whole pipeline on a tiny model, in minutes on a laptop CPU",
+    "judge": "pairwise human evaluation in the browser",
+}
+
+
+def _data_build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe whose keys are these options (underscores); flags override it")
+    p.add_argument("--source", "-s", action="append", default=None, metavar="SPEC",
+                   help="a dataset, repeatable: KIND (paper sets by hub name), KIND:FILE, KIND:train=FILE,eval=FILE, "
+                        "or KIND:hub=NAME[@CONFIG]; add name=LABEL or limit=N to the comma list. KIND is one of "
+                        "dialogue, webgpt, summary, preference, unpaired, rated")
+    p.add_argument("--output-dir", "-o", help="where train.jsonl, eval.jsonl and summary.json go")
+    p.add_argument("--feedback", default=None,
+                   help="feedback types, comma list of p, n, pn, np, aux, chain (default: p,n,pn,np)")
+    p.add_argument("--shared-prefix", choices=["context", "original"], default=None,
+                   help="hh-rlhf turns shared by chosen and rejected: context without loss (default), or the "
+                        "original's behaviour (trained under both phrases)")
+    p.add_argument("--resample", action="store_true", default=None,
+                   help="one record per example, phrase pair and order drawn afresh each epoch (first release)")
+    p.add_argument("--phrases", help="YAML or JSON file of feedback phrases per source")
+    p.add_argument("--seed", type=int, default=None, help="seed for every random choice (default 0)")
+    p.add_argument("--eval-fraction", type=float, default=None,
+                   help="held-out share for datasets without an eval split (default 0.05)")
+    p.add_argument("--skip-invalid", action="store_true", default=None,
+                   help="write invalid rows to rejects.jsonl and go on, instead of stopping at the first")
+    p.add_argument("--num-proc", type=int, default=None, help="processes for converting rows (default: 1)")
+    p.add_argument("--tokenizer", help="tokenizer (path or hub id): also write token ids and loss masks")
+    p.add_argument("--chat-template", action="store_true", default=None,
+                   help="tokenize through the tokenizer's chat template")
+    p.add_argument("--format", dest="output_format", choices=["coh", "fields"], default=None,
+                   help="record format: ours (segments) or the original's 'fields' format")
+    p.add_argument("--no-progress", action="store_true", default=None, help="no progress bars")
+
+
+def _run_data_build(args: argparse.Namespace) -> int:
+    from coh.data.build import BuildConfig, SourceSpec, build
+    from coh.data.render import RenderSpec
+
+    opts = {}
+    if args.config:
+        import yaml
+
+        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        opts.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    opts.update({k: v for k, v in vars(args).items() if v is not None and k not in ("config", "func", "command")})
+    if not opts.get("source"):
+        print("coh data build: give at least one --source (see --help)", file=sys.stderr)
+        return 2
+    if not opts.get("output_dir"):
+        print("coh data build: give --output-dir", file=sys.stderr)
+        return 2
+    specs = [SourceSpec(**s) if isinstance(s, dict) else SourceSpec.parse(s) for s in opts["source"]]
+    feedback = opts.get("feedback", "p,n,pn,np")
+    render = RenderSpec(
+        feedback=RenderSpec.parse_feedback(feedback) if isinstance(feedback, str) else tuple(feedback),
+        shared_prefix=opts.get("shared_prefix", "context"),
+        resample=bool(opts.get("resample", False)),
+    )
+    cfg = BuildConfig(
+        sources=specs, output_dir=opts["output_dir"], render=render, phrases_file=opts.get("phrases"),
+        seed=int(opts.get("seed", 0)), eval_fraction=float(opts.get("eval_fraction", 0.05)),
+        skip_invalid=bool(opts.get("skip_invalid", False)), num_proc=int(opts.get("num_proc", 1)),
+        progress=not opts.get("no_progress", False) and sys.stderr.isatty(),
+        tokenizer=opts.get("tokenizer"), chat_template=bool(opts.get("chat_template", False)),
+        output_format=opts.get("output_format", "coh"),
+    )
+    summary = build(cfg)
+    print_build_summary(summary, cfg.output_dir)
+    return 0
+
+
+def print_build_summary(summary: dict, output_dir: str) -> None:
+    print(f"{'source':<16}{'rows':>9}{'train ex':>10}{'eval ex':>9}{'skipped':>9}{'invalid':>9}{'no rec':>8}")
+    for name, s in summary["sources"].items():
+        print(f"{name:<16}{s['rows']:>9}{s['examples'].get('train', 0):>10}{s['examples'].get('eval', 0):>9}"
+              f"{sum(s['skipped'].values()):>9}{s['invalid']:>9}{s['no_record']:>8}")
+        for reason, n in s["skipped"].items():
+            print(f"  skipped {n}: {reason}")
+    print(f"records: train {summary['records']['train']}, eval {summary['records']['eval']} "
+          f"(feedback {','.join(summary['feedback'])}, seed {summary['seed']})")
+    if summary["invalid_rows"]:
+        print(f"invalid rows set aside: {summary['invalid_rows']} -> {Path(output_dir) / 'rejects.jsonl'}")
+    if "tokens" in summary:
+        for split in ("train", "eval"):
+            t = summary["tokens"][split]
+            print(f"tokens {split}: {t['tokens']} ({t['loss_tokens']} with loss), longest record {t['max_length']}")
+    print(f"written to {output_dir}")
+
+
+def _data_inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="records (ours or the original's 'fields' JSONL)")
+    p.add_argument("--tokenizer", help="tokenizer (path or hub id): lengths in tokens")
+    p.add_argument("--record", type=int, default=0, help="index of the record to render (default 0)")
+    p.add_argument("--max-length", type=int, default=None, help="report records longer than this many tokens")
+
+
+def _run_data_inspect(args: argparse.Namespace) -> int:
+    from coh.data.inspect import run_inspect
+
+    return run_inspect(args.file, tokenizer=args.tokenizer, record_index=args.record, max_length=args.max_length)
+
+
+def _not_built(name: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"coh {name}: {NOT_BUILT[name]} -- not built yet.", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coh", description="Chain of Hindsight: align language models with feedback turned into text."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data = sub.add_parser("data", help="raw feedback into CoH records", description="Raw feedback into CoH records.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("build", help="build records from feedback datasets",
+                            description="Build Chain-of-Hindsight records from feedback datasets.")
+    _data_build_args(p)
+    p.set_defaults(func=_run_data_build)
+    p = data_sub.add_parser("inspect", help="counts, one rendered record, lengths and problems of a records file")
+    _data_inspect_args(p)
+    p.set_defaults(func=_run_data_inspect)
+    for name, text in NOT_BUILT.items():
+        sub.add_parser(name, help=f"{text} (not built yet)").set_defaults(func=_not_built(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from coh.data.errors import DataError
+
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        if os.environ.get("COH_TRACEBACK"):
+            raise
+        print(f"coh {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Feedback as it comes from people, before it becomes text.
+
+Every source (hh-rlhf, WebGPT, summarize-from-feedback, TRL-style preference / unpaired / rated
+files) is normalised into one ``FeedbackExample``: a conversation context that all candidate
+outputs share, and the candidate outputs ordered best first. ``coh.data.render`` then turns an
+example into Chain-of-Hindsight records under a feedback type (``p``, ``n``, ``pn``, ``np``,
+``aux``, ``chain``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of the shared context. ``role`` is ``system``, ``user`` or ``assistant``."""
+
+    role: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model output under judgement.
+
+    ``quotes`` are (title, extract) pairs of sources that belong to this output alone (WebGPT);
+    the renderer shows them, after an introduction phrase, before its feedback phrase. ``score`` is the rating when the source has one.
+    ``followup`` holds turns after the reply when a conversation goes on past the point where two
+    outputs differ (rare in hh-rlhf): its assistant turns are outputs too. ``transcript`` keeps the
+    source's whole turn list for this output (hh-rlhf), used only by the original's shared-prefix
+    behaviour.
+    """
+
+    text: str
+    score: float | None = None
+    quotes: tuple[tuple[str, str], ...] = ()
+    followup: tuple[Turn, ...] = ()
+    transcript: tuple[Turn, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeedbackExample:
+    """Normalised feedback on one prompt.
+
+    ``context`` ends with the user turn the outputs answer. ``candidates`` are ordered best
+    first; ``label`` is set for unpaired data (one candidate, judged good or bad on its own).
+    The source's phrase set may add a task instruction before the first user text (summaries).
+    """
+
+    id: str
+    source: str
+    split: str
+    context: tuple[Turn, ...]
+    candidates: tuple[Candidate, ...]
+    label: bool | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(obj: dict) -> FeedbackExample:
+        return FeedbackExample(
+            id=obj["id"],
+            source=obj["source"],
+            split=obj["split"],
+            context=tuple(Turn(**t) for t in obj["context"]),
+            candidates=tuple(
+                Candidate(
+                    text=c["text"],
+                    score=c.get("score"),
+                    quotes=tuple((q[0], q[1]) for q in c.get("quotes", ())),
+                    followup=tuple(Turn(**t) for t in c.get("followup", ())),
+                    transcript=tuple(Turn(**t) for t in c.get("transcript", ())),
+                )
+                for c in obj["candidates"]
+            ),
+            label=obj.get("label"),
+        )

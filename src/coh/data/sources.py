@@ -1,0 +1,319 @@
+"""Raw feedback rows of each supported source, normalised into ``FeedbackExample``.
+
+Each converter takes one raw row (a dict, exactly as the dataset stores it) and returns a
+``FeedbackExample``, or a ``Skip`` for rows the method leaves out on purpose (WebGPT ties). A
+malformed row raises ``RowError`` naming the field; the reader adds the file and line.
+
+Sources and their schemas:
+
+- ``dialogue`` (Anthropic/hh-rlhf): ``chosen``, ``rejected``: transcripts
+  ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``. The turns both share become context; the first
+  reply where they differ, and any turns after it, are the outputs.
+- ``webgpt`` (openai/webgpt_comparisons): ``question.full_text``, ``quotes_0/1.title`` and
+  ``.extract`` (lists), ``answer_0/1``, ``score_0/1``. Ties are skipped, as in the original.
+- ``summary`` (openai/summarize_from_feedback, ``comparisons``): ``info.post``,
+  ``summaries[i].text``, ``choice`` (index of the preferred summary).
+- ``preference`` (TRL): ``prompt`` (optional: implicit prompt), ``chosen``, ``rejected``; strings
+  or lists of ``{"role", "content"}`` messages.
+- ``unpaired`` (TRL): ``prompt``, ``completion``, ``label`` (true: desirable).
+- ``rated``: ``prompt``, ``completions`` (two or more), ``scores`` (one number each).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coh.data.errors import RowError, describe
+from coh.data.feedback import Candidate, FeedbackExample, Turn
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A row left out on purpose; ``reason`` is counted in the build summary."""
+
+    reason: str
+
+
+Converter = Callable[[dict, str, str], "FeedbackExample | Skip"]
+
+
+def _get(row: dict, path: str) -> object:
+    """Fetch a dotted field (``info.post``), raising ``RowError`` if any part is missing."""
+    value: object = row
+    walked = []
+    for part in path.split("."):
+        walked.append(part)
+        if not isinstance(value, dict):
+            raise RowError(".".join(walked[:-1]), f"expected an object, got {describe(value)}")
+        if part not in value:
+            raise RowError(".".join(walked), "missing")
+        value = value[part]
+    return value
+
+
+def _text(row: dict, path: str, allow_empty: bool = False) -> str:
+    value = _get(row, path)
+    if not isinstance(value, str):
+        raise RowError(path, f"expected a string, got {describe(value)}")
+    value = value.strip()
+    if not value and not allow_empty:
+        raise RowError(path, "empty text")
+    return value
+
+
+def _number(row: dict, path: str) -> float:
+    value = _get(row, path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise RowError(path, f"expected a number, got {describe(value)}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversations: hh-rlhf transcripts and chat message lists
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_hh_transcript(text: str, field: str) -> list[Turn]:
+    """Split an hh-rlhf transcript into turns. It must start with ``Human:`` (after blank lines)."""
+    parts = _HH_TURN.split("\n\n" + text.lstrip())
+    if parts[0].strip():
+        raise RowError(field, "expected the transcript to start with '\\n\\nHuman:'")
+    if len(parts) < 3:
+        raise RowError(field, "expected at least one '\\n\\nHuman:' turn")
+    return [Turn(_HH_ROLE[role], body.strip()) for role, body in zip(parts[1::2], parts[2::2])]
+
+
+def _messages(value: object, field: str) -> list[Turn]:
+    if not isinstance(value, list) or not value:
+        raise RowError(field, f"expected a string or a non-empty list of messages, got {describe(value)}")
+    turns = []
+    for i, msg in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(msg, dict):
+            raise RowError(where, f"expected a message object with 'role' and 'content', got {describe(msg)}")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise RowError(f"{where}.role", f"expected 'system', 'user' or 'assistant', got {describe(role)}")
+        if not isinstance(content, str):
+            raise RowError(f"{where}.content", f"expected a string, got {describe(content)}")
+        turns.append(Turn(role, content.strip()))
+    return turns
+
+
+def _turns(value: object, field: str, default_role: str) -> list[Turn]:
+    """A string (one turn of ``default_role``) or a list of chat messages."""
+    if isinstance(value, str):
+        return [Turn(default_role, value.strip())]
+    return _messages(value, field)
+
+
+def _split_shared(a: list[Turn], b: list[Turn]) -> int:
+    """Length of the shared turn prefix of two conversations, cut back to end on a non-assistant turn."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    while i > 0 and a[i - 1].role == "assistant":
+        i -= 1
+    return i
+
+
+def _candidate_from_turns(turns: list[Turn], field: str, score: float | None = None, full=()) -> Candidate:
+    """An output made of the turns after the context: the first must be an assistant reply."""
+    if not turns:
+        raise RowError(field, "no reply after the shared conversation")
+    if turns[0].role != "assistant":
+        raise RowError(field, f"expected the reply to be an assistant turn, got a {turns[0].role} turn")
+    if not turns[0].text:
+        raise RowError(field, "empty reply")
+    for t in turns[1:]:
+        if t.role == "assistant" and not t.text:
+            raise RowError(field, "empty reply")
+    return Candidate(text=turns[0].text, score=score, followup=tuple(turns[1:]), transcript=tuple(full))
+
+
+def _check_context(context: list[Turn], field: str) -> None:
+    if not context or context[-1].role != "user":
+        raise RowError(field, "expected the prompt to end with a user turn")
+    if not any(t.text for t in context if t.role == "user"):
+        raise RowError(field, "empty prompt")
+
+
+def _pair(
+    context: list[Turn], chosen: list[Turn], rejected: list[Turn], fields: tuple[str, str], ex_id: str, source: str,
+    split: str, keep_transcripts: bool = False,
+) -> FeedbackExample:
+    good = _candidate_from_turns(chosen, fields[0], full=context + chosen if keep_transcripts else ())
+    bad = _candidate_from_turns(rejected, fields[1], full=context + rejected if keep_transcripts else ())
+    if good.text == bad.text and good.followup == bad.followup:
+        raise RowError(f"{fields[0]}/{fields[1]}", "chosen and rejected are identical")
+    return FeedbackExample(id=ex_id, source=source, split=split, context=tuple(context), candidates=(good, bad))
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's three datasets
+
+
+def convert_dialogue(row: dict, ex_id: str, split: str) -> FeedbackExample:
+    chosen = parse_hh_transcript(_text(row, "chosen"), "chosen")
+    rejected = parse_hh_transcript(_text(row, "rejected"), "rejected")
+    if chosen == rejected:
+        raise RowError("chosen/rejected", "chosen and rejected are identical")
+    n = _split_shared(chosen, rejected)
+    context = chosen[:n]
+    _check_context(context, "chosen")
+    return _pair(context, chosen[n:], rejected[n:], ("chosen", "rejected"), ex_id, "dialogue", split,
+                 keep_transcripts=True)
+
+
+def _webgpt_quotes(row: dict, i: int) -> tuple[tuple[str, str], ...]:
+    titles = _get(row, f"quotes_{i}.title")
+    extracts = _get(row, f"quotes_{i}.extract")
+    for name, value in (("title", titles), ("extract", extracts)):
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise RowError(f"quotes_{i}.{name}", f"expected a list of strings, got {describe(value)}")
+    if len(titles) != len(extracts):
+        raise RowError(f"quotes_{i}", f"{len(titles)} titles but {len(extracts)} extracts")
+    return tuple(zip(titles, extracts))
+
+
+def convert_webgpt(row: dict, ex_id: str, split: str) -> FeedbackExample | Skip:
+    question = _text(row, "question.full_text")
+    scores = (_number(row, "score_0"), _number(row, "score_1"))
+    if scores[0] == scores[1]:
+        return Skip("webgpt tie (equal scores)")
+    answers = (_text(row, "answer_0"), _text(row, "answer_1"))
+    if answers[0] == answers[1]:
+        raise RowError("answer_0/answer_1", "the two answers are identical")
+    quotes = (_webgpt_quotes(row, 0), _webgpt_quotes(row, 1))
+    order = (0, 1) if scores[0] > scores[1] else (1, 0)
+    candidates = tuple(Candidate(text=answers[i], score=scores[i], quotes=quotes[i]) for i in order)
+    return FeedbackExample(ex_id, "webgpt", split, (Turn("user", question),), candidates)
+
+
+def convert_summary(row: dict, ex_id: str, split: str) -> FeedbackExample:
+    post = _text(row, "info.post")
+    summaries = _get(row, "summaries")
+    if not isinstance(summaries, list) or len(summaries) != 2:
+        raise RowError("summaries", f"expected a list of two summaries, got {describe(summaries)}")
+    texts = ["", ""]
+    for i, s in enumerate(summaries):
+        if not isinstance(s, dict) or not isinstance(s.get("text"), str):
+            raise RowError(f"summaries[{i}].text", f"expected a string, got {describe(s)}")
+        texts[i] = s["text"].strip()
+        if not texts[i]:
+            raise RowError(f"summaries[{i}].text", "empty text")
+    choice = _get(row, "choice")
+    if isinstance(choice, bool) or choice not in (0, 1):
+        raise RowError("choice", f"expected 0 or 1, got {describe(choice)}")
+    if texts[0] == texts[1]:
+        raise RowError("summaries", "the two summaries are identical")
+    good, bad = texts[choice], texts[1 - choice]
+    return FeedbackExample(ex_id, "summary", split, (Turn("user", post),), (Candidate(good), Candidate(bad)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic sources with TRL's column names
+
+
+def _prompt_turns(row: dict) -> list[Turn]:
+    context = _turns(_get(row, "prompt"), "prompt", "user")
+    _check_context(context, "prompt")
+    return context
+
+
+def _completion_turns(value: object, field: str) -> list[Turn]:
+    turns = _turns(value, field, "assistant")
+    if isinstance(value, str) and not turns[0].text:
+        raise RowError(field, "empty text")
+    return turns
+
+
+def _implicit_prompt_strings(chosen: str, rejected: str) -> int:
+    # TRL's rule: the longest common prefix, moved back to start the completions at a space.
+    i = 0
+    while i < min(len(chosen), len(rejected)) and chosen[i] == rejected[i]:
+        i += 1
+    while i > 0 and not chosen[i - 1].isspace():
+        i -= 1
+    return i
+
+
+def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
+    chosen_raw, rejected_raw = _get(row, "chosen"), _get(row, "rejected")
+    if "prompt" in row:
+        context = _prompt_turns(row)
+        chosen = _completion_turns(chosen_raw, "chosen")
+        rejected = _completion_turns(rejected_raw, "rejected")
+    elif isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
+        cut = _implicit_prompt_strings(chosen_raw, rejected_raw)
+        if cut == 0:
+            raise RowError("prompt", "missing, and chosen and rejected share no prompt text")
+        context = [Turn("user", chosen_raw[:cut].strip())]
+        chosen = [Turn("assistant", chosen_raw[cut:].strip())]
+        rejected = [Turn("assistant", rejected_raw[cut:].strip())]
+        _check_context(context, "chosen")
+    else:
+        full_chosen = _messages(chosen_raw, "chosen")
+        full_rejected = _messages(rejected_raw, "rejected")
+        n = _split_shared(full_chosen, full_rejected)
+        context, chosen, rejected = full_chosen[:n], full_chosen[n:], full_rejected[n:]
+        _check_context(context, "chosen")
+    return _pair(context, chosen, rejected, ("chosen", "rejected"), ex_id, "preference", split)
+
+
+def convert_unpaired(row: dict, ex_id: str, split: str) -> FeedbackExample:
+    context = _prompt_turns(row)
+    label = _get(row, "label")
+    if not isinstance(label, bool):
+        raise RowError("label", f"expected true or false, got {describe(label)}")
+    cand = _candidate_from_turns(_completion_turns(_get(row, "completion"), "completion"), "completion")
+    return FeedbackExample(ex_id, "unpaired", split, tuple(context), (cand,), label=label)
+
+
+def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample:
+    context = _prompt_turns(row)
+    completions, scores = _get(row, "completions"), _get(row, "scores")
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise RowError("completions", f"expected a list of two or more completions, got {describe(completions)}")
+    if not isinstance(scores, list) or len(scores) != len(completions):
+        raise RowError("scores", f"expected a list of {len(completions)} numbers (one per completion), got {describe(scores)}")
+    cands = []
+    for i, (comp, score) in enumerate(zip(completions, scores)):
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+            raise RowError(f"scores[{i}]", f"expected a number, got {describe(score)}")
+        cands.append(_candidate_from_turns(_completion_turns(comp, f"completions[{i}]"), f"completions[{i}]", float(score)))
+    # Best first; a stable sort keeps the file's order among equal scores.
+    order = sorted(range(len(cands)), key=lambda i: -cands[i].score)
+    return FeedbackExample(ex_id, "rated", split, tuple(context), tuple(cands[i] for i in order))
+
+
+CONVERTERS: dict[str, Converter] = {
+    "dialogue": convert_dialogue,
+    "webgpt": convert_webgpt,
+    "summary": convert_summary,
+    "preference": convert_preference,
+    "unpaired": convert_unpaired,
+    "rated": convert_rated,
+}
+
+
+@dataclass(frozen=True)
+class HubDefault:
+    """Where a paper dataset lives on the hub, and which of its splits become train and eval."""
+
+    name: str
+    config: str | None
+    splits: dict[str, str]  # our split -> the dataset's split
+
+
+HUB_DEFAULTS: dict[str, HubDefault] = {
+    "dialogue": HubDefault("Anthropic/hh-rlhf", None, {"train": "train", "eval": "test"}),
+    "webgpt": HubDefault("openai/webgpt_comparisons", None, {"train": "train"}),
+    "summary": HubDefault("openai/summarize_from_feedback", "comparisons", {"train": "train", "eval": "validation"}),
+}

@@ -1,0 +1,256 @@
+"""Records into token ids and a token-level loss mask.
+
+Contract of ``RecordTokenizer.__call__(record) -> TokenizedRecord``:
+
+- ``input_ids``: one BOS first if and only if the tokenizer adds one by itself (LLaMA yes,
+  GPT-2 / Qwen no), never two; then the tokens of each segment; one EOS after every segment with
+  ``eos`` (the tokenizer's ``eos_token_id``).
+- ``loss_mask[i]`` is 1 where token ``i`` is a training target (predicted from tokens ``< i``):
+  the tokens of segments with ``loss`` and the EOS closing them. BOS is never a target.
+- Each segment is tokenized on its own, so no token spans two segments and the mask never moves
+  with a merge. A separating space at the start of a segment is kept where the tokenizer
+  encodes it as in running text (byte-level BPE, Metaspace) and dropped where the tokenizer
+  puts back a word-start marker by itself (SentencePiece with a ``Prepend`` normaliser); this
+  is probed once per tokenizer.
+
+With ``chat_template=True`` and a tokenizer that has one, the record is turned into chat
+messages (user turns; each feedback phrase plus its output as one assistant message) and
+rendered through the template; the template's text carries no loss except the end-of-turn
+token that closes a trained output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from coh.data.records import FeedbackRecord, Segment
+
+
+@dataclass(frozen=True)
+class TokenizedRecord:
+    input_ids: list[int]
+    loss_mask: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS first by itself: the model's own convention."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("x")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def leading_space_is_doubled(tokenizer) -> bool:
+    """True if encoding ``" word"`` alone differs from ``" word"`` in running text, and encoding
+    ``"word"`` alone matches it (a tokenizer that prepends a word-start marker to every call)."""
+    head, tail = "Answer:", " Hello world"
+    joint = _encode(tokenizer, [head + tail])[0]
+    alone_head, alone_tail, alone_bare = _encode(tokenizer, [head, tail, tail[1:]])
+    if joint[: len(alone_head)] != alone_head:
+        return False
+    in_context = joint[len(alone_head) :]
+    return alone_tail != in_context and alone_bare == in_context
+
+
+class RecordTokenizer:
+    """Tokenize ``FeedbackRecord`` s with one Hugging Face tokenizer (see the module contract)."""
+
+    def __init__(self, tokenizer, chat_template: bool = False):
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"tokenizer {type(tokenizer).__name__} has no EOS token; CoH closes every output with one. "
+                "Set tokenizer.eos_token before building."
+            )
+        self.tokenizer = tokenizer
+        self.eos_id: int = tokenizer.eos_token_id
+        self.bos_id: int | None = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
+        self.strip_leading_space = leading_space_is_doubled(tokenizer)
+        self.chat_template = bool(chat_template and getattr(tokenizer, "chat_template", None))
+        if chat_template and not self.chat_template:
+            raise ValueError("chat_template=True, but the tokenizer has no chat template")
+
+    # -- plain CoH text --------------------------------------------------------------------------
+    def _segment_texts(self, segments: Sequence[Segment]) -> list[str]:
+        texts = []
+        chunk_start = True
+        for seg in segments:
+            text = seg.text
+            if self.strip_leading_space and not chunk_start and text.startswith(" "):
+                text = text[1:]
+            texts.append(text)
+            chunk_start = seg.eos
+        return texts
+
+    def _assemble(
+        self, pieces: Iterable[tuple[list[int], bool | list[int], bool]], add_bos: bool = True
+    ) -> TokenizedRecord:
+        """Concatenate (tokens, loss flag or per-token mask, EOS after) pieces behind an optional BOS."""
+        ids: list[int] = []
+        mask: list[int] = []
+        if add_bos and self.bos_id is not None:
+            ids.append(self.bos_id)
+            mask.append(0)
+        for tokens, loss, eos in pieces:
+            ids.extend(tokens)
+            mask.extend(loss if isinstance(loss, list) else [int(loss)] * len(tokens))
+            if eos:
+                ids.append(self.eos_id)
+                mask.append(int(loss))
+        return TokenizedRecord(ids, mask)
+
+    def batch(self, records: Sequence[FeedbackRecord]) -> list[TokenizedRecord]:
+        """Tokenize many records with one batched tokenizer call (parallel in the Rust backend)."""
+        if self.chat_template:
+            return [self._chat(r) for r in records]
+        texts: list[str] = []
+        for r in records:
+            texts.extend(self._segment_texts(r.segments))
+        encoded = _encode(self.tokenizer, texts)
+        out = []
+        k = 0
+        for r in records:
+            n = len(r.segments)
+            out.append(self._assemble((encoded[k + i], s.loss, s.eos) for i, s in enumerate(r.segments)))
+            k += n
+        return out
+
+    def __call__(self, record: FeedbackRecord) -> TokenizedRecord:
+        return self.batch([record])[0]
+
+    # -- chat templates ---------------------------------------------------------------------------
+    def _chat(self, record: FeedbackRecord) -> TokenizedRecord:
+        messages, contents = chat_messages(record.segments)
+        sentinels = [f"\x02COH{i}\x03" for i in range(len(messages))]
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": m, "content": s} for m, s in zip(messages, sentinels)], tokenize=False
+        )
+        pieces: list[tuple[str, bool, bool]] = []  # (text, loss, eos inserted after)
+        rest = rendered
+        prev_trained = False
+        for sentinel, content in zip(sentinels, contents):
+            before, found, rest = rest.partition(sentinel)
+            if not found:
+                raise ValueError(f"record {record.id}: the chat template drops or alters message text")
+            pieces.extend(self._template_text(before, prev_trained))
+            pieces.extend((seg.text, seg.loss, False) for seg in content)
+            prev_trained = any(seg.loss for seg in content)
+        pieces.extend(self._template_text(rest, prev_trained))
+        bos_text = self.tokenizer.bos_token
+        add_bos = not (bos_text and rendered.startswith(bos_text))  # the template may write BOS: never two
+        joint = self._encode_jointly(pieces)
+        if joint is not None:
+            return self._assemble([(joint[0], joint[1], False)], add_bos)
+        # Fallback when a token would straddle a loss boundary: tokenize piece by piece (exact mask).
+        encoded = _encode(self.tokenizer, [t for t, _, _ in pieces])
+        return self._assemble(((e, loss, eos) for e, (_, loss, eos) in zip(encoded, pieces)), add_bos)
+
+    def _encode_jointly(self, pieces: list[tuple[str, bool, bool]]) -> tuple[list[int], list[int]] | None:
+        """Tokenize template text and contents as one string (as the model sees it at inference),
+        the mask taken from character spans; None if a token would straddle a loss boundary."""
+        if any(eos for _, _, eos in pieces):
+            return None
+        flags: list[int] = []
+        for text, loss, _ in pieces:
+            flags.extend([int(loss)] * len(text))
+        enc = self.tokenizer("".join(t for t, _, _ in pieces), add_special_tokens=False, return_offsets_mapping=True)
+        mask = []
+        for start, end in enc["offset_mapping"]:
+            span = set(flags[start:end]) if end > start else {flags[start] if start < len(flags) else 0}
+            if len(span) > 1:
+                return None
+            mask.append(span.pop())
+        return enc["input_ids"], mask
+
+    def _template_text(self, text: str, after_trained_output: bool) -> list[tuple[str, bool, bool]]:
+        """Template text between messages; after a trained output its end-of-turn token carries loss."""
+        if not after_trained_output:
+            return [(text, False, False)] if text else []
+        end = _first_special(text, self.tokenizer)
+        if end is None:  # the template does not close the turn with a special token: add EOS
+            return [("", True, True)] + ([(text, False, False)] if text else [])
+        cut = end
+        out = [(text[:cut], True, False)]
+        if text[cut:]:
+            out.append((text[cut:], False, False))
+        return out
+
+
+def _first_special(text: str, tokenizer) -> int | None:
+    """End offset of the first special token in ``text`` if only whitespace precedes it."""
+    stripped = len(text) - len(text.lstrip())
+    for tok in sorted(tokenizer.all_special_tokens + list(getattr(tokenizer, "added_tokens_encoder", {})), key=len,
+                      reverse=True):
+        if tok and text.startswith(tok, stripped):
+            return stripped + len(tok)
+    return None
+
+
+def chat_messages(segments: Sequence[Segment]) -> tuple[list[str], list[list[Segment]]]:
+    """Group record segments into chat messages: roles and, per message, its content segments.
+
+    ``marker`` segments (``User:``) are dropped, the template marks roles; a feedback phrase and
+    the output after it form one assistant message; ``prompt`` text (quotes) joins the user message.
+    """
+    roles: list[str] = []
+    contents: list[list[Segment]] = []
+    for seg in segments:
+        text = seg.text.strip() if not seg.loss else seg.text
+        if seg.role == "marker":
+            continue
+        if seg.role in ("system", "user"):
+            roles.append(seg.role)
+            contents.append([Segment(text.strip(), False, seg.role)])
+        elif seg.role == "prompt":
+            if not roles or roles[-1] != "user":
+                roles.append("user")
+                contents.append([])
+            sep = "\n\n" if contents[-1] else ""
+            contents[-1].append(Segment(sep + text.strip(), False, "prompt"))
+        elif seg.role == "feedback":
+            roles.append("assistant")
+            contents.append([Segment(text.strip(), False, "feedback")])
+        else:  # assistant output
+            if not roles or roles[-1] != "assistant" or contents[-1][-1].role != "feedback":
+                roles.append("assistant")
+                contents.append([])
+            contents[-1].append(Segment(seg.text if contents[-1] else seg.text.lstrip(), seg.loss, "assistant"))
+    return roles, contents
+
+
+def tokenize_records(records: Sequence[FeedbackRecord], record_tokenizer: RecordTokenizer, batch_size: int = 1000,
+                     progress: bool = False):
+    """Tokenize records into a ``datasets.Dataset`` with columns ``input_ids``, ``loss_mask``,
+    ``length``, ``loss_tokens``, ``id``, ``source``, ``feedback`` (one row per record, same order)."""
+    import datasets
+    from tqdm import tqdm
+
+    columns: dict[str, list] = {k: [] for k in ("id", "source", "feedback", "input_ids", "loss_mask", "length",
+                                                "loss_tokens")}
+    with tqdm(total=len(records), desc="tokenize", unit=" records", disable=not progress) as bar:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
+            for rec, tok in zip(chunk, record_tokenizer.batch(chunk)):
+                columns["id"].append(rec.id)
+                columns["source"].append(rec.source)
+                columns["feedback"].append(rec.feedback)
+                columns["input_ids"].append(tok.input_ids)
+                columns["loss_mask"].append(tok.loss_mask)
+                columns["length"].append(len(tok.input_ids))
+                columns["loss_tokens"].append(sum(tok.loss_mask))
+            bar.update(len(chunk))
+    features = datasets.Features({
+        "id": datasets.Value("string"), "source": datasets.Value("string"), "feedback": datasets.Value("string"),
+        "input_ids": datasets.List(datasets.Value("int32")), "loss_mask": datasets.List(datasets.Value("int8")),
+        "length": datasets.Value("int32"), "loss_tokens": datasets.Value("int32"),
+    })
+    return datasets.Dataset.from_dict(columns, features=features)

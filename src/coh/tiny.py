@@ -1,0 +1,58 @@
+"""Tiny tokenizers trained offline, for tests, benchmarks and the demo (no hub needed).
+
+``kind="bpe"``: byte-level BPE like GPT-2 / Qwen (no BOS added by the tokenizer).
+``kind="llama"``: a SentencePiece-style BPE with Metaspace pre-tokenization that adds BOS, like
+LLaMA. Both get a ChatML chat template and are saved and reloaded from a folder, the way
+transformers 5 loads tokenizers reliably.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2000, kind: str = "bpe", save_dir: str | Path | None = None):
+    """Train a small tokenizer on ``texts`` and return it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "<pad>"]
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, show_progress=False, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        wrapped = PreTrainedTokenizerFast(
+            tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<pad>", unk_token=None
+        )
+    elif kind == "llama":
+        tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=specials + byte_tokens)
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+        wrapped = PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="<|endoftext|>", pad_token="<pad>"
+        )
+    else:
+        raise ValueError(f"kind must be 'bpe' or 'llama', got {kind!r}")
+    wrapped.chat_template = CHATML_TEMPLATE
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(save_dir) if save_dir is not None else Path(tmp)
+        wrapped.save_pretrained(target)
+        return AutoTokenizer.from_pretrained(target)
