@@ -17,6 +17,7 @@ Same inputs and seed give byte-identical files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -101,6 +102,7 @@ class BuildConfig:
     output_dir: str
     render: RenderSpec = field(default_factory=RenderSpec)
     phrases_file: str | None = None
+    phrases: dict[str, PhraseSet] | None = None  # a ready phrase table; overrides phrases_file
     seed: int = 0
     eval_fraction: float = 0.05
     skip_invalid: bool = False
@@ -157,61 +159,77 @@ def _limited(rows: Iterator, limit: int | None) -> Iterator:
         yield item
 
 
-# -- 2. converting -------------------------------------------------------------------------------
-def _convert_chunk(args: tuple[str, str, list[tuple[str, str, int, object]]]) -> list:
-    kind, name, chunk = args
-    convert = CONVERTERS[kind]
+# -- 2. converting (and rendering, in the same worker: both are per-row and seeded per example) ---
+@dataclass(frozen=True)
+class _Job:
+    kind: str
+    name: str
+    render: RenderSpec
+    phrases: PhraseSet
+    seed: int
+
+
+def _convert_chunk(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list:
+    """Per row: ``(split, example, records)``, ``(split, Skip)`` or ``(split, DataError, row)``."""
+    job, chunk = args
+    convert = CONVERTERS[job.kind]
+    epoch = 0 if job.render.resample else None
     out: list = []
     for split, where, line, row in chunk:
-        ex_id = f"{name}/{split}/{line}" if split else f"{name}/{line}"
+        ex_id = f"{job.name}/{split}/{line}" if split else f"{job.name}/{line}"
         try:
             if not isinstance(row, dict):
                 raise RowError(None, f"expected a JSON object, got {type(row).__name__}")
             result = convert(row, ex_id, split or "train")
-            if isinstance(result, FeedbackExample) and result.source != name:
-                result = FeedbackExample(result.id, name, result.split, result.context, result.candidates,
-                                         result.label)
-            out.append((split, result))
         except RowError as e:
             out.append((split, e.at(where, line), row))
+            continue
+        if isinstance(result, Skip):
+            out.append((split, result))
+            continue
+        if result.source != job.name:
+            result = dataclasses.replace(result, source=job.name)
+        out.append((split, result, render_records(result, job.render, job.phrases, job.seed, epoch)))
     return out
 
 
-def convert_rows(spec: SourceSpec, cfg: BuildConfig, report: SourceReport, rejects: list[dict]) -> dict[str, list]:
-    """Examples of one source by split (``""``: no split of its own yet)."""
+def convert_rows(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report: SourceReport,
+                 rejects: list[dict]) -> dict[str, list[tuple[FeedbackExample, list[FeedbackRecord]]]]:
+    """Examples of one source, each with its records, by split (``""``: no split of its own yet)."""
     from tqdm import tqdm
 
-    by_split: dict[str, list[FeedbackExample]] = {"train": [], "eval": [], "": []}
+    job = _Job(spec.kind, spec.name, cfg.render, phrases, cfg.seed)
+    by_split: dict[str, list] = {"train": [], "eval": [], "": []}
     rows = read_source(spec)
-    bar = tqdm(desc=f"read {spec.name}", unit=" rows", disable=not cfg.progress, file=sys.stderr)
+    bar = tqdm(desc=f"build {spec.name}", unit=" rows", disable=not cfg.progress, file=sys.stderr)
 
     def chunks(size: int = 2000) -> Iterator:
         buf = []
         for item in rows:
             buf.append(item)
             if len(buf) == size:
-                yield (spec.kind, spec.name, buf)
+                yield job, buf
                 buf = []
         if buf:
-            yield (spec.kind, spec.name, buf)
+            yield job, buf
 
     pool = ProcessPoolExecutor(cfg.num_proc) if cfg.num_proc > 1 else None
     try:
         results = pool.map(_convert_chunk, chunks()) if pool else map(_convert_chunk, chunks())
         for chunk in results:
-            for item in chunk:
+            for split, result, *rest in chunk:
                 report.rows += 1
-                split, result = item[0], item[1]
                 if isinstance(result, DataError):
                     if not cfg.skip_invalid:
                         raise DataError(result.where, result.line, result.field,
                                         result.problem + " (use --skip-invalid to set such rows aside and go on)")
                     report.invalid += 1
-                    rejects.append({**result.as_dict(), "source": spec.name, "row": item[2]})
+                    rejects.append({**result.as_dict(), "source": spec.name, "row": rest[0]})
                 elif isinstance(result, Skip):
                     report.skipped[result.reason] = report.skipped.get(result.reason, 0) + 1
                 else:
-                    by_split[split].append(result)
+                    report.no_record += not rest[0]
+                    by_split[split].append((result, rest[0]))
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -221,31 +239,30 @@ def convert_rows(spec: SourceSpec, cfg: BuildConfig, report: SourceReport, rejec
 
 
 # -- 3. splits -----------------------------------------------------------------------------------
-def assign_splits(by_split: dict[str, list[FeedbackExample]], eval_fraction: float, seed: int, name: str
-                  ) -> dict[str, list[FeedbackExample]]:
-    """Keep the dataset's splits; hold out ``eval_fraction`` of split-less examples (seeded)."""
+def assign_splits(by_split: dict[str, list], eval_fraction: float, seed: int, name: str) -> dict[str, list]:
+    """Keep the dataset's splits; hold out ``eval_fraction`` of split-less examples (seeded, exact count)."""
     pool = by_split.pop("")
     if pool:
         n_eval = round(len(pool) * eval_fraction)
         order = list(range(len(pool)))
         random.Random(f"{seed}/split/{name}").shuffle(order)
         held = set(order[:n_eval])
-        for i, ex in enumerate(pool):
+        for i, (ex, recs) in enumerate(pool):
             split = "eval" if i in held else "train"
-            by_split[split].append(_with_split(ex, split))
+            if split != ex.split:
+                ex = dataclasses.replace(ex, split=split)
+                recs = [dataclasses.replace(r, split=split) for r in recs]
+            by_split[split].append((ex, recs))
     return by_split
 
 
-def _with_split(ex: FeedbackExample, split: str) -> FeedbackExample:
-    return FeedbackExample(ex.id, ex.source, split, ex.context, ex.candidates, ex.label)
-
-
-# -- 4. rendering --------------------------------------------------------------------------------
+# -- 4. rendering again, per epoch -------------------------------------------------------------------
 def render_dataset(examples: list[FeedbackExample], spec: RenderSpec, phrases: dict[str, PhraseSet],
                    kinds: dict[str, str], seed: int, epoch: int | None = None) -> list[FeedbackRecord]:
     """Records of many examples; ``kinds`` maps source name to converter kind (for its phrases).
 
-    The trainer calls this with ``epoch`` set to draw fresh phrasing every epoch."""
+    The build renders as it converts; the trainer calls this with ``epoch`` set to draw fresh
+    phrasing every epoch from ``examples/*.jsonl``."""
     out: list[FeedbackRecord] = []
     for ex in examples:
         out.extend(render_records(ex, spec, phrases_for(kinds.get(ex.source, ex.source), phrases), seed, epoch))
@@ -265,7 +282,10 @@ def build(cfg: BuildConfig) -> dict:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"several sources are named {dupes}; give each a distinct name=LABEL")
-    phrases = load_phrases(cfg.phrases_file) if cfg.phrases_file else dict(DEFAULT_PHRASES)
+    if cfg.phrases is not None:
+        phrases = cfg.phrases
+    else:
+        phrases = load_phrases(cfg.phrases_file) if cfg.phrases_file else dict(DEFAULT_PHRASES)
     out_dir = Path(cfg.output_dir)
     rejects: list[dict] = []
     reports: dict[str, SourceReport] = {}
@@ -273,18 +293,13 @@ def build(cfg: BuildConfig) -> dict:
     records: dict[str, list[FeedbackRecord]] = {"train": [], "eval": []}
     for spec in cfg.sources:
         report = reports[spec.name] = SourceReport()
-        by_split = assign_splits(convert_rows(spec, cfg, report, rejects), cfg.eval_fraction, cfg.seed, spec.name)
+        converted = convert_rows(spec, cfg, phrases_for(spec.kind, phrases), report, rejects)
+        by_split = assign_splits(converted, cfg.eval_fraction, cfg.seed, spec.name)
         for split in SPLITS:
-            exs = by_split[split]
-            report.examples[split] = len(exs)
-            recs = []
-            for ex in exs:
-                rendered = render_records(ex, cfg.render, phrases_for(spec.kind, phrases), cfg.seed,
-                                          epoch=0 if cfg.render.resample else None)
-                report.no_record += not rendered
-                recs.extend(rendered)
+            recs = [r for _, rs in by_split[split] for r in rs]
+            report.examples[split] = len(by_split[split])
             report.records[split] = dict(sorted(Counter(r.feedback for r in recs).items()))
-            examples[split].extend(exs)
+            examples[split].extend(ex for ex, _ in by_split[split])
             records[split].extend(recs)
     if not records["train"] and not records["eval"]:
         raise ValueError(
@@ -334,11 +349,11 @@ def tokenize_outputs(records: dict[str, list[FeedbackRecord]], cfg: BuildConfig,
     for split in SPLITS:
         ds = tokenize_records(records[split], tok, progress=cfg.progress)
         ds.save_to_disk(str(out_dir / "tokenized" / split))
-        lengths = ds["length"]
+        lengths = ds.data.column("length").to_pylist()
         stats[split] = {
             "records": len(ds),
             "tokens": int(sum(lengths)),
-            "loss_tokens": int(sum(ds["loss_tokens"])),
+            "loss_tokens": int(sum(ds.data.column("loss_tokens").to_pylist())),
             "max_length": int(max(lengths, default=0)),
         }
     return stats

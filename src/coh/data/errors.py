@@ -18,6 +18,9 @@ class DataError(ValueError):
         self.problem = problem
         super().__init__(self.message)
 
+    def __reduce__(self):  # picklable across worker processes
+        return (DataError, (self.where, self.line, self.field, self.problem))
+
     @property
     def message(self) -> str:
         place = self.where
@@ -38,6 +41,9 @@ class RowError(ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"field '{field}': {problem}" if field else problem)
+
+    def __reduce__(self):
+        return (RowError, (self.field, self.problem))
 
     def at(self, where: str, line: int | None) -> DataError:
         return DataError(where, line, self.field, self.problem)

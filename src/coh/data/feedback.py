@@ -9,7 +9,7 @@ example into Chain-of-Hindsight records under a feedback type (``p``, ``n``, ``p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 ROLES = ("system", "user", "assistant")
 
@@ -29,16 +29,13 @@ class Candidate:
     ``quotes`` are (title, extract) pairs of sources that belong to this output alone (WebGPT);
     the renderer shows them, after an introduction phrase, before its feedback phrase. ``score`` is the rating when the source has one.
     ``followup`` holds turns after the reply when a conversation goes on past the point where two
-    outputs differ (rare in hh-rlhf): its assistant turns are outputs too. ``transcript`` keeps the
-    source's whole turn list for this output (hh-rlhf), used only by the original's shared-prefix
-    behaviour.
+    outputs differ (rare in hh-rlhf): its assistant turns are outputs too.
     """
 
     text: str
     score: float | None = None
     quotes: tuple[tuple[str, str], ...] = ()
     followup: tuple[Turn, ...] = ()
-    transcript: tuple[Turn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +45,8 @@ class FeedbackExample:
     ``context`` ends with the user turn the outputs answer. ``candidates`` are ordered best
     first; ``label`` is set for unpaired data (one candidate, judged good or bad on its own).
     The source's phrase set may add a task instruction before the first user text (summaries).
+    ``transcripts``: the original rendered this source's pairs as whole transcripts (hh-rlhf); used
+    only by ``shared_prefix="original"``.
     """
 
     id: str
@@ -56,9 +55,33 @@ class FeedbackExample:
     context: tuple[Turn, ...]
     candidates: tuple[Candidate, ...]
     label: bool | None = None
+    transcripts: bool = False
+
+    def transcript(self, cand: Candidate) -> tuple[Turn, ...]:
+        """The whole conversation of one output: context, reply and any turns after it."""
+        return (*self.context, Turn("assistant", cand.text), *cand.followup)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # By hand: dataclasses.asdict deep-copies and was the slowest step of a build.
+        def turns(ts: tuple[Turn, ...]) -> list[dict]:
+            return [{"role": t.role, "text": t.text} for t in ts]
+
+        out: dict = {"id": self.id, "source": self.source, "split": self.split, "context": turns(self.context),
+                     "candidates": []}
+        for c in self.candidates:
+            cand: dict = {"text": c.text}
+            if c.score is not None:
+                cand["score"] = c.score
+            if c.quotes:
+                cand["quotes"] = [list(q) for q in c.quotes]
+            if c.followup:
+                cand["followup"] = turns(c.followup)
+            out["candidates"].append(cand)
+        if self.label is not None:
+            out["label"] = self.label
+        if self.transcripts:
+            out["transcripts"] = True
+        return out
 
     @staticmethod
     def from_json(obj: dict) -> FeedbackExample:
@@ -73,9 +96,9 @@ class FeedbackExample:
                     score=c.get("score"),
                     quotes=tuple((q[0], q[1]) for q in c.get("quotes", ())),
                     followup=tuple(Turn(**t) for t in c.get("followup", ())),
-                    transcript=tuple(Turn(**t) for t in c.get("transcript", ())),
                 )
                 for c in obj["candidates"]
             ),
             label=obj.get("label"),
+            transcripts=obj.get("transcripts", False),
         )

@@ -20,6 +20,7 @@ from coh.data.errors import DataError
 
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, written by some editors
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -46,27 +47,27 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, object]]:
     where = str(path)
     if not path.exists():
         raise DataError(where, None, None, "file not found")
-    with _open_binary(path) as f:
-        try:
-            first = f.peek(1)[:1] if hasattr(f, "peek") else b""
-        except OSError as e:  # a .gz file that is not gzip
-            raise DataError(where, None, None, f"cannot read: {e}") from None
-        stripped_start = first.strip()
-        if path.name.endswith((".json", ".json.gz")) and stripped_start in (b"[", b""):
-            data = f.read()
-            yield from _iter_json_array(data, where)
-            return
-        for line_no, raw in enumerate(f, start=1):
-            text = _decode(raw, where, line_no).strip()
-            if not text:
-                continue
-            try:
-                yield line_no, json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(where, line_no, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    try:
+        with _open_binary(path) as f:
+            if path.name.endswith((".json", ".json.gz")):
+                yield from _iter_json_array(f.read(), where)
+                return
+            for line_no, raw in enumerate(f, start=1):
+                if line_no == 1:
+                    raw = raw.removeprefix(_BOM)
+                text = _decode(raw, where, line_no).strip()
+                if not text:
+                    continue
+                try:
+                    yield line_no, json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise DataError(where, line_no, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    except (OSError, EOFError) as e:  # e.g. a .gz file that is not gzip, or a truncated one
+        raise DataError(where, None, None, f"cannot read: {e}") from None
 
 
 def _iter_json_array(data: bytes, where: str) -> Iterator[tuple[int, object]]:
+    data = data.removeprefix(_BOM)
     # Decode first so a bad byte is reported with its line.
     try:
         text = data.decode("utf-8")

@@ -27,6 +27,7 @@ the order or the process in which examples are rendered.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ class RenderSpec:
         if self.shared_prefix not in SHARED_PREFIX_MODES:
             raise ValueError(f"shared_prefix must be one of {list(SHARED_PREFIX_MODES)}, got {self.shared_prefix!r}")
 
-    @property
+    @functools.cached_property
     def kinds(self) -> tuple[str, ...]:
         """The record layouts asked for (everything but ``aux``)."""
         return tuple(f for f in self.feedback if f != "aux")
@@ -154,9 +155,9 @@ def render_one(
     good, bad = pair
     markers = {"good": good, "bad": bad, "better": phrases.better}
     b = _Builder()
-    if shared_prefix == "original" and all(c.transcript for c, _ in layout):
+    if shared_prefix == "original" and ex.transcripts:
         for cand, label in layout:
-            b.transcript(cand.transcript, markers[label], label, phrases)
+            b.transcript(ex.transcript(cand), markers[label], label, phrases)
         return b.segments
     task = rng.choice(phrases.task) if phrases.task else ""
     b.context(ex.context, phrases, good, task)

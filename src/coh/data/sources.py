@@ -82,7 +82,7 @@ _HH_ROLE = {"Human": "user", "Assistant": "assistant"}
 def parse_hh_transcript(text: str, field: str) -> list[Turn]:
     """Split an hh-rlhf transcript into turns. It must start with ``Human:`` (after blank lines)."""
     parts = _HH_TURN.split("\n\n" + text.lstrip())
-    if parts[0].strip():
+    if parts[0].strip() or (len(parts) > 1 and parts[1] != "Human"):
         raise RowError(field, "expected the transcript to start with '\\n\\nHuman:'")
     if len(parts) < 3:
         raise RowError(field, "expected at least one '\\n\\nHuman:' turn")
@@ -123,7 +123,7 @@ def _split_shared(a: list[Turn], b: list[Turn]) -> int:
     return i
 
 
-def _candidate_from_turns(turns: list[Turn], field: str, score: float | None = None, full=()) -> Candidate:
+def _candidate_from_turns(turns: list[Turn], field: str, score: float | None = None) -> Candidate:
     """An output made of the turns after the context: the first must be an assistant reply."""
     if not turns:
         raise RowError(field, "no reply after the shared conversation")
@@ -134,7 +134,7 @@ def _candidate_from_turns(turns: list[Turn], field: str, score: float | None = N
     for t in turns[1:]:
         if t.role == "assistant" and not t.text:
             raise RowError(field, "empty reply")
-    return Candidate(text=turns[0].text, score=score, followup=tuple(turns[1:]), transcript=tuple(full))
+    return Candidate(text=turns[0].text, score=score, followup=tuple(turns[1:]))
 
 
 def _check_context(context: list[Turn], field: str) -> None:
@@ -146,13 +146,13 @@ def _check_context(context: list[Turn], field: str) -> None:
 
 def _pair(
     context: list[Turn], chosen: list[Turn], rejected: list[Turn], fields: tuple[str, str], ex_id: str, source: str,
-    split: str, keep_transcripts: bool = False,
+    split: str, transcripts: bool = False,
 ) -> FeedbackExample:
-    good = _candidate_from_turns(chosen, fields[0], full=context + chosen if keep_transcripts else ())
-    bad = _candidate_from_turns(rejected, fields[1], full=context + rejected if keep_transcripts else ())
+    good = _candidate_from_turns(chosen, fields[0])
+    bad = _candidate_from_turns(rejected, fields[1])
     if good.text == bad.text and good.followup == bad.followup:
         raise RowError(f"{fields[0]}/{fields[1]}", "chosen and rejected are identical")
-    return FeedbackExample(id=ex_id, source=source, split=split, context=tuple(context), candidates=(good, bad))
+    return FeedbackExample(ex_id, source, split, tuple(context), (good, bad), transcripts=transcripts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def convert_dialogue(row: dict, ex_id: str, split: str) -> FeedbackExample:
     context = chosen[:n]
     _check_context(context, "chosen")
     return _pair(context, chosen[n:], rejected[n:], ("chosen", "rejected"), ex_id, "dialogue", split,
-                 keep_transcripts=True)
+                 transcripts=True)
 
 
 def _webgpt_quotes(row: dict, i: int) -> tuple[tuple[str, str], ...]:
@@ -197,7 +197,10 @@ def convert_webgpt(row: dict, ex_id: str, split: str) -> FeedbackExample | Skip:
 
 
 def convert_summary(row: dict, ex_id: str, split: str) -> FeedbackExample:
-    post = _text(row, "info.post")
+    info = _get(row, "info")
+    # CNN/DailyMail rows of the validation split keep their text in info.article, with post null.
+    cnndm = isinstance(info, dict) and info.get("post") is None and info.get("article") is not None
+    post = _text(row, "info.article" if cnndm else "info.post")
     summaries = _get(row, "summaries")
     if not isinstance(summaries, list) or len(summaries) != 2:
         raise RowError("summaries", f"expected a list of two summaries, got {describe(summaries)}")
@@ -209,7 +212,9 @@ def convert_summary(row: dict, ex_id: str, split: str) -> FeedbackExample:
         if not texts[i]:
             raise RowError(f"summaries[{i}].text", "empty text")
     choice = _get(row, "choice")
-    if isinstance(choice, bool) or choice not in (0, 1):
+    if isinstance(choice, float) and choice.is_integer():  # parquet / pandas may store 1.0
+        choice = int(choice)
+    if isinstance(choice, bool) or not isinstance(choice, int) or choice not in (0, 1):
         raise RowError("choice", f"expected 0 or 1, got {describe(choice)}")
     if texts[0] == texts[1]:
         raise RowError("summaries", "the two summaries are identical")
@@ -235,7 +240,7 @@ def _completion_turns(value: object, field: str) -> list[Turn]:
 
 
 def _implicit_prompt_strings(chosen: str, rejected: str) -> int:
-    # TRL's rule: the longest common prefix, moved back to start the completions at a space.
+    # TRL's rule (the longest common prefix), moved back to a word boundary so no word is split.
     i = 0
     while i < min(len(chosen), len(rejected)) and chosen[i] == rejected[i]:
         i += 1
@@ -246,7 +251,7 @@ def _implicit_prompt_strings(chosen: str, rejected: str) -> int:
 
 def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
     chosen_raw, rejected_raw = _get(row, "chosen"), _get(row, "rejected")
-    if "prompt" in row:
+    if row.get("prompt") is not None:  # a null prompt (parquet rows without one) means implicit
         context = _prompt_turns(row)
         chosen = _completion_turns(chosen_raw, "chosen")
         rejected = _completion_turns(rejected_raw, "rejected")
@@ -258,6 +263,9 @@ def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
         chosen = [Turn("assistant", chosen_raw[cut:].strip())]
         rejected = [Turn("assistant", rejected_raw[cut:].strip())]
         _check_context(context, "chosen")
+    elif isinstance(chosen_raw, str) or isinstance(rejected_raw, str):
+        raise RowError("chosen/rejected", "without a prompt, chosen and rejected must both be strings or both "
+                                          "message lists")
     else:
         full_chosen = _messages(chosen_raw, "chosen")
         full_rejected = _messages(rejected_raw, "rejected")
@@ -288,6 +296,8 @@ def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample:
         if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
             raise RowError(f"scores[{i}]", f"expected a number, got {describe(score)}")
         cands.append(_candidate_from_turns(_completion_turns(comp, f"completions[{i}]"), f"completions[{i}]", float(score)))
+    if len({(c.text, c.followup) for c in cands}) < len(cands):
+        raise RowError("completions", "two completions are identical")
     # Best first; a stable sort keeps the file's order among equal scores.
     order = sorted(range(len(cands)), key=lambda i: -cands[i].score)
     return FeedbackExample(ex_id, "rated", split, tuple(context), tuple(cands[i] for i in order))

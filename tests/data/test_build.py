@@ -1,0 +1,152 @@
+"""`coh data build` end to end: counts, splits, mixing, determinism, bad input, outputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from coh.cli import main
+from coh.data.build import BuildConfig, SourceSpec, build
+from coh.data.fields import read_fields_file
+from coh.data.records import read_records
+from coh.data.render import RenderSpec
+
+from ..conftest import hh_rows
+
+
+@pytest.fixture(scope="module")
+def hh_file(tmp_path_factory) -> Path:
+    """200 real hh-rlhf rows (4 of the shared sample's rows have an empty reply; row 87 is one)."""
+    path = tmp_path_factory.mktemp("hh") / "hh.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for row in hh_rows(200):
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def files_of(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_cli_build_counts_and_rejects(hh_file, tmp_path, capsys):
+    assert main(["data", "build", "-s", f"dialogue:eval={hh_file}", "-o", str(tmp_path / "a"),
+                 "--skip-invalid", "--feedback", "p,pn"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    src = summary["sources"]["dialogue"]
+    rejects = [json.loads(line) for line in (tmp_path / "a" / "rejects.jsonl").read_text().splitlines()]
+    assert src["rows"] == 200 == src["examples"]["eval"] + src["invalid"]
+    assert src["invalid"] == len(rejects) == summary["invalid_rows"] >= 1
+    assert rejects[0]["line"] == 87 and rejects[0]["field"] == "chosen" and "row" in rejects[0]
+    assert src["records"]["eval"] == {"p": src["examples"]["eval"], "pn": src["examples"]["eval"]}
+    records = list(read_records(tmp_path / "a" / "eval.jsonl"))
+    assert len(records) == summary["records"]["eval"] == 2 * src["examples"]["eval"]
+    assert "invalid rows set aside" in capsys.readouterr().out
+
+
+def test_invalid_row_stops_the_build_with_file_line_field(hh_file, tmp_path, capsys):
+    assert main(["data", "build", "-s", f"dialogue:eval={hh_file}", "-o", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert str(hh_file) in err and "line 87" in err and "field 'chosen'" in err and "--skip-invalid" in err
+    assert not (tmp_path / "b" / "eval.jsonl").exists()
+
+
+def test_byte_identical_and_seeded(hh_file, tmp_path):
+    def run(name: str, seed: int, num_proc: int = 1) -> dict[str, bytes]:
+        cfg = BuildConfig([SourceSpec.parse(f"summary:{hh_file}".replace("summary", "dialogue"))],
+                          str(tmp_path / name), seed=seed, skip_invalid=True, num_proc=num_proc, progress=False)
+        build(cfg)
+        return files_of(tmp_path / name)
+
+    first, again, other = run("s1", 1), run("s2", 1), run("s3", 2)
+    assert first == again
+    assert first["train.jsonl"] != other["train.jsonl"]  # another seed: another held-out split and order
+    assert run("s4", 1, num_proc=2) == first  # several processes give the same bytes
+
+
+def test_held_out_split_when_the_dataset_has_none(hh_file, tmp_path):
+    build(BuildConfig([SourceSpec.parse(f"dialogue:{hh_file}")], str(tmp_path), eval_fraction=0.1,
+                      skip_invalid=True, render=RenderSpec(feedback=("p",)), progress=False))
+    train = {r.id for r in read_records(tmp_path / "train.jsonl")}
+    evals = {r.id for r in read_records(tmp_path / "eval.jsonl")}
+    n = len(train) + len(evals)
+    assert len(evals) == round(n * 0.1) and not train & evals
+    assert all(r.split == "eval" for r in read_records(tmp_path / "eval.jsonl"))
+
+
+def test_several_sources_mixed_without_overwrite(hh_file, tmp_path):
+    specs = [SourceSpec.parse(f"dialogue:eval={hh_file},name=hh-a,limit=50"),
+             SourceSpec.parse(f"dialogue:eval={hh_file},name=hh-b,limit=30")]
+    summary = build(BuildConfig(specs, str(tmp_path), skip_invalid=True, render=RenderSpec(feedback=("p",)),
+                                progress=False))
+    sources = [r.source for r in read_records(tmp_path / "eval.jsonl")]
+    assert sources.count("hh-a") == summary["sources"]["hh-a"]["examples"]["eval"] > 40
+    assert sources.count("hh-b") == summary["sources"]["hh-b"]["examples"]["eval"] > 20
+    assert sources != sorted(sources)  # shuffled together
+    with pytest.raises(ValueError, match="distinct name"):
+        build(BuildConfig([SourceSpec.parse(f"dialogue:{hh_file}")] * 2, str(tmp_path / "x"), progress=False))
+
+
+def test_hub_code_path_on_a_local_folder(tmp_path):
+    """The hub loader (load_dataset(name)) exercised on a local folder of the same schema."""
+    folder = tmp_path / "hh-rlhf"
+    folder.mkdir()
+    rows = [r for r in hh_rows(40) if r["chosen"].rstrip()[-1] != ":"]
+    for split, part in (("train", rows[:30]), ("test", rows[30:])):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    summary = build(BuildConfig([SourceSpec(kind="dialogue", hub=str(folder))], str(tmp_path / "out"),
+                                render=RenderSpec(feedback=("p",)), progress=False))
+    assert summary["sources"]["dialogue"]["examples"] == {"train": 30, "eval": len(rows) - 30}
+
+
+def test_tokenized_output(hh_file, tmp_path, bpe_tokenizer):
+    import datasets
+
+    tok_dir = tmp_path / "tok"
+    bpe_tokenizer.save_pretrained(tok_dir)
+    summary = build(BuildConfig([SourceSpec.parse(f"dialogue:eval={hh_file},limit=20")], str(tmp_path / "o"),
+                                skip_invalid=True, tokenizer=str(tok_dir), progress=False))
+    ds = datasets.load_from_disk(str(tmp_path / "o" / "tokenized" / "eval"))
+    assert ds.num_rows == summary["records"]["eval"] == summary["tokens"]["eval"]["records"]
+    assert sum(ds["loss_tokens"]) == summary["tokens"]["eval"]["loss_tokens"] > 0
+    first = next(read_records(tmp_path / "o" / "eval.jsonl"))
+    assert ds[0]["id"] == first.id
+
+
+def test_fields_format_and_resample(hh_file, tmp_path):
+    build(BuildConfig([SourceSpec.parse(f"dialogue:eval={hh_file},limit=20")], str(tmp_path / "f"),
+                      skip_invalid=True, output_format="fields", progress=False))
+    recs = list(read_fields_file(tmp_path / "f" / "eval.jsonl"))
+    assert recs and {r.feedback for r in recs} == {"p", "n", "pn", "np"}
+    build(BuildConfig([SourceSpec.parse(f"dialogue:eval={hh_file},limit=20")], str(tmp_path / "r"),
+                      skip_invalid=True, render=RenderSpec(feedback=("pn", "np"), resample=True), progress=False))
+    recs = list(read_records(tmp_path / "r" / "eval.jsonl"))
+    examples = (tmp_path / "r" / "examples" / "eval.jsonl").read_text().splitlines()
+    assert len(recs) == len(examples) and all(r.id.endswith("/e0") for r in recs)
+
+
+def test_pack_hf_keeps_the_original_flags_and_file_names(hh_file, tmp_path):
+    from coh.data.pack_hf import main as pack_main
+
+    out = tmp_path / "ph"
+    assert pack_main([f"--output_dir={out}", f"--dataset=dialogue:eval={hh_file},limit=30",
+                      "--include_feedback=p,pn,aux", "--gpt_marker=Good:"]) == 0
+    for name in ("eval_p,pn,aux.jsonl", "eval_p,pn,aux_shuffled.jsonl", "hh_dialogue_eval_p,pn,aux.jsonl"):
+        assert (out / name).exists(), name
+    lines = [json.loads(line) for line in (out / "eval_p,pn,aux.jsonl").read_text().splitlines()]
+    assert all("fields" in obj for obj in lines)
+    # aux replaces the default pair: 12 alternative pairs x 2 types per example
+    n_examples = json.loads((out / "summary.json").read_text())["sources"]["dialogue"]["examples"]["eval"]
+    assert len(lines) == 24 * n_examples
+    assert {obj["marker_gpt"] for obj in lines} >= {"The following is a better response."}
+
+
+def test_bad_source_specs(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown source kind"):
+        SourceSpec.parse("dialog:x.jsonl")
+    with pytest.raises(ValueError, match="needs a file or a hub dataset"):
+        SourceSpec.parse("preference")
+    assert main(["data", "build", "-s", "preference:missing.jsonl", "-o", str(tmp_path)]) == 1
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
