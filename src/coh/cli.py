@@ -38,7 +38,8 @@ def _data_build_args(p: argparse.ArgumentParser) -> None:
                    help="held-out share for datasets without an eval split (default 0.05)")
     p.add_argument("--skip-invalid", action="store_true", default=None,
                    help="write invalid rows to rejects.jsonl and go on, instead of stopping at the first")
-    p.add_argument("--num-proc", type=int, default=None, help="processes for converting rows (default: 1)")
+    p.add_argument("--num-proc", type=int, default=None,
+                   help="worker processes that convert, render and tokenize rows (default: the CPU count, at most 8)")
     p.add_argument("--tokenizer", help="tokenizer (path or hub id): also write token ids and loss masks")
     p.add_argument("--chat-template", action="store_true", default=None,
                    help="tokenize through the tokenizer's chat template")
@@ -74,7 +75,7 @@ def _run_data_build(args: argparse.Namespace) -> int:
     cfg = BuildConfig(
         sources=specs, output_dir=opts["output_dir"], render=render, phrases_file=opts.get("phrases"),
         seed=int(opts.get("seed", 0)), eval_fraction=float(opts.get("eval_fraction", 0.05)),
-        skip_invalid=bool(opts.get("skip_invalid", False)), num_proc=int(opts.get("num_proc", 1)),
+        skip_invalid=bool(opts.get("skip_invalid", False)), num_proc=int(opts.get("num_proc", min(8, os.cpu_count() or 1))),
         progress=not opts.get("no_progress", False) and sys.stderr.isatty(),
         tokenizer=opts.get("tokenizer"), chat_template=bool(opts.get("chat_template", False)),
         output_format=opts.get("output_format", "coh"),
@@ -106,7 +107,8 @@ def _data_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="records (ours or the original's 'fields' JSONL)")
     p.add_argument("--tokenizer", help="tokenizer (path or hub id): lengths in tokens")
     p.add_argument("--record", type=int, default=0, help="index of the record to render (default 0)")
-    p.add_argument("--max-length", type=int, default=None, help="report records longer than this many tokens")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="report records longer than this (tokens with --tokenizer, else characters)")
 
 
 def _run_data_inspect(args: argparse.Namespace) -> int:
@@ -134,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Build Chain-of-Hindsight records from feedback datasets.")
     _data_build_args(p)
     p.set_defaults(func=_run_data_build)
-    p = data_sub.add_parser("inspect", help="counts, one rendered record, lengths and problems of a records file")
+    p = data_sub.add_parser("inspect", help="counts, one rendered record, lengths and problems of a records file",
+                            description="Counts by source and feedback type, one record with its loss spans "
+                                        "marked, a length histogram and the problems found. Exit status 0 when "
+                                        "no problem was found, 1 otherwise.")
     _data_inspect_args(p)
     p.set_defaults(func=_run_data_inspect)
     for name, text in NOT_BUILT.items():

@@ -67,13 +67,18 @@ def test_byte_identical_and_seeded(hh_file, tmp_path):
 
 
 def test_held_out_split_when_the_dataset_has_none(hh_file, tmp_path):
-    build(BuildConfig([SourceSpec.parse(f"dialogue:{hh_file}")], str(tmp_path), eval_fraction=0.1,
-                      skip_invalid=True, render=RenderSpec(feedback=("p",)), progress=False))
-    train = {r.id for r in read_records(tmp_path / "train.jsonl")}
-    evals = {r.id for r in read_records(tmp_path / "eval.jsonl")}
-    n = len(train) + len(evals)
-    assert len(evals) == round(n * 0.1) and not train & evals
-    assert all(r.split == "eval" for r in read_records(tmp_path / "eval.jsonl"))
+    def eval_ids(out: Path, limit: str = "") -> tuple[set, set]:
+        build(BuildConfig([SourceSpec.parse(f"dialogue:{hh_file}{limit}")], str(out), eval_fraction=0.1,
+                          skip_invalid=True, render=RenderSpec(feedback=("p",)), progress=False))
+        assert all(r.split == "eval" for r in read_records(out / "eval.jsonl"))
+        return ({r.id for r in read_records(out / "train.jsonl")}, {r.id for r in read_records(out / "eval.jsonl")})
+
+    train, evals = eval_ids(tmp_path / "all")
+    assert not train & evals
+    assert 0.04 < len(evals) / (len(train) + len(evals)) < 0.2  # 10 % of about 200, by a seeded hash
+    # an example keeps its split when the dataset changes size: the split depends on its id only
+    small_train, small_eval = eval_ids(tmp_path / "small", ",limit=100")
+    assert small_eval <= evals and small_train <= train and small_eval
 
 
 def test_several_sources_mixed_without_overwrite(hh_file, tmp_path):

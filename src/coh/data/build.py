@@ -3,12 +3,16 @@
 The whole flow, top to bottom:
 
 1. ``read_source``: each source's rows, with the file (or hub dataset) and line of each row.
-2. ``convert_rows``: rows into ``FeedbackExample`` s (``coh.data.sources``); bad rows raise a
-   ``DataError`` naming file, line and field, or with ``skip_invalid`` go to ``rejects.jsonl``.
-3. ``assign_splits``: the dataset's own train/eval splits, or a seeded held-out split.
-4. ``render_dataset``: examples into records under the feedback types (``coh.data.render``).
-5. writing: all sources mixed into ``train.jsonl`` / ``eval.jsonl`` (seeded shuffle), the
-   examples (for fresh phrasing per epoch), ``summary.json`` and the rejects.
+2. ``_work`` (in ``num_proc`` worker processes, chunk by chunk): rows into ``FeedbackExample`` s
+   (``coh.data.sources``); bad rows raise a ``DataError`` naming file, line and field, or with
+   ``skip_invalid`` go to ``rejects.jsonl``. The dataset's own train/eval split, or a seeded
+   held-out split (``held_out``). Examples into records under the feedback types
+   (``coh.data.render``), serialised, and tokenized when a tokenizer is given.
+3. ``build_source`` collects the workers' results in file order and counts everything.
+4. ``build``: all sources mixed into one seeded shuffle per split.
+5. writing: all sources mixed into ``train.jsonl`` / ``eval.jsonl`` (seeded shuffle),
+   ``summary.json``, the rejects, and with ``resample`` the examples (``examples/*.jsonl``), from
+   which the trainer draws fresh phrasing every epoch.
 6. with a tokenizer, ``tokenized/{train,eval}``: token ids and loss masks as ``datasets`` on
    disk, so training need not tokenize again (``coh.data.tokenize``).
 
@@ -18,6 +22,7 @@ Same inputs and seed give byte-identical files.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -30,7 +35,8 @@ from pathlib import Path
 
 from coh.data.errors import DataError, RowError
 from coh.data.feedback import FeedbackExample
-from coh.data.io import atomic_writer, iter_hub_rows, iter_local_rows
+from coh.data.fields import record_to_fields
+from coh.data.io import atomic_writer, iter_local_rows
 from coh.data.phrases import DEFAULT_PHRASES, PhraseSet, load_phrases, phrases_for
 from coh.data.records import FeedbackRecord
 from coh.data.render import RenderSpec, render_records
@@ -139,16 +145,16 @@ def read_source(spec: SourceSpec) -> Iterator[tuple[str, str, int, object]]:
 
     where = f"hub dataset {spec.hub}" + (f" ({spec.config})" if spec.config else "")
     try:
-        names = list(datasets.load_dataset(spec.hub, spec.config).keys())
+        splits = datasets.load_dataset(spec.hub, spec.config)
     except Exception as e:  # datasets raises many types; report which dataset failed and why
         raise DataError(where, None, None, f"cannot load: {type(e).__name__}: {e}") from None
-    eval_name = next((n for n in _EVAL_SPLIT_NAMES if n in names), None)
-    if "train" not in names:
-        raise DataError(where, None, None, f"has no 'train' split (splits: {names})")
+    eval_name = next((n for n in _EVAL_SPLIT_NAMES if n in splits), None)
+    if "train" not in splits:
+        raise DataError(where, None, None, f"has no 'train' split (splits: {list(splits)})")
     for ours, theirs in (("train", "train"), ("eval", eval_name)):
         if theirs is None:
             continue
-        for line, row in _limited(iter_hub_rows(spec.hub, spec.config, theirs), spec.limit):
+        for line, row in _limited(enumerate(splits[theirs], start=1), spec.limit):
             yield (ours if eval_name else ""), f"{where} split {theirs}", line, row
 
 
@@ -159,7 +165,7 @@ def _limited(rows: Iterator, limit: int | None) -> Iterator:
         yield item
 
 
-# -- 2. converting (and rendering, in the same worker: both are per-row and seeded per example) ---
+# -- 2-4. per row, in worker processes: convert, split, render, serialise, tokenize ------------
 @dataclass(frozen=True)
 class _Job:
     kind: str
@@ -167,43 +173,92 @@ class _Job:
     render: RenderSpec
     phrases: PhraseSet
     seed: int
+    eval_fraction: float
+    output_format: str
+    tokenize: bool
 
 
-def _convert_chunk(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list:
-    """Per row: ``(split, example, records)``, ``(split, Skip)`` or ``(split, DataError, row)``."""
+# The record tokenizer, loaded once in the parent; forked workers inherit it, spawned ones load it.
+_RECORD_TOKENIZER = None
+
+
+def _load_record_tokenizer(path: str, chat_template: bool) -> None:
+    global _RECORD_TOKENIZER
+    if _RECORD_TOKENIZER is None:
+        from transformers import AutoTokenizer
+
+        from coh.data.tokenize import RecordTokenizer
+
+        _RECORD_TOKENIZER = RecordTokenizer(AutoTokenizer.from_pretrained(path), chat_template=chat_template)
+
+
+def held_out(seed: int, name: str, ex_id: str, fraction: float) -> bool:
+    """Whether a split-less example goes to eval. It depends only on the seed and the example's id,
+    so an example keeps its split when rows are added or removed, whatever the processes."""
+    digest = hashlib.sha256(f"{seed}/{name}/{ex_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[tuple]:
+    """Rows into ``("ok", split, [(id, source, feedback)], lines, tokens, example_line)``,
+    ``("skip", reason)`` or ``("invalid", DataError, row)``."""
     job, chunk = args
     convert = CONVERTERS[job.kind]
     epoch = 0 if job.render.resample else None
     out: list = []
+    pending: list[FeedbackRecord] = []
     for split, where, line, row in chunk:
         ex_id = f"{job.name}/{split}/{line}" if split else f"{job.name}/{line}"
+        if not split:
+            split = "eval" if held_out(job.seed, job.name, ex_id, job.eval_fraction) else "train"
         try:
             if not isinstance(row, dict):
                 raise RowError(None, f"expected a JSON object, got {type(row).__name__}")
-            result = convert(row, ex_id, split or "train")
+            ex = convert(row, ex_id, split)
         except RowError as e:
-            out.append((split, e.at(where, line), row))
+            out.append(("invalid", e.at(where, line), row))
             continue
-        if isinstance(result, Skip):
-            out.append((split, result))
+        if isinstance(ex, Skip):
+            out.append(("skip", ex.reason))
             continue
-        if result.source != job.name:
-            result = dataclasses.replace(result, source=job.name)
-        out.append((split, result, render_records(result, job.render, job.phrases, job.seed, epoch)))
+        if ex.source != job.name:
+            ex = dataclasses.replace(ex, source=job.name)
+        recs = render_records(ex, job.render, job.phrases, job.seed, epoch)
+        if job.output_format == "fields":
+            lines = [json.dumps(record_to_fields(r), ensure_ascii=False) + "\n" for r in recs]
+        else:
+            lines = [r.to_line() for r in recs]
+        example = json.dumps(ex.to_json(), ensure_ascii=False) + "\n" if job.render.resample else None
+        out.append(["ok", split, [(r.id, r.source, r.feedback) for r in recs], lines, len(recs), example])
+        pending.extend(recs)
+    if job.tokenize and pending:
+        tokens = iter(_RECORD_TOKENIZER.batch(pending))
+        for item in out:
+            if item[0] == "ok":
+                item[4] = [next(tokens) for _ in range(item[4])]
     return out
 
 
-def convert_rows(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report: SourceReport,
-                 rejects: list[dict]) -> dict[str, list[tuple[FeedbackExample, list[FeedbackRecord]]]]:
-    """Examples of one source, each with its records, by split (``""``: no split of its own yet)."""
+@dataclass
+class _Split:
+    """What one split collects, record by record in file order, before the final shuffle."""
+
+    info: list[tuple[str, str, str]] = field(default_factory=list)  # (id, source, feedback)
+    lines: list[str] = field(default_factory=list)
+    tokens: list = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+
+
+def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report: SourceReport,
+                 rejects: list[dict], out: dict[str, _Split]) -> None:
+    """Read, convert and render one source into ``out``, counting everything in ``report``."""
     from tqdm import tqdm
 
-    job = _Job(spec.kind, spec.name, cfg.render, phrases, cfg.seed)
-    by_split: dict[str, list] = {"train": [], "eval": [], "": []}
+    job = _Job(spec.kind, spec.name, cfg.render, phrases, cfg.seed, cfg.eval_fraction, cfg.output_format,
+               cfg.tokenizer is not None)
     rows = read_source(spec)
-    bar = tqdm(desc=f"build {spec.name}", unit=" rows", disable=not cfg.progress, file=sys.stderr)
 
-    def chunks(size: int = 2000) -> Iterator:
+    def chunks(size: int = 1000) -> Iterator:
         buf = []
         for item in rows:
             buf.append(item)
@@ -213,63 +268,63 @@ def convert_rows(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
         if buf:
             yield job, buf
 
-    pool = ProcessPoolExecutor(cfg.num_proc) if cfg.num_proc > 1 else None
+    pool = None
+    if cfg.num_proc > 1:
+        # Workers tokenize single-threaded; together they fill the cores.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        pool = ProcessPoolExecutor(cfg.num_proc, initializer=_load_record_tokenizer if cfg.tokenizer else None,
+                                   initargs=(cfg.tokenizer, cfg.chat_template) if cfg.tokenizer else ())
+    counts = {split: Counter() for split in SPLITS}
+    bar = tqdm(desc=f"build {spec.name}", unit=" rows", disable=not cfg.progress, file=sys.stderr)
     try:
-        results = pool.map(_convert_chunk, chunks()) if pool else map(_convert_chunk, chunks())
-        for chunk in results:
-            for split, result, *rest in chunk:
+        for chunk in (pool.map(_work, chunks()) if pool else map(_work, chunks())):
+            for item in chunk:
                 report.rows += 1
-                if isinstance(result, DataError):
+                if item[0] == "invalid":
+                    err = item[1]
                     if not cfg.skip_invalid:
-                        raise DataError(result.where, result.line, result.field,
-                                        result.problem + " (use --skip-invalid to set such rows aside and go on)")
+                        raise DataError(err.where, err.line, err.field,
+                                        err.problem + " (use --skip-invalid to set such rows aside and go on)")
                     report.invalid += 1
-                    rejects.append({**result.as_dict(), "source": spec.name, "row": rest[0]})
-                elif isinstance(result, Skip):
-                    report.skipped[result.reason] = report.skipped.get(result.reason, 0) + 1
+                    rejects.append({**err.as_dict(), "source": spec.name, "row": item[2]})
+                elif item[0] == "skip":
+                    report.skipped[item[1]] = report.skipped.get(item[1], 0) + 1
                 else:
-                    report.no_record += not rest[0]
-                    by_split[split].append((result, rest[0]))
+                    _, split, info, lines, tokens, example = item
+                    report.examples[split] = report.examples.get(split, 0) + 1
+                    report.no_record += not info
+                    counts[split].update(feedback for _, _, feedback in info)
+                    dest = out[split]
+                    dest.info.extend(info)
+                    dest.lines.extend(lines)
+                    if job.tokenize:
+                        dest.tokens.extend(tokens)
+                    if example is not None:
+                        dest.examples.append(example)
             bar.update(len(chunk))
     finally:
         bar.close()
         if pool:
             pool.shutdown()
-    return by_split
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+    report.examples = {split: report.examples.get(split, 0) for split in SPLITS}
+    report.records = {split: dict(sorted(counts[split].items())) for split in SPLITS}
 
 
-# -- 3. splits -----------------------------------------------------------------------------------
-def assign_splits(by_split: dict[str, list], eval_fraction: float, seed: int, name: str) -> dict[str, list]:
-    """Keep the dataset's splits; hold out ``eval_fraction`` of split-less examples (seeded, exact count)."""
-    pool = by_split.pop("")
-    if pool:
-        n_eval = round(len(pool) * eval_fraction)
-        order = list(range(len(pool)))
-        random.Random(f"{seed}/split/{name}").shuffle(order)
-        held = set(order[:n_eval])
-        for i, (ex, recs) in enumerate(pool):
-            split = "eval" if i in held else "train"
-            if split != ex.split:
-                ex = dataclasses.replace(ex, split=split)
-                recs = [dataclasses.replace(r, split=split) for r in recs]
-            by_split[split].append((ex, recs))
-    return by_split
-
-
-# -- 4. rendering again, per epoch -------------------------------------------------------------------
+# -- rendering again, per epoch ------------------------------------------------------------------
 def render_dataset(examples: list[FeedbackExample], spec: RenderSpec, phrases: dict[str, PhraseSet],
                    kinds: dict[str, str], seed: int, epoch: int | None = None) -> list[FeedbackRecord]:
     """Records of many examples; ``kinds`` maps source name to converter kind (for its phrases).
 
     The build renders as it converts; the trainer calls this with ``epoch`` set to draw fresh
-    phrasing every epoch from ``examples/*.jsonl``."""
+    phrasing every epoch from ``examples/*.jsonl`` (written with ``resample``)."""
     out: list[FeedbackRecord] = []
     for ex in examples:
         out.extend(render_records(ex, spec, phrases_for(kinds.get(ex.source, ex.source), phrases), seed, epoch))
     return out
 
 
-# -- 5. writing ----------------------------------------------------------------------------------
+# -- 5-6. writing ----------------------------------------------------------------------------------
 def write_jsonl(rows: list, path: Path) -> None:
     with atomic_writer(path) as f:
         for row in rows:
@@ -278,6 +333,7 @@ def write_jsonl(rows: list, path: Path) -> None:
 
 def build(cfg: BuildConfig) -> dict:
     """Run the whole build and return the summary (also written to ``summary.json``)."""
+    global _RECORD_TOKENIZER
     names = [s.name for s in cfg.sources]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -286,35 +342,30 @@ def build(cfg: BuildConfig) -> dict:
         phrases = cfg.phrases
     else:
         phrases = load_phrases(cfg.phrases_file) if cfg.phrases_file else dict(DEFAULT_PHRASES)
+    if cfg.tokenizer:  # load (and check) the tokenizer before any work is done
+        _RECORD_TOKENIZER = None
+        _load_record_tokenizer(cfg.tokenizer, cfg.chat_template)
     out_dir = Path(cfg.output_dir)
     rejects: list[dict] = []
     reports: dict[str, SourceReport] = {}
-    examples: dict[str, list[FeedbackExample]] = {"train": [], "eval": []}
-    records: dict[str, list[FeedbackRecord]] = {"train": [], "eval": []}
+    splits = {split: _Split() for split in SPLITS}
     for spec in cfg.sources:
-        report = reports[spec.name] = SourceReport()
-        converted = convert_rows(spec, cfg, phrases_for(spec.kind, phrases), report, rejects)
-        by_split = assign_splits(converted, cfg.eval_fraction, cfg.seed, spec.name)
-        for split in SPLITS:
-            recs = [r for _, rs in by_split[split] for r in rs]
-            report.examples[split] = len(by_split[split])
-            report.records[split] = dict(sorted(Counter(r.feedback for r in recs).items()))
-            examples[split].extend(ex for ex, _ in by_split[split])
-            records[split].extend(recs)
-    if not records["train"] and not records["eval"]:
+        reports[spec.name] = SourceReport()
+        build_source(spec, cfg, phrases_for(spec.kind, phrases), reports[spec.name], rejects, splits)
+    if not splits["train"].lines and not splits["eval"].lines:
         raise ValueError(
             f"no records were produced: feedback types {list(cfg.render.feedback)} apply to none of the "
             f"{sum(r.rows for r in reports.values())} rows read (unpaired data supports only p and n)"
         )
-    for split in SPLITS:
-        random.Random(f"{cfg.seed}/shuffle/{split}").shuffle(records[split])
-        if cfg.output_format == "fields":
-            from coh.data.fields import record_to_fields
-
-            write_jsonl([record_to_fields(r) for r in records[split]], out_dir / f"{split}.jsonl")
-        else:
-            write_jsonl([r.to_line() for r in records[split]], out_dir / f"{split}.jsonl")
-        write_jsonl([ex.to_json() for ex in examples[split]], out_dir / "examples" / f"{split}.jsonl")
+    token_stats: dict = {"tokenizer": cfg.tokenizer, "chat_template": cfg.chat_template}
+    for split, data in splits.items():
+        order = list(range(len(data.lines)))
+        random.Random(f"{cfg.seed}/shuffle/{split}").shuffle(order)
+        write_jsonl([data.lines[i] for i in order], out_dir / f"{split}.jsonl")
+        if cfg.render.resample:  # the trainer re-renders these with fresh phrasing every epoch
+            write_jsonl(data.examples, out_dir / "examples" / f"{split}.jsonl")
+        if cfg.tokenizer:
+            token_stats[split] = write_tokenized(data, order, out_dir / "tokenized" / split)
     if rejects:
         write_jsonl(rejects, out_dir / "rejects.jsonl")
     elif (out_dir / "rejects.jsonl").exists():
@@ -325,38 +376,39 @@ def build(cfg: BuildConfig) -> dict:
         "shared_prefix": cfg.render.shared_prefix,
         "resample": cfg.render.resample,
         "phrases_file": cfg.phrases_file,
+        "eval_fraction": cfg.eval_fraction,
         "sources": {n: {**asdict(s), "spec": _spec_json(sp)} for (n, s), sp in zip(reports.items(), cfg.sources)},
-        "records": {split: len(records[split]) for split in SPLITS},
+        "records": {split: len(splits[split].lines) for split in SPLITS},
         "invalid_rows": len(rejects),
         "skipped_rows": sum(sum(r.skipped.values()) for r in reports.values()),
     }
     if cfg.tokenizer:
-        summary["tokens"] = tokenize_outputs(records, cfg, out_dir)
+        summary["tokens"] = token_stats
     with atomic_writer(out_dir / "summary.json") as f:
         json.dump(summary, f, indent=2, ensure_ascii=False)
         f.write("\n")
     return summary
 
 
-def tokenize_outputs(records: dict[str, list[FeedbackRecord]], cfg: BuildConfig, out_dir: Path) -> dict:
-    """Tokenize each split into ``out_dir/tokenized/<split>`` and return token counts."""
-    from transformers import AutoTokenizer
+def write_tokenized(data: _Split, order: list[int], path: Path) -> dict:
+    """Token ids and loss masks of a split, in the order of its JSONL file, as a ``datasets`` folder."""
+    import datasets
 
-    from coh.data.tokenize import RecordTokenizer, tokenize_records
+    from coh.data.tokenize import tokens_dataset
 
-    tok = RecordTokenizer(AutoTokenizer.from_pretrained(cfg.tokenizer), chat_template=cfg.chat_template)
-    stats = {"tokenizer": cfg.tokenizer, "chat_template": tok.chat_template}
-    for split in SPLITS:
-        ds = tokenize_records(records[split], tok, progress=cfg.progress)
-        ds.save_to_disk(str(out_dir / "tokenized" / split))
-        lengths = ds.data.column("length").to_pylist()
-        stats[split] = {
-            "records": len(ds),
-            "tokens": int(sum(lengths)),
-            "loss_tokens": int(sum(ds.data.column("loss_tokens").to_pylist())),
-            "max_length": int(max(lengths, default=0)),
-        }
-    return stats
+    info = [data.info[i] for i in order]
+    tokens = [data.tokens[i] for i in order]
+    ds = tokens_dataset([i[0] for i in info], [i[1] for i in info], [i[2] for i in info], tokens)
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one bar per build is enough; the save is quick
+    try:
+        ds.save_to_disk(str(path))
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+    lengths = [len(t) for t in tokens]
+    return {"records": len(tokens), "tokens": sum(lengths), "loss_tokens": sum(sum(t.loss_mask) for t in tokens),
+            "max_length": max(lengths, default=0)}
 
 
 def _spec_json(spec: SourceSpec) -> dict:

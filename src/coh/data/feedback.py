@@ -10,20 +10,20 @@ example into Chain-of-Hindsight records under a feedback type (``p``, ``n``, ``p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 ROLES = ("system", "user", "assistant")
 
 
-@dataclass(frozen=True)
-class Turn:
-    """One message of the shared context. ``role`` is ``system``, ``user`` or ``assistant``."""
+class Turn(NamedTuple):
+    """One message of the shared context. ``role`` is ``system``, ``user`` or ``assistant``.
+    (Turn, Candidate and Segment are named tuples: cheap to make and to pickle by the million.)"""
 
     role: str
     text: str
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """One model output under judgement.
 
     ``quotes`` are (title, extract) pairs of sources that belong to this output alone (WebGPT);

@@ -121,18 +121,6 @@ def iter_parquet_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
     yield from enumerate(ds, start=1)
 
 
-def iter_hub_rows(name: str, config: str | None, split: str) -> Iterator[tuple[int, dict]]:
-    """Yield ``(row_number, row)`` of a hub dataset split through ``datasets.load_dataset``."""
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # datasets raises many types; say what failed and why, once
-        raise DataError(f"hub dataset {name}" + (f" ({config})" if config else ""), None, None,
-                        f"cannot load split '{split}': {type(e).__name__}: {e}") from None
-    yield from enumerate(ds, start=1)
-
-
 def iter_local_rows(path: str | Path) -> Iterator[tuple[int, object]]:
     """Rows of a local file, chosen by suffix: JSON/JSONL (gzip included) or parquet."""
     path = Path(path)

@@ -28,6 +28,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from coh.data.errors import DataError, describe
 
@@ -35,9 +36,11 @@ SEGMENT_ROLES = ("system", "marker", "user", "prompt", "feedback", "assistant")
 LABELS = ("good", "bad", "better")
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A piece of record text with one loss flag. ``eos``: an end-of-sequence token follows."""
+class Segment(NamedTuple):
+    """A piece of record text with one loss flag. ``eos``: an end-of-sequence token follows.
+
+    A named tuple rather than a dataclass: records are built by the million, and tuples are
+    several times faster to make and to pickle between processes."""
 
     text: str
     loss: bool = False

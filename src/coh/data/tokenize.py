@@ -7,11 +7,12 @@ Contract of ``RecordTokenizer.__call__(record) -> TokenizedRecord``:
   ``eos`` (the tokenizer's ``eos_token_id``).
 - ``loss_mask[i]`` is 1 where token ``i`` is a training target (predicted from tokens ``< i``):
   the tokens of segments with ``loss`` and the EOS closing them. BOS is never a target.
-- Each segment is tokenized on its own, so no token spans two segments and the mask never moves
-  with a merge. A separating space at the start of a segment is kept where the tokenizer
-  encodes it as in running text (byte-level BPE, Metaspace) and dropped where the tokenizer
-  puts back a word-start marker by itself (SentencePiece with a ``Prepend`` normaliser); this
-  is probed once per tokenizer.
+- Text is tokenized in pieces that break wherever the loss flag changes and at every EOS, so no
+  token spans a loss boundary and the mask never moves with a merge; inside a piece the
+  tokenizer sees running text. A separating space at the start of a piece is kept where the
+  tokenizer encodes it as in running text (byte-level BPE, Metaspace) and dropped where the
+  tokenizer puts back a word-start marker by itself (SentencePiece with a ``Prepend``
+  normaliser); this is probed once per tokenizer.
 
 With ``chat_template=True`` and a tokenizer that has one, the record is turned into chat
 messages (user turns; each feedback phrase plus its output as one assistant message) and
@@ -86,16 +87,30 @@ class RecordTokenizer:
             raise ValueError("chat_template=True, but the tokenizer has no chat template")
 
     # -- plain CoH text --------------------------------------------------------------------------
-    def _segment_texts(self, segments: Sequence[Segment]) -> list[str]:
-        texts = []
+    def _pieces(self, segments: Sequence[Segment]) -> list[tuple[str, bool, bool]]:
+        """(text, loss, EOS after) pieces to encode: runs of segments with the same loss flag and no
+        EOS between them are joined, since a merge inside a run cannot move the mask; the tokenizer
+        then sees running text, and is called far fewer times."""
+        pieces: list[tuple[str, bool, bool]] = []
+        run: list[str] = []
+        run_loss = False
         chunk_start = True
         for seg in segments:
+            if run and seg.loss != run_loss:
+                pieces.append(("".join(run), run_loss, False))
+                run = []
             text = seg.text
-            if self.strip_leading_space and not chunk_start and text.startswith(" "):
+            if not run and self.strip_leading_space and not chunk_start and text.startswith(" "):
                 text = text[1:]
-            texts.append(text)
+            run.append(text)
+            run_loss = seg.loss
             chunk_start = seg.eos
-        return texts
+            if seg.eos:
+                pieces.append(("".join(run), run_loss, True))
+                run = []
+        if run:
+            pieces.append(("".join(run), run_loss, False))
+        return pieces
 
     def _assemble(
         self, pieces: Iterable[tuple[list[int], bool | list[int], bool]], add_bos: bool = True
@@ -118,16 +133,13 @@ class RecordTokenizer:
         """Tokenize many records with one batched tokenizer call (parallel in the Rust backend)."""
         if self.chat_template:
             return [self._chat(r) for r in records]
-        texts: list[str] = []
-        for r in records:
-            texts.extend(self._segment_texts(r.segments))
-        encoded = _encode(self.tokenizer, texts)
+        pieces = [self._pieces(r.segments) for r in records]
+        encoded = _encode(self.tokenizer, [text for ps in pieces for text, _, _ in ps])
         out = []
         k = 0
-        for r in records:
-            n = len(r.segments)
-            out.append(self._assemble((encoded[k + i], s.loss, s.eos) for i, s in enumerate(r.segments)))
-            k += n
+        for ps in pieces:
+            out.append(self._assemble((encoded[k + i], loss, eos) for i, (_, loss, eos) in enumerate(ps)))
+            k += len(ps)
         return out
 
     def __call__(self, record: FeedbackRecord) -> TokenizedRecord:
@@ -235,35 +247,34 @@ def chat_messages(segments: Sequence[Segment]) -> tuple[list[str], list[list[Seg
 
 def tokenize_records(records: Sequence[FeedbackRecord], record_tokenizer: RecordTokenizer, batch_size: int = 1000,
                      progress: bool = False):
-    """Tokenize records into a ``datasets.Dataset`` with columns ``input_ids``, ``loss_mask``,
-    ``length``, ``loss_tokens``, ``id``, ``source``, ``feedback`` (one row per record, same order)."""
-    import datasets
-    import pyarrow as pa
+    """Tokenize records into a ``datasets.Dataset`` (see ``tokens_dataset``), same order."""
     from tqdm import tqdm
 
-    columns: dict[str, list] = {k: [] for k in ("id", "source", "feedback", "input_ids", "loss_mask", "length",
-                                                "loss_tokens")}
     records = list(records)
+    tokenized: list[TokenizedRecord] = []
     with tqdm(total=len(records), desc="tokenize", unit=" records", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
-            for rec, tok in zip(chunk, record_tokenizer.batch(chunk)):
-                columns["id"].append(rec.id)
-                columns["source"].append(rec.source)
-                columns["feedback"].append(rec.feedback)
-                columns["input_ids"].append(tok.input_ids)
-                columns["loss_mask"].append(tok.loss_mask)
-                columns["length"].append(len(tok.input_ids))
-                columns["loss_tokens"].append(sum(tok.loss_mask))
+            tokenized.extend(record_tokenizer.batch(chunk))
             bar.update(len(chunk))
+    return tokens_dataset([r.id for r in records], [r.source for r in records], [r.feedback for r in records],
+                          tokenized)
+
+
+def tokens_dataset(ids: list[str], sources: list[str], feedbacks: list[str], tokenized: list[TokenizedRecord]):
+    """A ``datasets.Dataset`` with columns ``id``, ``source``, ``feedback``, ``input_ids`` (int32),
+    ``loss_mask`` (int8, 1 = target), ``length`` and ``loss_tokens``, one row per record."""
+    import datasets
+    import pyarrow as pa
+
     # Arrow arrays built directly: datasets' per-row feature encoding is several times slower.
     table = pa.table({
-        "id": pa.array(columns["id"], pa.string()),
-        "source": pa.array(columns["source"], pa.string()),
-        "feedback": pa.array(columns["feedback"], pa.string()),
-        "input_ids": pa.array(columns["input_ids"], pa.list_(pa.int32())),
-        "loss_mask": pa.array(columns["loss_mask"], pa.list_(pa.int8())),
-        "length": pa.array(columns["length"], pa.int32()),
-        "loss_tokens": pa.array(columns["loss_tokens"], pa.int32()),
+        "id": pa.array(ids, pa.string()),
+        "source": pa.array(sources, pa.string()),
+        "feedback": pa.array(feedbacks, pa.string()),
+        "input_ids": pa.array([t.input_ids for t in tokenized], pa.list_(pa.int32())),
+        "loss_mask": pa.array([t.loss_mask for t in tokenized], pa.list_(pa.int8())),
+        "length": pa.array([len(t.input_ids) for t in tokenized], pa.int32()),
+        "loss_tokens": pa.array([sum(t.loss_mask) for t in tokenized], pa.int32()),
     })
     return datasets.Dataset(table)
