@@ -41,8 +41,9 @@ def _data_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-proc", type=int, default=None,
                    help="worker processes that convert, render and tokenize rows (default: the CPU count, at most 8)")
     p.add_argument("--tokenizer", help="tokenizer (path or hub id): also write token ids and loss masks")
-    p.add_argument("--chat-template", action="store_true", default=None,
-                   help="tokenize through the tokenizer's chat template")
+    p.add_argument("--chat-template", choices=["auto", "always", "never"], default=None,
+                   help="tokenize through the tokenizer's chat template: auto (default) for chat data "
+                        "(message lists), always, or never")
     p.add_argument("--format", dest="output_format", choices=["coh", "fields"], default=None,
                    help="record format: ours (segments) or the original's 'fields' format")
     p.add_argument("--no-progress", action="store_true", default=None, help="no progress bars")
@@ -77,7 +78,7 @@ def _run_data_build(args: argparse.Namespace) -> int:
         seed=int(opts.get("seed", 0)), eval_fraction=float(opts.get("eval_fraction", 0.05)),
         skip_invalid=bool(opts.get("skip_invalid", False)), num_proc=int(opts.get("num_proc", min(8, os.cpu_count() or 1))),
         progress=not opts.get("no_progress", False) and sys.stderr.isatty(),
-        tokenizer=opts.get("tokenizer"), chat_template=bool(opts.get("chat_template", False)),
+        tokenizer=opts.get("tokenizer"), chat_template=opts.get("chat_template", "auto"),
         output_format=opts.get("output_format", "coh"),
     )
     summary = build(cfg)

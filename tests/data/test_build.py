@@ -155,3 +155,21 @@ def test_bad_source_specs(tmp_path, capsys):
         SourceSpec.parse("preference")
     assert main(["data", "build", "-s", "preference:missing.jsonl", "-o", str(tmp_path)]) == 1
     assert "missing.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_chat_data_goes_through_the_chat_template(tmp_path, bpe_tokenizer):
+    """With chat_template='auto', records of message-list data use the template; plain text does not."""
+    import datasets
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    tok_dir = tmp_path / "tok"
+    bpe_tokenizer.save_pretrained(tok_dir)
+    build(BuildConfig([SourceSpec.parse(f"preference:eval={fixtures / 'preference_chat.jsonl'},name=chat"),
+                       SourceSpec.parse(f"preference:eval={fixtures / 'preference_strings.jsonl'},name=text")],
+                      str(tmp_path / "o"), render=RenderSpec(feedback=("p",)), tokenizer=str(tok_dir), progress=False))
+    ds = datasets.load_from_disk(str(tmp_path / "o" / "tokenized" / "eval"))
+    im_start = bpe_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    for row in ds:
+        assert (im_start in row["input_ids"]) == (row["source"] == "chat"), row["id"]
+    records = {r.id: r for r in read_records(tmp_path / "o" / "eval.jsonl")}
+    assert all(bool(r.meta.get("chat")) == (r.source == "chat") for r in records.values())

@@ -88,7 +88,7 @@ def test_chat_template_single_bos_and_end_of_turn_in_loss(llama_tokenizer):
     tok.chat_template = "{{ bos_token }}" + tok.chat_template  # a template that writes BOS itself
     tok.eos_token = "<|im_end|>"
     rec = ascii_records(40)[0]
-    out = RecordTokenizer(tok, chat_template=True)(rec)
+    out = RecordTokenizer(tok, chat_template="always")(rec)
     assert out.input_ids.count(tok.bos_token_id) == 1
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     trained_ends = [m for i, m in zip(out.input_ids, out.loss_mask) if i == im_end]

@@ -115,7 +115,7 @@ class BuildConfig:
     num_proc: int = 1
     progress: bool = True
     tokenizer: str | None = None
-    chat_template: bool = False
+    chat_template: str = "auto"
     output_format: str = "coh"
 
 
@@ -182,7 +182,7 @@ class _Job:
 _RECORD_TOKENIZER = None
 
 
-def _load_record_tokenizer(path: str, chat_template: bool) -> None:
+def _load_record_tokenizer(path: str, chat_template: str) -> None:
     global _RECORD_TOKENIZER
     if _RECORD_TOKENIZER is None:
         from transformers import AutoTokenizer

@@ -46,7 +46,8 @@ class FeedbackExample:
     first; ``label`` is set for unpaired data (one candidate, judged good or bad on its own).
     The source's phrase set may add a task instruction before the first user text (summaries).
     ``transcripts``: the original rendered this source's pairs as whole transcripts (hh-rlhf); used
-    only by ``shared_prefix="original"``.
+    only by ``shared_prefix="original"``. ``chat``: the source gave chat message lists, so a
+    tokenizer with a chat template renders its records through the template (``chat_template="auto"``).
     """
 
     id: str
@@ -56,6 +57,7 @@ class FeedbackExample:
     candidates: tuple[Candidate, ...]
     label: bool | None = None
     transcripts: bool = False
+    chat: bool = False
 
     def transcript(self, cand: Candidate) -> tuple[Turn, ...]:
         """The whole conversation of one output: context, reply and any turns after it."""
@@ -81,6 +83,8 @@ class FeedbackExample:
             out["label"] = self.label
         if self.transcripts:
             out["transcripts"] = True
+        if self.chat:
+            out["chat"] = True
         return out
 
     @staticmethod
@@ -101,4 +105,5 @@ class FeedbackExample:
             ),
             label=obj.get("label"),
             transcripts=obj.get("transcripts", False),
+            chat=obj.get("chat", False),
         )

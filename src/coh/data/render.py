@@ -176,6 +176,7 @@ def render_records(
 ) -> list[FeedbackRecord]:
     """All records of one example under ``spec``. Empty when no requested type applies."""
     rng = example_rng(seed, ex.id, epoch)
+    meta = {"chat": True} if ex.chat else {}
     records = []
     if spec.resample:
         # The first release: fresh phrasing and order at every epoch, one record per example.
@@ -186,7 +187,7 @@ def render_records(
         pair = rng.choice(phrases.pairs())
         segs = render_one(ex, kind, pair, phrases, rng, spec.shared_prefix)
         suffix = f"/{kind}" + (f"/e{epoch}" if epoch is not None else "")
-        return [FeedbackRecord(ex.id + suffix, ex.source, kind, tuple(segs), ex.split)]
+        return [FeedbackRecord(ex.id + suffix, ex.source, kind, tuple(segs), ex.split, meta)]
     if "aux" in spec.feedback:
         if not phrases.aux:
             raise ValueError(f"feedback type 'aux' asked for, but source '{ex.source}' has no alternative phrase pairs")
@@ -197,5 +198,5 @@ def render_records(
         for kind in spec.kinds:
             segs = render_one(ex, kind, pair, phrases, rng, spec.shared_prefix)
             if segs is not None:
-                records.append(FeedbackRecord(f"{ex.id}/{kind}{tag}", ex.source, kind, tuple(segs), ex.split))
+                records.append(FeedbackRecord(f"{ex.id}/{kind}{tag}", ex.source, kind, tuple(segs), ex.split, meta))
     return records

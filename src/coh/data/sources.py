@@ -21,6 +21,7 @@ Sources and their schemas:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -104,6 +105,11 @@ def _messages(value: object, field: str) -> list[Turn]:
             raise RowError(f"{where}.content", f"expected a string, got {describe(content)}")
         turns.append(Turn(role, content.strip()))
     return turns
+
+
+def _is_chat(row: dict, *keys: str) -> bool:
+    """Whether the row holds chat message lists (then chat templates apply to its records)."""
+    return any(isinstance(row.get(k), list) for k in keys)
 
 
 def _turns(value: object, field: str, default_role: str) -> list[Turn]:
@@ -272,7 +278,8 @@ def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
         n = _split_shared(full_chosen, full_rejected)
         context, chosen, rejected = full_chosen[:n], full_chosen[n:], full_rejected[n:]
         _check_context(context, "chosen")
-    return _pair(context, chosen, rejected, ("chosen", "rejected"), ex_id, "preference", split)
+    ex = _pair(context, chosen, rejected, ("chosen", "rejected"), ex_id, "preference", split)
+    return dataclasses.replace(ex, chat=_is_chat(row, "prompt", "chosen", "rejected"))
 
 
 def convert_unpaired(row: dict, ex_id: str, split: str) -> FeedbackExample:
@@ -281,7 +288,8 @@ def convert_unpaired(row: dict, ex_id: str, split: str) -> FeedbackExample:
     if not isinstance(label, bool):
         raise RowError("label", f"expected true or false, got {describe(label)}")
     cand = _candidate_from_turns(_completion_turns(_get(row, "completion"), "completion"), "completion")
-    return FeedbackExample(ex_id, "unpaired", split, tuple(context), (cand,), label=label)
+    return FeedbackExample(ex_id, "unpaired", split, tuple(context), (cand,), label=label,
+                           chat=_is_chat(row, "prompt", "completion"))
 
 
 def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample:
@@ -300,7 +308,8 @@ def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample:
         raise RowError("completions", "two completions are identical")
     # Best first; a stable sort keeps the file's order among equal scores.
     order = sorted(range(len(cands)), key=lambda i: -cands[i].score)
-    return FeedbackExample(ex_id, "rated", split, tuple(context), tuple(cands[i] for i in order))
+    chat = _is_chat(row, "prompt") or any(isinstance(c, list) for c in completions)
+    return FeedbackExample(ex_id, "rated", split, tuple(context), tuple(cands[i] for i in order), chat=chat)
 
 
 CONVERTERS: dict[str, Converter] = {

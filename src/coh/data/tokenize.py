@@ -14,8 +14,9 @@ Contract of ``RecordTokenizer.__call__(record) -> TokenizedRecord``:
   tokenizer puts back a word-start marker by itself (SentencePiece with a ``Prepend``
   normaliser); this is probed once per tokenizer.
 
-With ``chat_template=True`` and a tokenizer that has one, the record is turned into chat
-messages (user turns; each feedback phrase plus its output as one assistant message) and
+Chat templates (``chat_template``: ``auto``, the default, for records of chat data, i.e. with
+``meta.chat``; ``always``; ``never``), when the tokenizer has one: the record is turned into
+chat messages (user turns; each feedback phrase plus its output as one assistant message) and
 rendered through the template; the template's text carries no loss except the end-of-turn
 token that closes a trained output.
 """
@@ -26,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from coh.data.records import FeedbackRecord, Segment
+
+CHAT_TEMPLATE_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def leading_space_is_doubled(tokenizer) -> bool:
 class RecordTokenizer:
     """Tokenize ``FeedbackRecord`` s with one Hugging Face tokenizer (see the module contract)."""
 
-    def __init__(self, tokenizer, chat_template: bool = False):
+    def __init__(self, tokenizer, chat_template: str = "auto"):
         if tokenizer.eos_token_id is None:
             raise ValueError(
                 f"tokenizer {type(tokenizer).__name__} has no EOS token; CoH closes every output with one. "
@@ -82,9 +85,16 @@ class RecordTokenizer:
         self.eos_id: int = tokenizer.eos_token_id
         self.bos_id: int | None = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
         self.strip_leading_space = leading_space_is_doubled(tokenizer)
-        self.chat_template = bool(chat_template and getattr(tokenizer, "chat_template", None))
-        if chat_template and not self.chat_template:
-            raise ValueError("chat_template=True, but the tokenizer has no chat template")
+        if chat_template not in CHAT_TEMPLATE_MODES:
+            raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_MODES}, got {chat_template!r}")
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat_template == "always" and not has_template:
+            raise ValueError("chat_template='always', but the tokenizer has no chat template")
+        self.chat_template = chat_template if has_template else "never"
+
+    def uses_template(self, record: FeedbackRecord) -> bool:
+        """Whether this record goes through the tokenizer's chat template."""
+        return self.chat_template == "always" or (self.chat_template == "auto" and bool(record.meta.get("chat")))
 
     # -- plain CoH text --------------------------------------------------------------------------
     def _pieces(self, segments: Sequence[Segment]) -> list[tuple[str, bool, bool]]:
@@ -130,9 +140,13 @@ class RecordTokenizer:
         return TokenizedRecord(ids, mask)
 
     def batch(self, records: Sequence[FeedbackRecord]) -> list[TokenizedRecord]:
-        """Tokenize many records with one batched tokenizer call (parallel in the Rust backend)."""
-        if self.chat_template:
-            return [self._chat(r) for r in records]
+        """Tokenize many records, the plain ones with one batched call (parallel in the Rust backend)."""
+        if self.chat_template == "never" or not any(self.uses_template(r) for r in records):
+            return self._plain_batch(records)
+        plain = iter(self._plain_batch([r for r in records if not self.uses_template(r)]))
+        return [self._chat(r) if self.uses_template(r) else next(plain) for r in records]
+
+    def _plain_batch(self, records: Sequence[FeedbackRecord]) -> list[TokenizedRecord]:
         pieces = [self._pieces(r.segments) for r in records]
         encoded = _encode(self.tokenizer, [text for ps in pieces for text, _, _ in ps])
         out = []
