@@ -173,3 +173,19 @@ def test_chat_data_goes_through_the_chat_template(tmp_path, bpe_tokenizer):
         assert (im_start in row["input_ids"]) == (row["source"] == "chat"), row["id"]
     records = {r.id: r for r in read_records(tmp_path / "o" / "eval.jsonl")}
     assert all(bool(r.meta.get("chat")) == (r.source == "chat") for r in records.values())
+
+
+def test_yaml_recipes(tmp_path, monkeypatch):
+    """The shipped recipes parse, and the offline one builds (flags override recipe keys)."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)
+    assert main(["data", "build", "--config", "configs/data/hh-sample.yaml", "-o", str(tmp_path), "--no-progress",
+                 "--feedback", "pn"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["feedback"] == ["pn"]
+    paper = yaml.safe_load((repo / "configs" / "data" / "paper.yaml").read_text())
+    specs = [SourceSpec.parse(s) for s in paper["source"]]
+    assert [(s.kind, s.hub) for s in specs] == [("dialogue", "Anthropic/hh-rlhf"),
+                                               ("webgpt", "openai/webgpt_comparisons"),
+                                               ("summary", "openai/summarize_from_feedback")]
