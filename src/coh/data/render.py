@@ -101,18 +101,10 @@ class _Builder:
             intro = rng.choice(phrases.quote_intro) if phrases.quote_intro else ""
             quoted = "".join(f"[{i}] title: {t} content: {e} " for i, (t, e) in enumerate(cand.quotes, start=1))
             self.add("prompt", (intro + quoted).rstrip())
-        self.add("feedback", marker, label=label)
-        self.add("assistant", cand.text, loss=True, eos=True, label=label)
-        for turn in cand.followup:
-            if turn.role == "assistant":
-                self.add("feedback", marker, label=label)
-                self.add("assistant", turn.text, loss=True, eos=True, label=label)
-            else:
-                self.add("marker", phrases.user)
-                self.add("user", turn.text)
+        self.outputs((Turn("assistant", cand.text), *cand.followup), marker, label, phrases)
 
-    def transcript(self, turns: tuple[Turn, ...], marker: str, label: str, phrases: PhraseSet) -> None:
-        # The original's dialogue layout: every assistant turn of the transcript is an output.
+    def outputs(self, turns: tuple[Turn, ...], marker: str, label: str, phrases: PhraseSet) -> None:
+        """Turns in which every assistant turn is an output under ``marker`` (user turns are context)."""
         for turn in turns:
             if turn.role == "assistant":
                 self.add("feedback", marker, label=label)
@@ -157,7 +149,7 @@ def render_one(
     b = _Builder()
     if shared_prefix == "original" and ex.transcripts:
         for cand, label in layout:
-            b.transcript(ex.transcript(cand), markers[label], label, phrases)
+            b.outputs(ex.transcript(cand), markers[label], label, phrases)  # the original's layout
         return b.segments
     task = rng.choice(phrases.task) if phrases.task else ""
     b.context(ex.context, phrases, good, task)
