@@ -371,12 +371,13 @@ def test_preference_chat_system_message():
     [
         # Strings: the shared text, cut back to the last whitespace, becomes one user turn.
         (2, (user("Question: How many legs does a spider have?\nAnswer:"),), "Eight.", "Six, like all insects."),
-        (5, (user("User: Recommend a podcast about history.\nAssistant:"),),
+        # ... cut back to the last assistant cue, which is dropped with a leading "User:".
+        (5, (user("Recommend a podcast about history."),),
          "Try 'The Rest Is History', where two historians discuss a different period or story in each episode.",
          "I don't listen to podcasts."),
-        # Shared words after the speaker tag go into the prompt too ("You get").
-        (1, (user("Human: What colour do you get if you mix blue and yellow paint?\n\nAssistant: You get"),),
-         "green. The exact shade depends on how much of each you use.", "purple."),
+        # hh-rlhf-style transcripts are split into turns; shared words of the replies stay in the outputs.
+        (1, (user("What colour do you get if you mix blue and yellow paint?"),),
+         "You get green. The exact shade depends on how much of each you use.", "You get purple."),
         # Conversations: the shared leading messages become the context.
         (3, (user("What's a good first houseplant?"),),
          "A pothos is hard to kill: it tolerates low light and forgives you if you forget to water it for a week.",
@@ -694,3 +695,8 @@ def test_reader_rejects_missing_or_unknown_files(name):
 )
 def test_reader_numbers_rows_from_one(name, lines):
     assert [line for line, _ in rows(name)] == lines
+
+
+def test_rated_all_scores_equal_is_skipped():
+    row_ = {"prompt": "Hi", "completions": ["Hello.", "Hey."], "scores": [3, 3]}
+    assert convert_rated(row_, "r", "train") == Skip("rated: all scores equal")

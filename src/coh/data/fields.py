@@ -12,7 +12,7 @@ separated by one space; ``<|eos|>`` / ``<|bos|>`` insert the EOS / BOS token wit
 their bracket state. Each comma piece is tokenized on its own. Key names: ``marker_user``,
 ``marker_gpt`` (good phrase), ``marker_gpt_bad`` (bad phrase), ``human_{k}`` (user text, or task
 phrase plus post for summaries), ``gpt_{k}`` / ``gpt_bad_{k}`` (good / bad output), ``quote_{k}``
-(WebGPT quotes). We add ``marker_gpt_better``, ``system_{k}`` and the provenance keys ``id``,
+(WebGPT quotes). We add ``marker_gpt_better``, ``marker_gpt_context`` (the phrase before earlier, untrained assistant turns), ``system_{k}`` and the provenance keys ``id``,
 ``source``, ``feedback``, ``split`` (the original ignores unknown keys).
 
 Differences, on purpose:
@@ -37,7 +37,7 @@ from coh.data.records import FeedbackRecord, Segment
 
 EOS, BOS = "<|eos|>", "<|bos|>"
 PROVENANCE_KEYS = ("id", "source", "feedback", "split")
-_MARKERS = {"good": "marker_gpt", None: "marker_gpt", "bad": "marker_gpt_bad", "better": "marker_gpt_better"}
+_MARKERS = {"good": "marker_gpt", None: "marker_gpt_context", "bad": "marker_gpt_bad", "better": "marker_gpt_better"}
 _TEXT_KEYS = {"user": "human", "system": "system", "prompt": "quote"}
 
 

@@ -4,8 +4,9 @@ The defaults are the original's (``pack_hf.py``): markers ``User:``, ``A helpful
 ``An unhelpful answer:``, the alternative (good, bad) pairs used by feedback type ``aux``, and the
 task phrases drawn per record for summaries and WebGPT's quoted sources.
 
-Users can replace any of it with a YAML or JSON file keyed by source name (``dialogue``,
-``webgpt``, ``summary``, ``preference``, ``unpaired``, ``rated``) or ``default``::
+Users can replace any of it with a YAML or JSON file keyed by source kind (``dialogue``,
+``webgpt``, ``summary``, ``preference``, ``unpaired``, ``rated``) or ``default``, whose entries
+apply to every source before each source's own::
 
     default:
       good: "A good reply:"
@@ -96,6 +97,9 @@ DEFAULT_PHRASES: dict[str, PhraseSet] = {
 }
 
 
+PHRASE_SOURCES = ("default", "dialogue", "webgpt", "summary", "preference", "unpaired", "rated")
+
+
 def phrases_for(source: str, table: dict[str, PhraseSet]) -> PhraseSet:
     """The phrase set of ``source``, falling back to ``default``."""
     return table.get(source, table["default"])
@@ -118,11 +122,17 @@ def load_phrases(path: str | Path, base: dict[str, PhraseSet] | None = None) -> 
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise DataError(str(path), getattr(e, "lineno", None), None, f"cannot parse: {e}") from None
+        mark = getattr(e, "problem_mark", None)  # YAML errors carry a 0-based mark, JSON ones a lineno
+        line = mark.line + 1 if mark is not None else getattr(e, "lineno", None)
+        raise DataError(str(path), line, None, f"cannot parse: {e}") from None
     if not isinstance(raw, dict):
         raise DataError(str(path), None, None, f"expected a mapping of source name to phrases, got {describe(raw)}")
     known = {f.name for f in fields(PhraseSet)}
-    for source, entries in raw.items():
+    unknown = sorted(str(k) for k in raw if k not in PHRASE_SOURCES)
+    if unknown:
+        raise DataError(str(path), None, unknown[0], f"unknown source; expected some of {list(PHRASE_SOURCES)}")
+    # ``default`` first, laid over every source; then each source's own entries on top.
+    for source, entries in sorted(raw.items(), key=lambda kv: kv[0] != "default"):
         if not isinstance(entries, dict):
             raise DataError(str(path), None, str(source), f"expected a mapping of phrases, got {describe(entries)}")
         changes: dict = {}
@@ -138,13 +148,16 @@ def load_phrases(path: str | Path, base: dict[str, PhraseSet] | None = None) -> 
                     raise DataError(str(path), None, where, "expected a list of [good, bad] pairs of non-empty strings")
                 changes[key] = tuple((g, b) for g, b in value)
             elif key in ("task", "quote_intro"):
-                if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
-                    raise DataError(str(path), None, where, "expected a non-empty list of strings")
+                if not isinstance(value, list) or not value or not all(isinstance(s, str) and s for s in value):
+                    raise DataError(str(path), None, where, "expected a non-empty list of non-empty strings")
                 changes[key] = tuple(value)
             else:
                 if not isinstance(value, str) or not value.strip():
                     raise DataError(str(path), None, where, f"expected a non-empty string, got {describe(value)}")
                 changes[key] = value
-        start = base.get(str(source), base["default"])
-        base[str(source)] = replace(start, **changes)
+        if source == "default":
+            for name in list(base):
+                base[name] = replace(base[name], **changes)
+        else:
+            base[source] = replace(base.get(source, base["default"]), **changes)
     return base

@@ -7,16 +7,17 @@ Feedback types, as in the original (``include_feedback``):
 - ``pn``: preferred, then dispreferred, in one record; ``np``: the reverse;
 - ``aux``: with ``aux`` in the list, the other types are rendered once for every alternative
   (good, bad) phrase pair of the source instead of the default pair;
-- ``chain`` (ours, for rated data): every output, worst to best, the first after the bad phrase,
-  the next ones after the ``better`` phrase and the best after the good phrase.
+- ``chain`` (ours, for rated data): every output, worst to best, the worst after the bad phrase,
+  the best after the good phrase and those between after the ``better`` phrase (tied outputs
+  share a label).
 
 For unpaired data (one output with a desirable/undesirable label) only ``p`` (desirable rows)
 and ``n`` (undesirable rows) apply.
 
 Rendering of a record (``shared_prefix="context"``, the default): the shared conversation is
-context without loss; ``User:`` introduces user turns, the good phrase introduces earlier
-assistant turns (as the chat server renders history), each earlier assistant turn is closed by
-EOS; then each output follows its own feedback phrase and is closed by EOS, both with loss.
+context without loss; ``User:`` introduces user turns, the source's default good phrase
+introduces earlier assistant turns (as the chat server renders history, whatever pair the
+outputs get), each earlier assistant turn is closed by EOS; then each output follows its own feedback phrase and is closed by EOS, both with loss.
 ``shared_prefix="original"`` reproduces the original on hh-rlhf: whole transcripts, every
 assistant turn trained under the phrase of its transcript.
 
@@ -131,8 +132,11 @@ def _layout(ex: FeedbackExample, kind: str) -> list[tuple[Candidate, str]] | Non
     if kind == "np":
         return [(worst, "bad"), (best, "good")]
     if kind == "chain":
-        ordered = list(reversed(cands))
-        return [(c, "bad" if i == 0 else "good" if i == len(ordered) - 1 else "better") for i, c in enumerate(ordered)]
+        # Worst to best by score (position where there are no scores); tied outputs share a label.
+        scores = [c.score if c.score is not None else -i for i, c in enumerate(cands)]
+        low, high = min(scores), max(scores)
+        ordered = sorted(zip(scores, range(len(cands))), key=lambda t: (t[0], -t[1]))
+        return [(cands[i], "bad" if s == low else "good" if s == high else "better") for s, i in ordered]
     raise ValueError(kind)
 
 
@@ -152,7 +156,7 @@ def render_one(
             b.outputs(ex.transcript(cand), markers[label], label, phrases)  # the original's layout
         return b.segments
     task = rng.choice(phrases.task) if phrases.task else ""
-    b.context(ex.context, phrases, good, task)
+    b.context(ex.context, phrases, phrases.good, task)
     for cand, label in layout:
         b.output(cand, markers[label], label, phrases, rng)
     return b.segments

@@ -245,14 +245,30 @@ def _completion_turns(value: object, field: str) -> list[Turn]:
     return turns
 
 
-def _implicit_prompt_strings(chosen: str, rejected: str) -> int:
-    # TRL's rule (the longest common prefix), moved back to a word boundary so no word is split.
+_ASSISTANT_CUE = re.compile(r"(?:^|\s)(?:Assistant|AI|Bot):")
+_USER_CUE = re.compile(r"^\s*(?:Human|User):\s*")
+
+
+def _implicit_string_prompt(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """(prompt, chosen output, rejected output) from two texts that start with the same prompt.
+
+    TRL's rule (the longest common prefix), moved back to a word boundary so no word is split,
+    and, where the shared text holds an assistant cue (``Assistant:``), back to just after the last
+    one, so words both outputs happen to start with stay in the outputs. The cue and a leading
+    ``User:``/``Human:`` are dropped from the prompt: our own phrases take their place.
+    """
     i = 0
     while i < min(len(chosen), len(rejected)) and chosen[i] == rejected[i]:
         i += 1
     while i > 0 and not chosen[i - 1].isspace():
         i -= 1
-    return i
+    cues = list(_ASSISTANT_CUE.finditer(chosen, 0, i))
+    if cues:
+        prompt, i = chosen[: cues[-1].start()], cues[-1].end()
+    else:
+        prompt = chosen[:i]
+    prompt = _USER_CUE.sub("", prompt).strip()
+    return (prompt, chosen[i:].strip(), rejected[i:].strip()) if prompt else None
 
 
 def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
@@ -262,13 +278,15 @@ def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
         chosen = _completion_turns(chosen_raw, "chosen")
         rejected = _completion_turns(rejected_raw, "rejected")
     elif isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
-        cut = _implicit_prompt_strings(chosen_raw, rejected_raw)
-        if cut == 0:
+        if chosen_raw.lstrip().startswith("Human:") and rejected_raw.lstrip().startswith("Human:"):
+            # hh-rlhf-style transcripts: split into turns like the dialogue source
+            ex = convert_dialogue(row, ex_id, split)
+            return dataclasses.replace(ex, source="preference", transcripts=False)
+        parts = _implicit_string_prompt(chosen_raw, rejected_raw)
+        if parts is None:
             raise RowError("prompt", "missing, and chosen and rejected share no prompt text")
-        context = [Turn("user", chosen_raw[:cut].strip())]
-        chosen = [Turn("assistant", chosen_raw[cut:].strip())]
-        rejected = [Turn("assistant", rejected_raw[cut:].strip())]
-        _check_context(context, "chosen")
+        context = [Turn("user", parts[0])]
+        chosen, rejected = [Turn("assistant", parts[1])], [Turn("assistant", parts[2])]
     elif isinstance(chosen_raw, str) or isinstance(rejected_raw, str):
         raise RowError("chosen/rejected", "without a prompt, chosen and rejected must both be strings or both "
                                           "message lists")
@@ -292,7 +310,7 @@ def convert_unpaired(row: dict, ex_id: str, split: str) -> FeedbackExample:
                            chat=_is_chat(row, "prompt", "completion"))
 
 
-def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample:
+def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample | Skip:
     context = _prompt_turns(row)
     completions, scores = _get(row, "completions"), _get(row, "scores")
     if not isinstance(completions, list) or len(completions) < 2:
@@ -306,6 +324,8 @@ def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample:
         cands.append(_candidate_from_turns(_completion_turns(comp, f"completions[{i}]"), f"completions[{i}]", float(score)))
     if len({(c.text, c.followup) for c in cands}) < len(cands):
         raise RowError("completions", "two completions are identical")
+    if len({c.score for c in cands}) == 1:
+        return Skip("rated: all scores equal")
     # Best first; a stable sort keeps the file's order among equal scores.
     order = sorted(range(len(cands)), key=lambda i: -cands[i].score)
     chat = _is_chat(row, "prompt") or any(isinstance(c, list) for c in completions)
