@@ -189,3 +189,40 @@ def test_yaml_recipes(tmp_path, monkeypatch):
     assert [(s.kind, s.hub) for s in specs] == [("dialogue", "Anthropic/hh-rlhf"),
                                                ("webgpt", "openai/webgpt_comparisons"),
                                                ("summary", "openai/summarize_from_feedback")]
+
+
+BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "line", "field", "problem"),
+    [
+        ("preference", "malformed.jsonl", 2, None, "malformed JSON"),
+        ("preference", "non_utf8.jsonl", 2, None, "not UTF-8"),
+        ("preference", "missing_field.jsonl", 3, "rejected", "missing"),
+        ("preference", "wrong_type.jsonl", 2, "chosen", "expected a string"),
+        ("preference", "empty_output.jsonl", 1, "chosen", "empty"),
+        ("preference", "identical.jsonl", 1, "chosen/rejected", "identical"),
+        ("dialogue", "hh_bad_transcript.jsonl", 1, "chosen", "start with"),
+    ],
+)
+def test_bad_input_names_file_line_field(kind, name, line, field, problem, tmp_path, capsys):
+    path = BAD / name
+    assert main(["data", "build", "-s", f"{kind}:{path}", "-o", str(tmp_path / "x"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}, line {line}" in err and problem in err
+    if field:
+        assert f"field '{field}'" in err
+    if problem in ("malformed JSON", "not UTF-8"):
+        return  # the file cannot be read past this line: nothing to skip to
+    # --skip-invalid: the row is set aside, counted, and the rest is built
+    assert main(["data", "build", "-s", f"{kind}:{path}", "-o", str(tmp_path / "y"), "--no-progress",
+                 "--skip-invalid", "--eval-fraction", "0"]) in (0, 1)
+    rejects = [json.loads(r) for r in (tmp_path / "y" / "rejects.jsonl").read_text().splitlines()]
+    assert rejects[0]["line"] == line and rejects[0]["field"] == field
+    if (tmp_path / "y" / "summary.json").exists():
+        summary = json.loads((tmp_path / "y" / "summary.json").read_text())
+        assert summary["invalid_rows"] == len(rejects)
+        assert summary["sources"][kind]["rows"] == summary["sources"][kind]["examples"]["train"] + len(rejects)
+    else:  # every row was invalid: the build says so
+        assert f"{len(rejects)} invalid" in capsys.readouterr().err

@@ -352,11 +352,17 @@ def build(cfg: BuildConfig) -> dict:
     for spec in cfg.sources:
         reports[spec.name] = SourceReport()
         build_source(spec, cfg, phrases_for(spec.kind, phrases), reports[spec.name], rejects, splits)
+    if rejects:
+        write_jsonl(rejects, out_dir / "rejects.jsonl")
+    elif (out_dir / "rejects.jsonl").exists():
+        os.unlink(out_dir / "rejects.jsonl")
     if not splits["train"].lines and not splits["eval"].lines:
-        raise ValueError(
-            f"no records were produced: feedback types {list(cfg.render.feedback)} apply to none of the "
-            f"{sum(r.rows for r in reports.values())} rows read (unpaired data supports only p and n)"
-        )
+        rows = sum(r.rows for r in reports.values())
+        skipped = sum(sum(r.skipped.values()) for r in reports.values())
+        why = (f"{len(rejects)} invalid (see {out_dir / 'rejects.jsonl'}) and {skipped} skipped"
+               if len(rejects) + skipped == rows else
+               f"feedback types {list(cfg.render.feedback)} apply to none of them (unpaired data supports only p and n)")
+        raise ValueError(f"no records were produced from the {rows} rows read: {why}")
     token_stats: dict = {"tokenizer": cfg.tokenizer, "chat_template": cfg.chat_template}
     for split, data in splits.items():
         order = list(range(len(data.lines)))
@@ -366,10 +372,6 @@ def build(cfg: BuildConfig) -> dict:
             write_jsonl(data.examples, out_dir / "examples" / f"{split}.jsonl")
         if cfg.tokenizer:
             token_stats[split] = write_tokenized(data, order, out_dir / "tokenized" / split)
-    if rejects:
-        write_jsonl(rejects, out_dir / "rejects.jsonl")
-    elif (out_dir / "rejects.jsonl").exists():
-        os.unlink(out_dir / "rejects.jsonl")
     summary = {
         "seed": cfg.seed,
         "feedback": list(cfg.render.feedback),
