@@ -46,6 +46,9 @@ def test_packed_loss_equals_unpacked_reference(make, attn):
     want, count = reference_loss(model, records)
     assert got.targets == count
     assert got.loss_sum.item() == pytest.approx(want, rel=1e-5)
+    # and record by record
+    per_record = [reference_loss(model, [r])[0] for r in records]
+    assert got.per_record.tolist() == pytest.approx(per_record, rel=1e-5)
 
 
 def test_no_targets_gives_zero_with_a_graph():

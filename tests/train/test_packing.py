@@ -36,11 +36,12 @@ def test_overlong_policies():
     masks = [[0] * 5, [1] * 12, [1] * 3]
     with pytest.raises(ValueError, match=r"1 of 3 records are longer than max_length 8 tokens \(longest 12"):
         fit_records(ids, masks, 8, "error")
-    out_ids, out_masks, n_long, dropped = fit_records(ids, masks, 8, "split")
-    assert [len(x) for x in out_ids] == [5, 8, 4, 3] and n_long == 1 and dropped == 0
-    assert out_masks[1] == [1] * 8
-    out_ids, _, n_long, dropped = fit_records(ids, masks, 8, "skip")
-    assert [len(x) for x in out_ids] == [5, 3] and n_long == 1 and dropped == 12
+    split = fit_records(ids, masks, 8, "split")
+    assert [len(x) for x in split.input_ids] == [5, 8, 4, 3] and split.overlong == 1 and split.tokens_dropped == 0
+    assert split.loss_mask[1] == [1] * 8 and split.origin == [0, 1, 1, 2]
+    skip = fit_records(ids, masks, 8, "skip")
+    assert [len(x) for x in skip.input_ids] == [5, 3] and skip.overlong == 1 and skip.tokens_dropped == 12
+    assert skip.origin == [0, 2]
     report = PackingReport(2, 8, 1, 8, 1, 12, "skip")
     assert "fill rate 100.0%" in report.describe() and "skipped (12 tokens)" in report.describe()
 

@@ -18,12 +18,14 @@ import torch.nn.functional as F
 
 @dataclass
 class TargetLoss:
-    """Sum of the negative log-likelihoods of the targets, their count and how many the model's
-    argmax got right (token accuracy)."""
+    """Sum of the negative log-likelihoods of the targets (with gradient), their count, how many
+    the model's argmax got right (token accuracy), and the summed NLL of each record in packing
+    order (detached, float64; records without targets get 0)."""
 
     loss_sum: torch.Tensor
     targets: int
     correct: int
+    per_record: torch.Tensor
 
 
 def predicting_positions(target_mask: torch.Tensor) -> torch.Tensor:
@@ -41,10 +43,12 @@ def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attentio
     / flex ``BlockMask`` (random past-token masking composed with the boundaries).
     """
     target_mask = batch["target_mask"]
+    record_of_token = torch.cumsum((batch["position_ids"][0] == 0).long(), 0) - 1
+    per_record = torch.zeros(int(record_of_token[-1]) + 1, dtype=torch.float64)
     targets = batch["input_ids"][target_mask]
     if targets.numel() == 0:
-        zero = next(model.parameters()).sum() * 0.0  # keeps the graph for every process (FSDP/DDP)
-        return TargetLoss(zero.float(), 0, 0)
+        zero = next(model.parameters()).sum() * 0.0  # keeps every parameter in the graph (DDP / FSDP)
+        return TargetLoss(zero.float(), 0, 0, per_record)
     out = model(
         input_ids=batch["input_ids"],
         position_ids=batch["position_ids"],
@@ -53,6 +57,7 @@ def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attentio
         use_cache=False,
     )
     logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
-    loss_sum = F.cross_entropy(logits, targets, reduction="sum")
-    correct = int((logits.argmax(-1) == targets).sum())
-    return TargetLoss(loss_sum, int(targets.numel()), correct)
+    nll = F.cross_entropy(logits, targets, reduction="none")
+    correct = int((logits.detach().argmax(-1) == targets).sum())
+    per_record.index_add_(0, record_of_token[target_mask[0]].cpu(), nll.detach().double().cpu())
+    return TargetLoss(nll.sum(), int(targets.numel()), correct, per_record)

@@ -72,11 +72,20 @@ class PackingReport:
         return text
 
 
-def fit_records(input_ids: list[list[int]], loss_mask: list[list[int]], capacity: int, policy: str
-                ) -> tuple[list[list[int]], list[list[int]], int, int]:
+@dataclass
+class FittedRecords:
+    """Records after the overlong policy; ``origin[i]`` is the input record piece ``i`` came from."""
+
+    input_ids: list[list[int]]
+    loss_mask: list[list[int]]
+    origin: list[int]
+    overlong: int
+    tokens_dropped: int
+
+
+def fit_records(input_ids: list[list[int]], loss_mask: list[list[int]], capacity: int, policy: str) -> FittedRecords:
     """Apply the overlong policy: ``error`` raises, ``split`` cuts a long record into pieces of
-    ``capacity`` tokens (each piece a record of its own), ``skip`` leaves it out. Returns the
-    records, their masks, the count of overlong records and the tokens skipped."""
+    ``capacity`` tokens (each piece a record of its own), ``skip`` leaves it out (counted)."""
     if policy not in OVERLONG_POLICIES:
         raise ValueError(f"overlong policy must be one of {OVERLONG_POLICIES}, got {policy!r}")
     long_ids = [i for i, ids in enumerate(input_ids) if len(ids) > capacity]
@@ -86,20 +95,16 @@ def fit_records(input_ids: list[list[int]], loss_mask: list[list[int]], capacity
             f"{len(long_ids)} of {len(input_ids)} records are longer than max_length {capacity} tokens (longest "
             f"{longest}). Raise max_length, or choose overlong: split (cut them into pieces) or skip (leave them out)."
         )
-    if not long_ids:
-        return input_ids, loss_mask, 0, 0
-    ids_out, mask_out, dropped = [], [], 0
-    for ids, mask in zip(input_ids, loss_mask):
-        if len(ids) <= capacity:
-            ids_out.append(ids)
-            mask_out.append(mask)
-        elif policy == "split":
-            for start in range(0, len(ids), capacity):
-                ids_out.append(ids[start : start + capacity])
-                mask_out.append(mask[start : start + capacity])
-        else:
-            dropped += len(ids)
-    return ids_out, mask_out, len(long_ids), dropped
+    out = FittedRecords([], [], [], len(long_ids), 0)
+    for k, (ids, mask) in enumerate(zip(input_ids, loss_mask)):
+        if len(ids) > capacity and policy == "skip":
+            out.tokens_dropped += len(ids)
+            continue
+        for start in range(0, len(ids), capacity):
+            out.input_ids.append(ids[start : start + capacity])
+            out.loss_mask.append(mask[start : start + capacity])
+            out.origin.append(k)
+    return out
 
 
 def collate_packed(records: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,145 @@
+"""Training data: records from ``coh data build``, shaped by the training mode, tokenized, and laid
+out as a deterministic plan of packed micro-batches per epoch.
+
+Modes: ``coh`` trains on the records as built; ``conditional-sft`` keeps only preferred outputs,
+each after its positive phrase (the seed's SFT variant); ``sft`` keeps only preferred outputs,
+without any feedback phrase (plain SFT, which the original lacked).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from coh.data.fields import record_from_fields
+from coh.data.io import iter_json_lines
+from coh.data.records import FeedbackRecord, Segment, record_from_json
+from coh.data.tokenize import RecordTokenizer
+from coh.train.packing import PackingReport, fit_records, pack_documents
+
+
+def records_file(path: str | Path, split: str) -> Path:
+    """A records file, or ``<folder>/<split>.jsonl`` of a ``coh data build`` folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such records file (give a .jsonl from `coh data build` or its folder)")
+    return path
+
+
+def read_training_records(path: str | Path) -> list[FeedbackRecord]:
+    """Records of a JSONL file in our format or the original's ``fields`` format (detected per line)."""
+    out = []
+    for line, obj in iter_json_lines(path):
+        if isinstance(obj, dict) and "fields" in obj and "segments" not in obj:
+            out.append(record_from_fields(obj, str(path), line))
+        else:
+            out.append(record_from_json(obj, str(path), line))
+    return out
+
+
+def _respace(segments: list[Segment]) -> tuple[Segment, ...]:
+    """Separators after removing segments: a space between segments unless an EOS intervenes."""
+    out: list[Segment] = []
+    for seg in segments:
+        text = seg.text.lstrip(" ")
+        if out and not out[-1].eos:
+            text = " " + text
+        out.append(seg._replace(text=text))
+    return tuple(out)
+
+
+def for_mode(records: Sequence[FeedbackRecord], mode: str) -> list[FeedbackRecord]:
+    """Records for a training mode (see the module docstring). Duplicates that a mode creates
+    (``p`` and ``pn`` of one example both give the same preferred record) are kept once."""
+    if mode == "coh":
+        return list(records)
+    out, seen = [], set()
+    for rec in records:
+        kept: list[Segment] = []
+        segs = rec.segments
+        for i, seg in enumerate(segs):
+            rejected = seg.label in ("bad", "better") and seg.role in ("feedback", "assistant")
+            if rejected or (mode == "sft" and seg.role == "feedback" and i + 1 < len(segs) and segs[i + 1].loss):
+                continue
+            kept.append(seg)
+        if not any(s.loss for s in kept):
+            continue
+        segments = _respace(kept)
+        key = tuple(segments)
+        if key not in seen:
+            seen.add(key)
+            out.append(replace(rec, segments=segments, feedback=mode))
+    return out
+
+
+@dataclass
+class TokenizedSet:
+    """Tokenized records: ``input_ids`` / ``loss_mask`` per record and its ``source``."""
+
+    input_ids: list[list[int]]
+    loss_mask: list[list[int]]
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def targets(self, index: int) -> int:
+        """Target tokens of a record (its first token is never a target)."""
+        return sum(self.loss_mask[index][1:])
+
+
+def tokenize_set(records: Sequence[FeedbackRecord], tokenizer: RecordTokenizer, max_length: int, overlong: str
+                 ) -> tuple[TokenizedSet, int, int]:
+    """Tokenize and apply the overlong policy. Returns the set, the overlong count and tokens skipped."""
+    ids, masks, sources = [], [], []
+    for start in range(0, len(records), 1000):
+        chunk = records[start : start + 1000]
+        for rec, tok in zip(chunk, tokenizer.batch(chunk)):
+            ids.append(tok.input_ids)
+            masks.append(tok.loss_mask)
+            sources.append(rec.source)
+    if not any(any(m[1:]) for m in masks):
+        raise ValueError("the training records have no loss tokens: nothing to learn (check the data and the mode)")
+    fitted = fit_records(ids, masks, max_length, overlong)
+    data = TokenizedSet(fitted.input_ids, fitted.loss_mask, [sources[k] for k in fitted.origin])
+    return data, fitted.overlong, fitted.tokens_dropped
+
+
+@dataclass
+class EpochPlan:
+    """The packed micro-batches of one epoch, in training order: lists of record indices."""
+
+    bins: list[list[int]]
+    report: PackingReport
+
+
+def epoch_plan(data: TokenizedSet, capacity: int, seed: int, epoch: int, n_long: int = 0, dropped: int = 0,
+               policy: str = "error") -> EpochPlan:
+    """Best-fit-decreasing packing (see ``coh.train.packing``), bins in a seeded order per epoch."""
+    lengths = [len(x) for x in data.input_ids]
+    bins = pack_documents(lengths, capacity)
+    random.Random(f"{seed}/epoch/{epoch}").shuffle(bins)
+    report = PackingReport(len(lengths), sum(lengths), len(bins), capacity, n_long, dropped, policy)
+    return EpochPlan(bins, report)
+
+
+def phrases_of(records: Sequence[FeedbackRecord]) -> dict[str, str]:
+    """The phrases a model is trained with, read off its records (the most common of each kind),
+    saved with checkpoints so the server can prompt the way training did."""
+    counts: dict[str, dict[str, int]] = {"user": {}, "good": {}, "bad": {}}
+    for rec in records[:5000]:
+        for seg in rec.segments:
+            kind = "user" if seg.role == "marker" else seg.label if seg.role == "feedback" else None
+            if kind in counts:
+                text = seg.text.strip()
+                counts[kind][text] = counts[kind].get(text, 0) + 1
+    return {k: max(v, key=v.get) for k, v in counts.items() if v}
+
+
+def save_json(obj: dict, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
