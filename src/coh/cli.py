@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 NOT_BUILT = {
-    "train": "CoH fine-tuning of any Hugging Face causal LM",
     "serve": "an OpenAI-compatible server with a chat page",
     "eval": "lm-evaluation-harness and the paper's own evaluations",
     "convert": "checkpoints in and out (Meta LLaMA, EasyLM, LoRA, HF)",
@@ -58,6 +57,10 @@ def _run_data_build(args: argparse.Namespace) -> int:
         import yaml
 
         loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        known = set(vars(args)) - {"config", "func", "command", "data_command"}
+        unknown = sorted(k for k in loaded if k.replace("-", "_") not in known)
+        if unknown:
+            raise ValueError(f"{args.config}: unknown option(s) {unknown}; expected some of {sorted(known)}")
         opts.update({k.replace("-", "_"): v for k, v in loaded.items()})
     opts.update({k: v for k, v in vars(args).items() if v is not None and k not in ("config", "func", "command")})
     if not opts.get("source"):
@@ -118,6 +121,33 @@ def _run_data_inspect(args: argparse.Namespace) -> int:
     return run_inspect(args.file, tokenizer=args.tokenizer, record_index=args.record, max_length=args.max_length)
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML recipe (see configs/train/); KEY=VALUE arguments override it")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="options of coh.train.config.TrainConfig, e.g. model=PATH train_data=DIR lr=2e-5 "
+                        "fcm_max_ratio=0.05 report_to=[none]")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from coh.train.config import TrainConfig
+
+    cfg = TrainConfig.load(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    if not cfg.model or not cfg.train_data:
+        print("coh train: give model=NAME_OR_PATH and train_data=RECORDS (a `coh data build` folder or .jsonl)",
+              file=sys.stderr)
+        return 2
+    from coh.train.trainer import train
+
+    train(cfg)
+    return 0
+
+
 def _not_built(name: str):
     def run(args: argparse.Namespace) -> int:
         print(f"coh {name}: {NOT_BUILT[name]} -- not built yet.", file=sys.stderr)
@@ -143,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "no problem was found, 1 otherwise.")
     _data_inspect_args(p)
     p.set_defaults(func=_run_data_inspect)
+    p = sub.add_parser("train", help="CoH fine-tuning of any Hugging Face causal LM",
+                       description="Chain-of-Hindsight fine-tuning: a YAML recipe plus KEY=VALUE overrides.")
+    _train_args(p)
+    p.set_defaults(func=_run_train)
     for name, text in NOT_BUILT.items():
         sub.add_parser(name, help=f"{text} (not built yet)").set_defaults(func=_not_built(name))
     return parser

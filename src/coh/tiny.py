@@ -39,7 +39,8 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2000, kind: str
     elif kind == "llama":
         tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=True))
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
         byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=specials + byte_tokens)
         tok.train_from_iterator(texts, trainer)
@@ -56,3 +57,29 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 2000, kind: str
         target = Path(save_dir) if save_dir is not None else Path(tmp)
         wrapped.save_pretrained(target)
         return AutoTokenizer.from_pretrained(target)
+
+
+def make_tiny_model(save_dir: str | Path, tokenizer, arch: str = "llama", hidden: int = 64, layers: int = 2,
+                    heads: int = 4, seed: int = 0):
+    """A small randomly initialised causal LM built from config (LLaMA or GPT-J), saved with its
+    tokenizer as an ordinary HF folder that ``coh train`` loads by path."""
+    import torch
+    from transformers import GPTJConfig, GPTJForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 4,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                             max_position_embeddings=4096, tie_word_embeddings=True, **special)
+        model = LlamaForCausalLM(config)
+    elif arch == "gptj":
+        config = GPTJConfig(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=heads,
+                            rotary_dim=hidden // heads // 2 * 2, n_positions=4096, **special)
+        model = GPTJForCausalLM(config)
+    else:
+        raise ValueError(f"arch must be 'llama' or 'gptj', got {arch!r}")
+    model.save_pretrained(save_dir)
+    tokenizer.save_pretrained(save_dir)
+    return model

@@ -226,3 +226,47 @@ def test_bad_input_names_file_line_field(kind, name, line, field, problem, tmp_p
         assert summary["sources"][kind]["rows"] == summary["sources"][kind]["examples"]["train"] + len(rejects)
     else:  # every row was invalid: the build says so
         assert f"{len(rejects)} invalid" in capsys.readouterr().err
+
+
+def test_held_out_split_follows_the_prompt_not_the_row_order(hh_file, tmp_path):
+    rows = hh_rows(200)
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+
+    def eval_prompts(path: Path, out: str) -> set[str]:
+        build(BuildConfig([SourceSpec.parse(f"dialogue:{path}")], str(tmp_path / out), eval_fraction=0.2,
+                          skip_invalid=True, render=RenderSpec(feedback=("p",)), progress=False))
+        return {r.text.rsplit("A helpful answer:", 1)[0] for r in read_records(tmp_path / out / "eval.jsonl")}
+
+    assert eval_prompts(hh_file, "a") == eval_prompts(shuffled, "b")
+
+
+def test_spec_and_recipe_mistakes_are_refused(tmp_path, capsys):
+    with pytest.raises(ValueError, match="two files for split 'train'"):
+        SourceSpec.parse("preference:a.jsonl,b.jsonl")
+    with pytest.raises(ValueError, match="limit must be a positive whole number"):
+        SourceSpec.parse("preference:a.jsonl,limit=x")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("feedbak: p\n")
+    assert main(["data", "build", "--config", str(recipe), "-s", "preference:a.jsonl", "-o", str(tmp_path)]) == 1
+    assert "unknown option(s) ['feedbak']" in capsys.readouterr().err
+
+
+def test_outputs_of_an_earlier_build_do_not_linger(hh_file, tmp_path, bpe_tokenizer):
+    tok_dir = tmp_path / "tok"
+    bpe_tokenizer.save_pretrained(tok_dir)
+    spec = [SourceSpec.parse(f"dialogue:eval={hh_file},limit=10")]
+    build(BuildConfig(spec, str(tmp_path / "o"), skip_invalid=True, tokenizer=str(tok_dir), progress=False,
+                      render=RenderSpec(feedback=("pn", "np"), resample=True)))
+    assert (tmp_path / "o" / "tokenized").exists() and (tmp_path / "o" / "examples").exists()
+    build(BuildConfig(spec, str(tmp_path / "o"), skip_invalid=True, progress=False))
+    assert not (tmp_path / "o" / "tokenized").exists() and not (tmp_path / "o" / "examples").exists()
+
+
+def test_json_lines_with_unicode_line_separators(tmp_path):
+    path = tmp_path / "prefs.json"  # JSON lines saved with a .json suffix, raw U+2028 inside a string
+    rows = [{"prompt": "Hi\u2028there", "chosen": "Hello", "rejected": "Go"}] * 3
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    summary = build(BuildConfig([SourceSpec.parse(f"preference:eval={path}")], str(tmp_path / "o"),
+                                render=RenderSpec(feedback=("p",)), progress=False))
+    assert summary["records"]["eval"] == 3

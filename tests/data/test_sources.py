@@ -700,3 +700,23 @@ def test_reader_numbers_rows_from_one(name, lines):
 def test_rated_all_scores_equal_is_skipped():
     row_ = {"prompt": "Hi", "completions": ["Hello.", "Hey."], "scores": [3, 3]}
     assert convert_rated(row_, "r", "train") == Skip("rated: all scores equal")
+
+
+def test_lone_surrogate_is_a_row_error():
+    with pytest.raises(RowError) as e:
+        convert_preference({"prompt": "Hi \ud83d", "chosen": "a", "rejected": "b"}, "x", "train")
+    assert e.value.field == "prompt" and "surrogate" in e.value.problem
+
+
+def test_completions_that_repeat_the_prompt_ultrafeedback_style():
+    prompt = [{"role": "user", "content": "2+2?"}]
+    row_ = {"prompt": prompt, "chosen": [*prompt, {"role": "assistant", "content": "4"}],
+            "rejected": [*prompt, {"role": "assistant", "content": "5"}]}
+    ex = convert_preference(row_, "u", "train")
+    assert ex.context == (user("2+2?"),) and [c.text for c in ex.candidates] == ["4", "5"] and ex.chat
+
+
+def test_single_newline_role_strings_use_the_implicit_prompt_rule():
+    row_ = {"chosen": "Human: hi\nAssistant: hello there", "rejected": "Human: hi\nAssistant: go away"}
+    ex = convert_preference(row_, "s", "train")
+    assert ex.context == (user("hi"),) and [c.text for c in ex.candidates] == ["hello there", "go away"]

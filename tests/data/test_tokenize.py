@@ -194,3 +194,30 @@ def test_record_text_tokenizes_like_running_text(bpe_tokenizer):
 def test_segment_roundtrip_json():
     seg = Segment(" hi", True, "assistant", True, "good")
     assert Segment(**{k: v for k, v in seg.to_json().items()}) == seg
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+def test_special_token_strings_in_data_stay_text(bpe_tokenizer, mode):
+    """A reply that mentions <|endoftext|> gets no EOS in the middle: it would teach the model to stop there."""
+    rec = FeedbackRecord("x", "t", "p", (
+        Segment("User:", role="marker"), Segment(" hi", role="user"),
+        Segment(" A helpful answer:", role="feedback", label="good"),
+        Segment(" The token <|endoftext|> ends texts.", loss=True, role="assistant", eos=True, label="good"),
+    ))
+    out = RecordTokenizer(bpe_tokenizer, mode)(rec)
+    closing = bpe_tokenizer.eos_token_id if mode == "never" else bpe_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert bpe_tokenizer.eos_token_id not in out.input_ids[:-1] or mode == "always"
+    assert out.input_ids.count(bpe_tokenizer.eos_token_id) == (1 if mode == "never" else 0)
+    assert out.input_ids.count(closing) == (1 if mode == "never" else 2)
+    trained = bpe_tokenizer.decode([i for i, m in zip(out.input_ids, out.loss_mask) if m])
+    assert "<|endoftext|> ends texts." in trained
+
+
+def test_a_strict_template_gives_a_clear_error(bpe_tokenizer):
+    tok = copy.deepcopy(bpe_tokenizer)
+    tok.chat_template = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                         "{{ raise_exception('Conversation roles must alternate') }}{% endif %}{{ m['content'] }}"
+                         "{% endfor %}")
+    pn = ascii_records(40)[2]
+    with pytest.raises(ValueError, match=r"record .*/pn: the tokenizer's chat template refused .*alternate.*never"):
+        RecordTokenizer(tok, "always")(pn)

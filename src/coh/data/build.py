@@ -21,11 +21,13 @@ Same inputs and seed give byte-identical files.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -84,16 +86,20 @@ class SourceSpec:
         spec: dict = {"kind": kind.strip(), "files": {}}
         for part in filter(None, (p.strip() for p in rest.split(","))):
             key, eq, value = part.partition("=")
-            if not eq:
-                spec["files"]["train"] = part
-            elif key in SPLITS:
-                spec["files"][key] = value
+            if not eq or key in SPLITS:
+                split, path = (key, value) if eq else ("train", part)
+                if split in spec["files"]:
+                    raise ValueError(f"source '{text}': two files for split '{split}'; give one file per split "
+                                     "(or one source per file, each with name=LABEL)")
+                spec["files"][split] = path
             elif key == "hub":
                 spec["hub"], _, config = value.partition("@")
                 spec["config"] = config or None
             elif key == "name":
                 spec["name"] = value
             elif key == "limit":
+                if not value.isdigit() or int(value) < 1:
+                    raise ValueError(f"source '{text}': limit must be a positive whole number, got {value!r}")
                 spec["limit"] = int(value)
             else:
                 raise ValueError(f"source '{text}': unknown option '{key}'; expected train=, eval=, hub=, name=, limit=")
@@ -192,35 +198,53 @@ def _load_record_tokenizer(path: str, chat_template: str) -> None:
         _RECORD_TOKENIZER = RecordTokenizer(AutoTokenizer.from_pretrained(path), chat_template=chat_template)
 
 
-def held_out(seed: int, name: str, ex_id: str, fraction: float) -> bool:
-    """Whether a split-less example goes to eval. It depends only on the seed and the example's id,
-    so an example keeps its split when rows are added or removed, whatever the processes."""
-    digest = hashlib.sha256(f"{seed}/{name}/{ex_id}".encode()).digest()
+def held_out(seed: int, ex: FeedbackExample, fraction: float) -> bool:
+    """Whether a split-less example goes to eval. Decided by a seeded hash of its prompt (the
+    context turns), so it does not depend on row order or processes, an example keeps its split
+    when rows are added, and every comparison of one prompt lands in the same split (no eval
+    prompt is trained on)."""
+    prompt = "\x1e".join(f"{t.role}\x1f{t.text}" for t in ex.context)
+    digest = hashlib.sha256(f"{seed}\x1d{prompt}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
 
-def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[tuple]:
-    """Rows into ``("ok", split, [(id, source, feedback)], lines, tokens, example_line)``,
-    ``("skip", reason)`` or ``("invalid", DataError, row)``."""
+@dataclass
+class _Row:
+    """One row's outcome. ``status``: ``ok`` (with records), ``skip`` (``reason``) or ``invalid``
+    (``error`` and the raw ``row``, for rejects.jsonl)."""
+
+    status: str
+    split: str = ""
+    info: list[tuple[str, str, str]] = field(default_factory=list)  # (id, source, feedback) per record
+    lines: list[str] = field(default_factory=list)
+    tokens: list = field(default_factory=list)
+    example: str | None = None
+    reason: str = ""
+    error: DataError | None = None
+    row: object = None
+
+
+def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[_Row]:
+    """Convert, split, render, serialise and (with a tokenizer) tokenize a chunk of rows."""
     job, chunk = args
     convert = CONVERTERS[job.kind]
     epoch = 0 if job.render.resample else None
-    out: list = []
-    pending: list[FeedbackRecord] = []
+    out: list[_Row] = []
+    pending: list[tuple[_Row, list[FeedbackRecord]]] = []
     for split, where, line, row in chunk:
         ex_id = f"{job.name}/{split}/{line}" if split else f"{job.name}/{line}"
-        if not split:
-            split = "eval" if held_out(job.seed, job.name, ex_id, job.eval_fraction) else "train"
         try:
             if not isinstance(row, dict):
                 raise RowError(None, f"expected a JSON object, got {type(row).__name__}")
-            ex = convert(row, ex_id, split)
+            ex = convert(row, ex_id, split or "train")
         except RowError as e:
-            out.append(("invalid", e.at(where, line), row))
+            out.append(_Row("invalid", split, error=e.at(where, line), row=row))
             continue
         if isinstance(ex, Skip):
-            out.append(("skip", ex.reason))
+            out.append(_Row("skip", split, reason=ex.reason))
             continue
+        if not split and held_out(job.seed, ex, job.eval_fraction):
+            ex = dataclasses.replace(ex, split="eval")
         if ex.source != job.name:
             ex = dataclasses.replace(ex, source=job.name)
         recs = render_records(ex, job.render, job.phrases, job.seed, epoch)
@@ -229,14 +253,29 @@ def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[tuple]:
         else:
             lines = [r.to_line() for r in recs]
         example = json.dumps(ex.to_json(), ensure_ascii=False) + "\n" if job.render.resample else None
-        out.append(["ok", split, [(r.id, r.source, r.feedback) for r in recs], lines, len(recs), example])
-        pending.extend(recs)
-    if job.tokenize and pending:
-        tokens = iter(_RECORD_TOKENIZER.batch(pending))
-        for item in out:
-            if item[0] == "ok":
-                item[4] = [next(tokens) for _ in range(item[4])]
+        result = _Row("ok", ex.split, [(r.id, r.source, r.feedback) for r in recs], lines, example=example)
+        out.append(result)
+        pending.append((result, recs))
+    if job.tokenize:
+        tokens = iter(_RECORD_TOKENIZER.batch([r for _, recs in pending for r in recs]))
+        for result, recs in pending:
+            result.tokens = [next(tokens) for _ in recs]
     return out
+
+
+def _in_order(pool: ProcessPoolExecutor | None, chunks: Iterator, ahead: int) -> Iterator[list[_Row]]:
+    """Results of ``_work`` in chunk order, with at most ``ahead`` chunks in flight, so memory
+    stays bounded and an error stops the build without processing the rest."""
+    if pool is None:
+        yield from map(_work, chunks)
+        return
+    in_flight: collections.deque = collections.deque()
+    for chunk in chunks:
+        in_flight.append(pool.submit(_work, chunk))
+        if len(in_flight) >= ahead:
+            yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
 
 
 @dataclass
@@ -269,6 +308,7 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
             yield job, buf
 
     pool = None
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
     if cfg.num_proc > 1:
         # Workers tokenize single-threaded; together they fill the cores.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -277,36 +317,37 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
     counts = {split: Counter() for split in SPLITS}
     bar = tqdm(desc=f"build {spec.name}", unit=" rows", disable=not cfg.progress, file=sys.stderr)
     try:
-        for chunk in (pool.map(_work, chunks()) if pool else map(_work, chunks())):
-            for item in chunk:
+        for chunk in _in_order(pool, chunks(), 2 * cfg.num_proc):
+            for r in chunk:
                 report.rows += 1
-                if item[0] == "invalid":
-                    err = item[1]
+                if r.status == "invalid":
+                    err = r.error
                     if not cfg.skip_invalid:
                         raise DataError(err.where, err.line, err.field,
                                         err.problem + " (use --skip-invalid to set such rows aside and go on)")
                     report.invalid += 1
-                    rejects.append({**err.as_dict(), "source": spec.name, "row": item[2]})
-                elif item[0] == "skip":
-                    report.skipped[item[1]] = report.skipped.get(item[1], 0) + 1
+                    rejects.append({**err.as_dict(), "source": spec.name, "row": r.row})
+                elif r.status == "skip":
+                    report.skipped[r.reason] = report.skipped.get(r.reason, 0) + 1
                 else:
-                    _, split, info, lines, tokens, example = item
-                    report.examples[split] = report.examples.get(split, 0) + 1
-                    report.no_record += not info
-                    counts[split].update(feedback for _, _, feedback in info)
-                    dest = out[split]
-                    dest.info.extend(info)
-                    dest.lines.extend(lines)
-                    if job.tokenize:
-                        dest.tokens.extend(tokens)
-                    if example is not None:
-                        dest.examples.append(example)
+                    report.examples[r.split] = report.examples.get(r.split, 0) + 1
+                    report.no_record += not r.info
+                    counts[r.split].update(feedback for _, _, feedback in r.info)
+                    dest = out[r.split]
+                    dest.info.extend(r.info)
+                    dest.lines.extend(r.lines)
+                    dest.tokens.extend(r.tokens)
+                    if r.example is not None:
+                        dest.examples.append(r.example)
             bar.update(len(chunk))
     finally:
         bar.close()
         if pool:
-            pool.shutdown()
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            pool.shutdown(cancel_futures=True)
+            if parallelism is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = parallelism
     report.examples = {split: report.examples.get(split, 0) for split in SPLITS}
     report.records = {split: dict(sorted(counts[split].items())) for split in SPLITS}
 
@@ -328,7 +369,8 @@ def render_dataset(examples: list[FeedbackExample], spec: RenderSpec, phrases: d
 def write_jsonl(rows: list, path: Path) -> None:
     with atomic_writer(path) as f:
         for row in rows:
-            f.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) + "\n")
+            # default=str: hub and parquet rows may hold dates and other non-JSON values
+            f.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def build(cfg: BuildConfig) -> dict:
@@ -359,7 +401,8 @@ def build(cfg: BuildConfig) -> dict:
     if not splits["train"].lines and not splits["eval"].lines:
         rows = sum(r.rows for r in reports.values())
         skipped = sum(sum(r.skipped.values()) for r in reports.values())
-        why = (f"{len(rejects)} invalid (see {out_dir / 'rejects.jsonl'}) and {skipped} skipped"
+        why = ("the sources are empty" if rows == 0 else
+               f"{len(rejects)} invalid (see {out_dir / 'rejects.jsonl'}) and {skipped} skipped"
                if len(rejects) + skipped == rows else
                f"feedback types {list(cfg.render.feedback)} apply to none of them (unpaired data supports only p and n)")
         raise ValueError(f"no records were produced from the {rows} rows read: {why}")
@@ -372,6 +415,9 @@ def build(cfg: BuildConfig) -> dict:
             write_jsonl(data.examples, out_dir / "examples" / f"{split}.jsonl")
         if cfg.tokenizer:
             token_stats[split] = write_tokenized(data, order, out_dir / "tokenized" / split)
+    for optional, made in (("examples", cfg.render.resample), ("tokenized", bool(cfg.tokenizer))):
+        if not made and (out_dir / optional).exists():  # left by an earlier build into this folder: stale
+            shutil.rmtree(out_dir / optional)
     summary = {
         "seed": cfg.seed,
         "feedback": list(cfg.render.feedback),

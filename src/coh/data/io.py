@@ -77,7 +77,7 @@ def _iter_json_array(data: bytes, where: str) -> Iterator[tuple[int, object]]:
     stripped = text.lstrip()
     if not stripped.startswith("["):
         # A single JSON object per line saved with a .json suffix: treat as JSONL.
-        for line_no, line in enumerate(text.splitlines(), start=1):
+        for line_no, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may be in strings
             if line.strip():
                 try:
                     yield line_no, json.loads(line)
@@ -96,9 +96,11 @@ def _iter_json_array(data: bytes, where: str) -> Iterator[tuple[int, object]]:
     pos = skip_ws(pos)
     if pos < n and text[pos] == "]":
         return
+    line, counted = 1, 0  # newlines counted up to ``counted``, incrementally (linear, not quadratic)
     while True:
         pos = skip_ws(pos)
-        line = text.count("\n", 0, pos) + 1
+        line += text.count("\n", counted, pos)
+        counted = pos
         try:
             obj, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
@@ -109,6 +111,8 @@ def _iter_json_array(data: bytes, where: str) -> Iterator[tuple[int, object]]:
             pos += 1
             continue
         if pos < n and text[pos] == "]":
+            if text[pos + 1 :].strip():
+                raise DataError(where, text.count("\n", 0, pos) + 1, None, "text after the end of the JSON array")
             return
         raise DataError(where, text.count("\n", 0, pos) + 1, None, "malformed JSON array (expected ',' or ']')")
 

@@ -55,10 +55,18 @@ def _get(row: dict, path: str) -> object:
     return value
 
 
+def _check_encodable(value: str, field: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, e.g. half an emoji escaped as "\ud83d"
+        raise RowError(field, f"text holds a lone surrogate ({value[e.start]!r} at character {e.start})") from None
+
+
 def _text(row: dict, path: str, allow_empty: bool = False) -> str:
     value = _get(row, path)
     if not isinstance(value, str):
         raise RowError(path, f"expected a string, got {describe(value)}")
+    _check_encodable(value, path)
     value = value.strip()
     if not value and not allow_empty:
         raise RowError(path, "empty text")
@@ -103,6 +111,7 @@ def _messages(value: object, field: str) -> list[Turn]:
             raise RowError(f"{where}.role", f"expected 'system', 'user' or 'assistant', got {describe(role)}")
         if not isinstance(content, str):
             raise RowError(f"{where}.content", f"expected a string, got {describe(content)}")
+        _check_encodable(content, f"{where}.content")
         turns.append(Turn(role, content.strip()))
     return turns
 
@@ -115,6 +124,7 @@ def _is_chat(row: dict, *keys: str) -> bool:
 def _turns(value: object, field: str, default_role: str) -> list[Turn]:
     """A string (one turn of ``default_role``) or a list of chat messages."""
     if isinstance(value, str):
+        _check_encodable(value, field)
         return [Turn(default_role, value.strip())]
     return _messages(value, field)
 
@@ -271,14 +281,22 @@ def _implicit_string_prompt(chosen: str, rejected: str) -> tuple[str, str, str] 
     return (prompt, chosen[i:].strip(), rejected[i:].strip()) if prompt else None
 
 
+def _without_prompt(turns: list[Turn], context: list[Turn]) -> list[Turn]:
+    """Completions that repeat the whole conversation (UltraFeedback-binarized style): drop the
+    leading copy of the prompt."""
+    n = len(context)
+    return turns[n:] if len(turns) > n and turns[:n] == context else turns
+
+
 def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
     chosen_raw, rejected_raw = _get(row, "chosen"), _get(row, "rejected")
     if row.get("prompt") is not None:  # a null prompt (parquet rows without one) means implicit
         context = _prompt_turns(row)
-        chosen = _completion_turns(chosen_raw, "chosen")
-        rejected = _completion_turns(rejected_raw, "rejected")
+        chosen = _without_prompt(_completion_turns(chosen_raw, "chosen"), context)
+        rejected = _without_prompt(_completion_turns(rejected_raw, "rejected"), context)
     elif isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
-        if chosen_raw.lstrip().startswith("Human:") and rejected_raw.lstrip().startswith("Human:"):
+        hh_style = all(t.lstrip().startswith("Human:") and "\n\nAssistant:" in t for t in (chosen_raw, rejected_raw))
+        if hh_style:
             # hh-rlhf-style transcripts: split into turns like the dialogue source
             ex = convert_dialogue(row, ex_id, split)
             return dataclasses.replace(ex, source="preference", transcripts=False)

@@ -40,16 +40,28 @@ class TokenizedRecord:
         return len(self.input_ids)
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, no special tokens added."""
+def _encode(tokenizer, texts: list[str], backend=None) -> list[list[int]]:
+    """Token ids of each text, no special tokens added; through ``backend`` (a Rust tokenizer) if given."""
     if not texts:
         return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = backend or getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # The Rust tokenizer directly: transformers' per-text Python conversion costs as much as
         # the tokenization itself for short segments.
         return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _specials_as_text(tokenizer):
+    """A copy of the Rust tokenizer that encodes special-token strings found in data as ordinary
+    text: a reply that mentions ``<|endoftext|>`` must not teach the model to stop there."""
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        return None
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.encode_special_tokens = True
+    return backend
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:
@@ -85,6 +97,7 @@ class RecordTokenizer:
         self.eos_id: int = tokenizer.eos_token_id
         self.bos_id: int | None = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
         self.strip_leading_space = leading_space_is_doubled(tokenizer)
+        self.text_backend = _specials_as_text(tokenizer)
         if chat_template not in CHAT_TEMPLATE_MODES:
             raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_MODES}, got {chat_template!r}")
         has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -148,7 +161,7 @@ class RecordTokenizer:
 
     def _plain_batch(self, records: Sequence[FeedbackRecord]) -> list[TokenizedRecord]:
         pieces = [self._pieces(r.segments) for r in records]
-        encoded = _encode(self.tokenizer, [text for ps in pieces for text, _, _ in ps])
+        encoded = _encode(self.tokenizer, [text for ps in pieces for text, _, _ in ps], self.text_backend)
         out = []
         k = 0
         for ps in pieces:
@@ -163,27 +176,43 @@ class RecordTokenizer:
     def _chat(self, record: FeedbackRecord) -> TokenizedRecord:
         messages, contents = chat_messages(record.segments)
         sentinels = [f"\x02COH{i}\x03" for i in range(len(messages))]
-        rendered = self.tokenizer.apply_chat_template(
-            [{"role": m, "content": s} for m, s in zip(messages, sentinels)], tokenize=False
-        )
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": m, "content": s} for m, s in zip(messages, sentinels)], tokenize=False
+            )
+        except Exception as e:  # jinja2's TemplateError and friends: templates raise what they like
+            raise ValueError(
+                f"record {record.id}: the tokenizer's chat template refused its messages ({e}). Templates that "
+                "need strictly alternating roles or no system turn cannot take pn/np records or system prompts: "
+                "use --chat-template never, or feedback types p and n only."
+            ) from None
         pieces: list[tuple[str, bool, bool]] = []  # (text, loss, eos inserted after)
+        is_template: list[bool] = []
         rest = rendered
         prev_trained = False
         for sentinel, content in zip(sentinels, contents):
             before, found, rest = rest.partition(sentinel)
             if not found:
                 raise ValueError(f"record {record.id}: the chat template drops or alters message text")
-            pieces.extend(self._template_text(before, prev_trained))
+            template = self._template_text(before, prev_trained)
+            pieces.extend(template)
             pieces.extend((seg.text, seg.loss, False) for seg in content)
+            is_template.extend([True] * len(template) + [False] * len(content))
             prev_trained = any(seg.loss for seg in content)
-        pieces.extend(self._template_text(rest, prev_trained))
+        template = self._template_text(rest, prev_trained)
+        pieces.extend(template)
+        is_template.extend([True] * len(template))
         bos_text = self.tokenizer.bos_token
         add_bos = not (bos_text and rendered.startswith(bos_text))  # the template may write BOS: never two
-        joint = self._encode_jointly(pieces)
+        specials = [t for t in self.tokenizer.all_special_tokens if t]
+        data_has_specials = any(not tpl and any(t in text for t in specials) for (text, _, _), tpl in zip(pieces, is_template))
+        joint = None if data_has_specials else self._encode_jointly(pieces)
         if joint is not None:
             return self._assemble([(joint[0], joint[1], False)], add_bos)
-        # Fallback when a token would straddle a loss boundary: tokenize piece by piece (exact mask).
-        encoded = _encode(self.tokenizer, [t for t, _, _ in pieces])
+        # Piece by piece when a token would straddle a loss boundary or the data holds special-token
+        # strings: template text with its special tokens, message text with specials as plain text.
+        encoded = [_encode(self.tokenizer, [text], None if tpl else self.text_backend)[0] if text else []
+                   for (text, _, _), tpl in zip(pieces, is_template)]
         return self._assemble(((e, loss, eos) for e, (_, loss, eos) in zip(encoded, pieces)), add_bos)
 
     def _encode_jointly(self, pieces: list[tuple[str, bool, bool]]) -> tuple[list[int], list[int]] | None:
