@@ -42,7 +42,7 @@ def test_overlong_policies():
     skip = fit_records(ids, masks, 8, "skip")
     assert [len(x) for x in skip.input_ids] == [5, 3] and skip.overlong == 1 and skip.tokens_dropped == 12
     assert skip.origin == [0, 2]
-    report = PackingReport(2, 8, 1, 8, 1, 12, "skip")
+    report = PackingReport(2, 8, 1, 8, 1, 12, "skip", 8)
     assert "fill rate 100.0%" in report.describe() and "skipped (12 tokens)" in report.describe()
 
 

@@ -122,10 +122,26 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown option(s) {unknown}" + (f" in {path}" if path else ""))
         hints = typing.get_type_hints(TrainConfig)
-        for key, value in values.items():
-            if value is not None and hints[key] in (float, float | None) and isinstance(value, int):
-                values[key] = float(value)
-        return TrainConfig(**values)
+        return TrainConfig(**{key: _coerce(key, hints[key], value) for key, value in values.items()})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _coerce(key: str, hint: object, value: object) -> object:
+    """YAML reads ``1e-5`` as a string and ``1`` as an int: give each option its declared type."""
+    if value is None:
+        return None
+    types = typing.get_args(hint) or (hint,)
+    try:
+        if float in types and not isinstance(value, bool):
+            return float(value)
+        if int in types and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"option {key}: expected a number, got {value!r}") from None
+    if bool in types and not isinstance(value, bool):
+        raise ValueError(f"option {key}: expected true or false, got {value!r}")
+    if list[str] in types and isinstance(value, str):
+        return [value]
+    return value

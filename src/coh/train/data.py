@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from coh.data.feedback import FeedbackExample
 from coh.data.fields import record_from_fields
 from coh.data.io import iter_json_lines
 from coh.data.records import FeedbackRecord, Segment, record_from_json
@@ -119,12 +120,12 @@ class EpochPlan:
 
 
 def epoch_plan(data: TokenizedSet, capacity: int, seed: int, epoch: int, n_long: int = 0, dropped: int = 0,
-               policy: str = "error") -> EpochPlan:
+               policy: str = "error", max_length: int = 0) -> EpochPlan:
     """Best-fit-decreasing packing (see ``coh.train.packing``), bins in a seeded order per epoch."""
     lengths = [len(x) for x in data.input_ids]
     bins = pack_documents(lengths, capacity)
     random.Random(f"{seed}/epoch/{epoch}").shuffle(bins)
-    report = PackingReport(len(lengths), sum(lengths), len(bins), capacity, n_long, dropped, policy)
+    report = PackingReport(len(lengths), sum(lengths), len(bins), capacity, n_long, dropped, policy, max_length)
     return EpochPlan(bins, report)
 
 
@@ -143,3 +144,53 @@ def phrases_of(records: Sequence[FeedbackRecord]) -> dict[str, str]:
 
 def save_json(obj: dict, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class TrainingEpochs:
+    """The training data epoch by epoch: the same records in a new seeded order, or with
+    ``resample_each_epoch`` records rendered afresh from the build's ``examples/train.jsonl``
+    (new phrasing and order per epoch, as the original's first release did)."""
+
+    def __init__(self, records_path: Path, mode: str, tokenizer: RecordTokenizer, capacity: int, max_length: int,
+                 overlong: str, seed: int, resample: bool):
+        self.path, self.mode, self.tokenizer = records_path, mode, tokenizer
+        self.capacity, self.max_length, self.overlong, self.seed = capacity, max_length, overlong, seed
+        self.resample = resample
+        self._cache: tuple[int, list[FeedbackRecord], TokenizedSet, EpochPlan] | None = None
+        if resample:
+            build_dir = records_path.parent
+            summary_path, examples_path = build_dir / "summary.json", build_dir / "examples" / "train.jsonl"
+            if not examples_path.exists() or not summary_path.exists():
+                raise FileNotFoundError(
+                    f"resample_each_epoch needs {examples_path} and {summary_path}: build the data with "
+                    "`coh data build --resample`")
+            self.summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            self.examples = [FeedbackExample.from_json(obj) for _, obj in iter_json_lines(examples_path)]
+
+    def records(self, epoch: int) -> list[FeedbackRecord]:
+        if not self.resample:
+            return for_mode(read_training_records(self.path), self.mode)
+        from coh.data.build import render_dataset
+        from coh.data.phrases import DEFAULT_PHRASES, load_phrases
+        from coh.data.render import RenderSpec
+
+        s = self.summary
+        phrases = load_phrases(s["phrases_file"]) if s.get("phrases_file") else DEFAULT_PHRASES
+        spec = RenderSpec(feedback=tuple(s["feedback"]), shared_prefix=s["shared_prefix"], resample=True)
+        kinds = {name: src["spec"]["kind"] for name, src in s["sources"].items()}
+        return for_mode(render_dataset(self.examples, spec, phrases, kinds, s["seed"], epoch), self.mode)
+
+    def get(self, epoch: int) -> tuple[list[FeedbackRecord], TokenizedSet, EpochPlan]:
+        """Records, their tokens and the packing plan of ``epoch`` (the last one is cached)."""
+        if self._cache is None or self._cache[0] != epoch:
+            if self._cache is not None and not self.resample:
+                records, data = self._cache[1], self._cache[2]
+                n_long, dropped = self._cache[3].report.overlong, self._cache[3].report.overlong_tokens_dropped
+            else:
+                records = self.records(epoch)
+                if not records:
+                    raise ValueError(f"{self.path}: no records for mode '{self.mode}'")
+                data, n_long, dropped = tokenize_set(records, self.tokenizer, self.max_length, self.overlong)
+            plan = epoch_plan(data, self.capacity, self.seed, epoch, n_long, dropped, self.overlong, self.max_length)
+            self._cache = (epoch, records, data, plan)
+        return self._cache[1], self._cache[2], self._cache[3]

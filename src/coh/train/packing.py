@@ -58,6 +58,7 @@ class PackingReport:
     overlong: int
     overlong_tokens_dropped: int
     policy: str
+    max_length: int
 
     @property
     def fill_rate(self) -> float:
@@ -67,7 +68,7 @@ class PackingReport:
         text = (f"packed {self.records} records ({self.tokens} tokens) into {self.bins} micro-batches of at most "
                 f"{self.capacity} tokens: fill rate {self.fill_rate:.1%}, no padding")
         if self.overlong:
-            text += (f"; {self.overlong} records longer than {self.capacity} tokens were "
+            text += (f"; {self.overlong} records longer than max_length {self.max_length} tokens were "
                      + ("split" if self.policy == "split" else f"skipped ({self.overlong_tokens_dropped} tokens)"))
         return text
 

@@ -1,0 +1,396 @@
+"""The ``coh train`` loop, top to bottom: load, check, pack, step, evaluate, save.
+
+A loop of our own on ``accelerate`` (devices, DDP/FSDP, mixed precision, no-sync accumulation)
+with torch's AdamW and transformers' cosine schedule, rather than transformers' ``Trainer``,
+for three reasons: the data position must resume in O(1) (``Trainer`` replays the dataloader to
+skip consumed batches); an optimizer step may combine two streams normalised separately
+(feedback tokens, and lambda x pretraining tokens); and the loss is normalised by the target
+tokens of the whole step, which the packing plan knows before the step starts.
+
+Every random choice is derived from (seed, step): the micro-batch order from the epoch plan, the
+FCM masks from a generator seeded per micro-batch. A resumed run therefore repeats exactly what
+an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from coh.data.records import FeedbackRecord
+from coh.data.tokenize import RecordTokenizer
+from coh.train.checkpoint import complete_checkpoints, load_trainer_state, save_checkpoint, save_model_folder
+from coh.train.config import TrainConfig
+from coh.train.data import (
+    TokenizedSet,
+    TrainingEpochs,
+    for_mode,
+    phrases_of,
+    read_training_records,
+    records_file,
+    tokenize_set,
+)
+from coh.train.loss import target_loss
+from coh.train.masks import fcm_attention_mask
+from coh.train.packing import collate_packed, pack_documents
+
+
+class TrainingError(ValueError):
+    """A problem found before training starts (bad paths, options, model or data)."""
+
+
+# -- loading and checks ------------------------------------------------------------------------------
+def load_tokenizer(cfg: TrainConfig):
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or cfg.model
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"cannot load the tokenizer '{name}': {e}") from None
+
+
+def load_model(name: str, cfg: TrainConfig):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch.float32, attn_implementation=cfg.attention, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"cannot load the model '{name}': {e}") from None
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model
+
+
+def check_position_resets(model) -> None:
+    """Packing needs attention that honours ``position_ids`` resets: compare a record packed after
+    another with the same record alone. Some architectures (ALiBi, learned absolute positions
+    without ``position_ids``) ignore them; refuse those with a clear message."""
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    first, second = torch.randint(0, vocab, (5,), generator=g), torch.randint(0, vocab, (4,), generator=g)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        alone = model(input_ids=second[None].to(device), position_ids=torch.arange(4, device=device)[None]).logits
+        packed = model(
+            input_ids=torch.cat([first, second])[None].to(device),
+            position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]], device=device),
+        ).logits[:, 5:]
+    if not torch.allclose(alone.float(), packed.float(), atol=1e-3, rtol=1e-3):
+        raise TrainingError(
+            f"{type(model).__name__} does not restart attention at position_ids resets, so packed records would "
+            "see each other. This architecture cannot be trained with packing here."
+        )
+
+
+def load_eval(cfg: TrainConfig, path: Path, tokenizer: RecordTokenizer) -> tuple[list[FeedbackRecord], TokenizedSet]:
+    """Held-out records (at most ``eval_records``); too-long ones are split so nothing errors mid-run."""
+    records = for_mode(read_training_records(path), cfg.mode)[: cfg.eval_records or None]
+    if not records:
+        raise TrainingError(f"{path}: no eval records for mode '{cfg.mode}'")
+    data, _, _ = tokenize_set(records, tokenizer, cfg.max_length, "split")
+    return records, data
+
+
+def preference_pairs(records: list[FeedbackRecord]) -> list[tuple[FeedbackRecord, FeedbackRecord]]:
+    """From pn / np records: (preferred, dispreferred) outputs, both after the positive phrase and
+    the same context, for the preference accuracy metric."""
+    pairs = []
+    for rec in records:
+        if rec.feedback not in ("pn", "np"):
+            continue
+        segs = list(rec.segments)
+        outs = [i for i, s in enumerate(segs) if s.loss]
+        if len(outs) != 2:
+            continue
+        first_phrase = outs[0] - 1
+        context = segs[:first_phrase]
+        by_label = {segs[i].label: (segs[i - 1], segs[i]) for i in outs}
+        if set(by_label) != {"good", "bad"}:
+            continue
+        good_phrase, good_out = by_label["good"]
+        _, bad_out = by_label["bad"]
+        sep = "" if not context or context[-1].eos else " "
+        phrase = good_phrase._replace(text=sep + good_phrase.text.lstrip())
+        pairs.append(tuple(
+            FeedbackRecord(f"{rec.id}/{tag}", rec.source, "p", (*context, phrase, out._replace(label="good")))
+            for tag, out in (("chosen", good_out), ("rejected", bad_out))
+        ))
+    return pairs
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
+    """Train as configured; returns the final evaluation. ``_stop_after`` (tests) raises right
+    after that step's checkpoint is written, as a crash would."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from coh.train.metrics import ProgressBar, RunLog, peak_memory_gb, plot_loss_curves
+
+    # Everything that can be wrong with paths and options is found before any model is loaded.
+    train_path = records_file(cfg.train_data, "train")
+    eval_path = Path(cfg.eval_data) if cfg.eval_data else None
+    if eval_path is None and Path(cfg.train_data).is_dir() and (Path(cfg.train_data) / "eval.jsonl").exists():
+        eval_path = Path(cfg.train_data) / "eval.jsonl"
+    set_seed(cfg.seed)
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
+    main = accelerator.is_main_process
+    out_dir = Path(cfg.output_dir)
+    tokenizer = load_tokenizer(cfg)
+    rtok = RecordTokenizer(tokenizer)
+    epochs = TrainingEpochs(train_path, cfg.mode, rtok, cfg.micro_batch_tokens, cfg.max_length, cfg.overlong,
+                            cfg.seed, cfg.resample_each_epoch)
+    records, data, plan = epochs.get(0)
+    eval_records, eval_data = None, None
+    if eval_path is not None and eval_path.exists() and eval_path.stat().st_size > 0:
+        eval_records, eval_data = load_eval(cfg, eval_path, rtok)
+    pairs = preference_pairs(read_training_records(eval_path)[: cfg.eval_records or None]) if eval_data else []
+
+    checkpoints = complete_checkpoints(out_dir) if cfg.resume else []
+    resume_from = checkpoints[-1] if checkpoints else None
+    model = load_model(str(resume_from) if resume_from else cfg.model, cfg)
+    check_position_resets(model)
+    pretrain, pretrain_eval = _pretrain_streams(cfg, tokenizer)
+
+    world = accelerator.num_processes
+    per_step = cfg.gradient_accumulation_steps * world
+    steps_per_epoch = math.ceil(len(plan.bins) / per_step)  # of epoch 0; resampled epochs may differ a little
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    )
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, min(cfg.warmup_steps, total_steps), total_steps, min_lr_rate=cfg.min_lr_ratio
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start_step, epoch, epoch_start = 0, 0, 0
+    if resume_from is not None:
+        state = load_trainer_state(resume_from, optimizer, scheduler)
+        start_step, epoch, epoch_start = state["step"], state["epoch"], state["epoch_start"]
+        if pretrain is not None and state.get("pretrain") is not None:
+            pretrain.load_state_dict(state["pretrain"])
+    coh_info = {"phrases": phrases_of(records), "mode": cfg.mode, "training": cfg.to_dict()}
+    log = RunLog(out_dir, cfg.report_to, cfg.to_dict(), resume=resume_from is not None, enabled=main)
+    if resume_from is not None:
+        log.truncate_after(start_step)
+    if main:
+        print(plan.report.describe())
+        print(f"{len(data)} training records, {total_steps} optimizer steps ({steps_per_epoch} per epoch), "
+              f"{per_step} micro-batches per step" + (f"; resuming from {resume_from.name}" if resume_from else ""))
+
+    _, data, plan = epochs.get(epoch)
+    window: dict[str, float] = defaultdict(float)
+    t_window = time.perf_counter()
+    bar = ProgressBar(total_steps, initial=start_step, enabled=main)
+    final_metrics: dict = {}
+    for step in range(start_step, total_steps):
+        model.train()
+        if (step - epoch_start) * per_step >= len(plan.bins):  # an epoch's last step may be short
+            epoch, epoch_start = epoch + 1, step
+            _, data, plan = epochs.get(epoch)
+        first = (step - epoch_start) * per_step
+        bins = plan.bins[first : first + per_step]
+        mine = bins[accelerator.process_index * cfg.gradient_accumulation_steps:][: cfg.gradient_accumulation_steps]
+        if not mine:  # this process has no record left this step: a target-free batch keeps DDP in step
+            mine = [[]]
+        batches = [collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])]) for b in mine]
+        pt_batches = []
+        if pretrain is not None:
+            n_pt = 1 if cfg.pretrain_mode == "step" else _ratio_slots(step, cfg)
+            pt_batches = [pretrain.next_batch(cfg.micro_batch_tokens) for _ in range(n_pt)]
+        fb_targets = sum(data.targets(i) for b in bins for i in b)  # the whole step, every process
+        pt_targets = int(accelerator.reduce(torch.tensor(sum(int(b["target_mask"].sum()) for b in pt_batches),
+                                                         device=accelerator.device), "sum")) if pretrain else 0
+        work = [(b, "feedback", bin_) for b, bin_ in zip(batches, mine)] + [(b, "pretrain", None) for b in pt_batches]
+        for k, (batch, stream, bin_) in enumerate(work):
+            batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+            mask = None
+            if cfg.fcm and stream == "feedback":
+                micro_seed = (cfg.seed * 1_000_003 + step) * 1009 + k  # from (seed, step) alone: exact resume
+                mask = fcm_attention_mask(model, batch["position_ids"], cfg.fcm_min_ratio, cfg.fcm_max_ratio,
+                                          seed=micro_seed, generator=torch.Generator().manual_seed(micro_seed))
+            sync = k == len(work) - 1
+            with accelerator.no_sync(model) if not sync else _nullcontext():
+                result = target_loss(model, batch, mask)
+                loss = _scaled_loss(result, stream, cfg, fb_targets, pt_targets, len(work) * world) * world
+                accelerator.backward(loss)
+            _account(window, result, stream, bin_, data, batch)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        window["steps"] += 1
+        if done % cfg.log_every == 0 or done == total_steps:
+            elapsed = time.perf_counter() - t_window
+            values = _window_values(window, elapsed)
+            values.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                           "train/epoch": done / steps_per_epoch, "perf/peak_memory_gb": peak_memory_gb()})
+            log.log(done, values)
+            bar.update(done, values)
+            window.clear()
+            t_window = time.perf_counter()
+        if eval_data is not None and (done % cfg.eval_every == 0 or done == total_steps):
+            final_metrics = evaluate(model, eval_data, eval_records, pairs, rtok, cfg, accelerator, pretrain_eval)
+            log.log(done, final_metrics)
+            if main:
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()))
+        if done % cfg.save_every == 0 or done == total_steps:
+            accelerator.wait_for_everyone()
+            if main:
+                state = {"step": done, "epoch": epoch, "epoch_start": epoch_start,
+                         "pretrain": pretrain.state_dict() if pretrain else None}
+                save_checkpoint(out_dir, done, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
+                                state, coh_info, cfg.keep_last)
+            accelerator.wait_for_everyone()
+            if _stop_after is not None and done >= _stop_after:
+                raise RuntimeError(f"stopped after step {done} (test)")
+    bar.close()
+    accelerator.wait_for_everyone()
+    if main:
+        save_model_folder(out_dir / "final", accelerator.unwrap_model(model), tokenizer, coh_info)
+        log.close()
+        png = plot_loss_curves(out_dir / "metrics.jsonl", out_dir / "loss_curves.png")
+        print(f"model saved to {out_dir / 'final'}" + (f"; loss curves in {png}" if png else ""))
+    return final_metrics
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _ratio_slots(step: int, cfg: TrainConfig) -> int:
+    """Pretraining micro-batches for this step in ratio mode: the share ``pretrain_ratio`` of all
+    micro-batches, spread evenly over the steps (Bresenham)."""
+    per_step = cfg.gradient_accumulation_steps * cfg.pretrain_ratio / (1 - cfg.pretrain_ratio)
+    return math.floor((step + 1) * per_step) - math.floor(step * per_step)
+
+
+def _scaled_loss(result, stream: str, cfg: TrainConfig, fb_targets: int, pt_targets: int, n_micro: int
+                 ) -> torch.Tensor:
+    """This micro-batch's share of the step loss (see ``TrainConfig``: normalization, pretraining)."""
+    if cfg.normalization == "row":
+        per_row = result.loss_sum / max(1, result.targets)
+        return per_row / n_micro * (cfg.pretrain_lambda if stream == "pretrain" and cfg.pretrain_mode == "step" else 1)
+    if stream == "pretrain" and cfg.pretrain_mode == "step":
+        return cfg.pretrain_lambda * result.loss_sum / max(1, pt_targets)
+    if cfg.pretrain_mode == "ratio":
+        return result.loss_sum / max(1, fb_targets + pt_targets)
+    return result.loss_sum / max(1, fb_targets)
+
+
+def _account(window: dict, result, stream: str, bin_: list[int] | None, data: TokenizedSet, batch: dict) -> None:
+    """Add one micro-batch to the logging window: losses per stream and per source, token counts."""
+    window["tokens"] += batch["input_ids"].numel()
+    if stream == "pretrain":
+        window["pretrain_loss_sum"] += float(result.loss_sum.detach())
+        window["pretrain_targets"] += result.targets
+        return
+    window["loss_sum"] += float(result.loss_sum.detach())
+    window["targets"] += result.targets
+    window["correct"] += result.correct
+    for rec_index, nll in zip(bin_, result.per_record.tolist()):
+        src = data.sources[rec_index]
+        window[f"src_sum/{src}"] += nll
+        window[f"src_n/{src}"] += data.targets(rec_index)
+
+
+def _window_values(window: dict, elapsed: float) -> dict[str, float]:
+    values = {
+        "train/loss": window["loss_sum"] / max(1, window["targets"]),
+        "train/token_accuracy": window["correct"] / max(1, window["targets"]),
+        "perf/tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
+        "perf/loss_tokens_per_s": window["targets"] / max(elapsed, 1e-9),
+    }
+    if window.get("pretrain_targets"):
+        values["train/pretrain_loss"] = window["pretrain_loss_sum"] / window["pretrain_targets"]
+    for key in list(window):
+        if key.startswith("src_sum/"):
+            src = key.split("/", 1)[1]
+            values[f"train/loss_{src}"] = window[key] / max(1, window[f"src_n/{src}"])
+    return values
+
+
+def _pretrain_streams(cfg: TrainConfig, tokenizer):
+    """The training pretraining stream, and a second one whose first batches are the fixed
+    pretraining eval set."""
+    if not cfg.pretrain_data:
+        return None, None
+    from coh.train.pretrain import PretrainStream
+
+    make = lambda: PretrainStream(cfg.pretrain_data, tokenizer, cfg.max_length, seed=cfg.seed)  # noqa: E731
+    return make(), make()
+
+
+# -- evaluation --------------------------------------------------------------------------------------
+def evaluate(model, data: TokenizedSet, records, pairs, rtok: RecordTokenizer, cfg: TrainConfig, accelerator,
+             pretrain_eval=None, pretrain_batches: int = 4) -> dict[str, float]:
+    """Held-out feedback loss and token accuracy (no FCM, token-weighted: packing does not change
+    it), per-source losses, pretraining loss, and preference accuracy: how often the preferred
+    output gets a higher likelihood than the dispreferred one, both after the positive phrase."""
+    model.eval()
+    device = accelerator.device
+    totals: dict[str, float] = defaultdict(float)
+    bins = pack_documents([len(x) for x in data.input_ids], cfg.micro_batch_tokens)
+    with torch.no_grad():
+        for b in bins[accelerator.process_index :: accelerator.num_processes]:
+            batch = {k: v.to(device) for k, v in collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b]).items()}
+            r = target_loss(model, batch)
+            totals["loss_sum"] += float(r.loss_sum)
+            totals["targets"] += r.targets
+            totals["correct"] += r.correct
+            for i, nll in zip(b, r.per_record.tolist()):
+                totals[f"src_sum/{data.sources[i]}"] += nll
+                totals[f"src_n/{data.sources[i]}"] += data.targets(i)
+        if pretrain_eval is not None:
+            state = pretrain_eval.state_dict()
+            for _ in range(pretrain_batches):
+                batch = {k: v.to(device) for k, v in pretrain_eval.next_batch(cfg.micro_batch_tokens).items()}
+                r = target_loss(model, batch)
+                totals["pt_sum"] += float(r.loss_sum)
+                totals["pt_n"] += r.targets
+            pretrain_eval.load_state_dict(state)  # the same batches at every evaluation
+        if pairs:
+            flat = [rec for pair in pairs for rec in pair]
+            pair_data, _, _ = tokenize_set(flat, rtok, 10**9, "error")
+            pbins = pack_documents([len(x) for x in pair_data.input_ids], max(cfg.micro_batch_tokens,
+                                                                               max(len(x) for x in pair_data.input_ids)))
+            nll = torch.zeros(len(flat), dtype=torch.float64)
+            for b in pbins[accelerator.process_index :: accelerator.num_processes]:
+                batch = collate_packed([(pair_data.input_ids[i], pair_data.loss_mask[i]) for i in b])
+                r = target_loss(model, {k: v.to(device) for k, v in batch.items()})
+                nll[b] = r.per_record
+            nll = accelerator.reduce(nll.to(device), "sum").cpu()
+            totals["pref_correct"] = float((nll[0::2] < nll[1::2]).sum())
+            totals["pref_n"] = len(pairs)
+    keys = sorted(k for k in totals if k not in ("pref_correct", "pref_n"))
+    summed = accelerator.reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=device), "sum")
+    totals.update(dict(zip(keys, summed.tolist())))
+    out = {"eval/loss": totals["loss_sum"] / max(1, totals["targets"]),
+           "eval/token_accuracy": totals["correct"] / max(1, totals["targets"])}
+    for k in keys:
+        if k.startswith("src_sum/"):
+            src = k.split("/", 1)[1]
+            out[f"eval/loss_{src}"] = totals[k] / max(1, totals[f"src_n/{src}"])
+    if totals.get("pt_n"):
+        out["eval/pretrain_loss"] = totals["pt_sum"] / totals["pt_n"]
+    if totals.get("pref_n"):
+        out["eval/preference_accuracy"] = totals["pref_correct"] / totals["pref_n"]
+    model.train()
+    return out
