@@ -216,18 +216,8 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         pt_targets = int(accelerator.reduce(torch.tensor(sum(int(b["target_mask"].sum()) for b in pt_batches),
                                                          device=accelerator.device), "sum")) if pretrain else 0
         work = [(b, "feedback", bin_) for b, bin_ in zip(batches, mine)] + [(b, "pretrain", None) for b in pt_batches]
-        for k, (batch, stream, bin_) in enumerate(work):
-            batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-            mask = None
-            if cfg.fcm and stream == "feedback":
-                micro_seed = (cfg.seed * 1_000_003 + step) * 1009 + k  # from (seed, step) alone: exact resume
-                mask = fcm_attention_mask(model, batch["position_ids"], cfg.fcm_min_ratio, cfg.fcm_max_ratio,
-                                          seed=micro_seed, generator=torch.Generator().manual_seed(micro_seed))
-            sync = k == len(work) - 1
-            with accelerator.no_sync(model) if not sync else _nullcontext():
-                result = target_loss(model, batch, mask)
-                loss = _scaled_loss(result, stream, cfg, fb_targets, pt_targets, len(work) * world) * world
-                accelerator.backward(loss)
+        for result, stream, bin_, batch in accumulate_gradients(model, work, cfg, step, fb_targets, pt_targets,
+                                                                accelerator):
             _account(window, result, stream, bin_, data, batch)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
@@ -267,6 +257,30 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         png = plot_loss_curves(out_dir / "metrics.jsonl", out_dir / "loss_curves.png")
         print(f"model saved to {out_dir / 'final'}" + (f"; loss curves in {png}" if png else ""))
     return final_metrics
+
+
+def accumulate_gradients(model, work: list, cfg: TrainConfig, step: int, fb_targets: int, pt_targets: int,
+                         accelerator) -> list:
+    """Forward and backward every micro-batch of one optimizer step; gradients are synchronised
+    across processes on the last one only. ``work``: ``(batch, stream, record indices)`` with stream
+    ``feedback`` or ``pretrain``. ``fb_targets`` / ``pt_targets``: target tokens of the whole step
+    on every process. Returns ``(TargetLoss, stream, record indices, batch)`` per micro-batch."""
+    world = accelerator.num_processes
+    out = []
+    for k, (batch, stream, bin_) in enumerate(work):
+        batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+        mask = None
+        if cfg.fcm and stream == "feedback":
+            micro_seed = (cfg.seed * 1_000_003 + step) * 1009 + k  # from (seed, step) alone: exact resume
+            mask = fcm_attention_mask(model, batch["position_ids"], cfg.fcm_min_ratio, cfg.fcm_max_ratio,
+                                      seed=micro_seed, generator=torch.Generator().manual_seed(micro_seed))
+        with accelerator.no_sync(model) if k < len(work) - 1 else _nullcontext():
+            result = target_loss(model, batch, mask)
+            # DDP averages gradients over processes: scale by the process count to keep sums.
+            loss = _scaled_loss(result, stream, cfg, fb_targets, pt_targets, len(work) * world) * world
+            accelerator.backward(loss)
+        out.append((result, stream, bin_, batch))
+    return out
 
 
 def _nullcontext():

@@ -1,0 +1,177 @@
+"""`coh train` end to end on tiny models built from config: resume, normalisation, modes, checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from coh.cli import main
+from coh.data.build import BuildConfig, SourceSpec, build
+from coh.data.records import FeedbackRecord, Segment
+from coh.data.render import RenderSpec
+from coh.tiny import make_tiny_model, train_tiny_tokenizer
+from coh.train.config import TrainConfig
+from coh.train.data import for_mode
+from coh.train.packing import collate_packed
+from coh.train.trainer import TrainingError, accumulate_gradients, preference_pairs, train
+
+from ..conftest import hh_rows
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny LLaMA and GPT-J with an offline tokenizer, CoH records and a pretraining text file."""
+    root = tmp_path_factory.mktemp("train")
+    rows = hh_rows(120)
+    tok = train_tiny_tokenizer([r["chosen"] for r in rows], 400, "llama")
+    make_tiny_model(root / "llama", tok, "llama", hidden=32, layers=2, heads=2)
+    make_tiny_model(root / "gptj", tok, "gptj", hidden=32, layers=2, heads=2)
+    raw = root / "hh.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build(BuildConfig([SourceSpec.parse(f"dialogue:{raw}")], str(root / "data"), eval_fraction=0.2, skip_invalid=True,
+                      render=RenderSpec(feedback=("pn", "np")), progress=False))
+    (root / "pretrain.txt").write_text("\n".join(r["rejected"].replace("\n", " ") for r in rows[:60]))
+    return root
+
+
+def config(ws: Path, out: str, **kw) -> TrainConfig:
+    base = dict(model=str(ws / "llama"), train_data=str(ws / "data"), output_dir=str(ws / out), max_length=512,
+                overlong="skip", micro_batch_tokens=1024, lr=3e-3, warmup_steps=1, max_steps=4, eval_every=2,
+                save_every=2, log_every=1, report_to=["none"], eval_records=20)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_resume_after_a_kill_gives_identical_weights(workspace, capsys):
+    """N steps straight, and N/2 + kill + resume + N/2, with FCM, accumulation and the pretraining
+    stream: the same weights, exactly (CPU, fp32)."""
+    kw = dict(max_steps=6, save_every=3, gradient_accumulation_steps=2, fcm_min_ratio=0.0, fcm_max_ratio=0.2,
+              pretrain_data=str(workspace / "pretrain.txt"), pretrain_lambda=0.5)
+    train(config(workspace, "straight", **kw))
+    with pytest.raises(RuntimeError, match="stopped after step 3"):
+        train(config(workspace, "resumed", **kw), _stop_after=3)
+    assert [p.name for p in (workspace / "resumed").glob("checkpoint-*")] == ["checkpoint-3"]
+    capsys.readouterr()
+    train(config(workspace, "resumed", **kw))
+    assert "resuming from checkpoint-3" in capsys.readouterr().out  # not a fresh run that happens to agree
+    a, b = weights(workspace / "straight" / "final"), weights(workspace / "resumed" / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (workspace / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [s for s in steps if s is not None]
+    assert sorted(set(train_steps)) == list(range(1, 7))  # history continuous, nothing duplicated past the resume
+
+
+def test_incomplete_checkpoint_is_ignored(workspace):
+    out = workspace / "partial"
+    train(config(workspace, "partial", max_steps=2, save_every=2))
+    (out / "checkpoint-9").mkdir()  # a save that died before its COMPLETE marker
+    cfg = config(workspace, "partial", max_steps=4, save_every=2)
+    train(cfg)
+    assert (out / "checkpoint-4" / "COMPLETE").exists()
+
+
+def test_gradient_accumulation_does_not_change_the_gradient(workspace):
+    """The loss is normalised by the target tokens of the whole step: one micro-batch of all
+    records and the same records in three micro-batches give the same gradient."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    g = torch.Generator().manual_seed(0)
+    records = []
+    for n in (30, 41, 25, 50, 33, 28):
+        ids = torch.randint(0, 300, (n,), generator=g).tolist()
+        records.append((ids, [0] * 10 + [1] * (n - 10)))
+    targets = sum(sum(m[1:]) for _, m in records)
+    cfg = config(workspace, "unused")
+    accelerator = Accelerator()
+
+    def grads(groups: list[list[int]]) -> list[torch.Tensor]:
+        model = AutoModelForCausalLM.from_pretrained(workspace / "llama", dtype=torch.float32)
+        work = [(collate_packed([records[i] for i in grp]), "feedback", grp) for grp in groups]
+        accumulate_gradients(model, work, cfg, 0, targets, 0, accelerator)
+        return [p.grad.clone() for p in model.parameters()]
+
+    one, three = grads([[0, 1, 2, 3, 4, 5]]), grads([[0, 1], [2, 3], [4, 5]])
+    for a, b in zip(one, three):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_short_run_learns(workspace):
+    train(config(workspace, "learn", max_steps=30, eval_every=30, save_every=30, lr=5e-3, warmup_steps=3))
+    history = [json.loads(line) for line in (workspace / "learn" / "metrics.jsonl").read_text().splitlines()]
+    losses = [h["train/loss"] for h in history if "train/loss" in h]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    final = next(h for h in reversed(history) if "eval/loss" in h)
+    assert {"eval/token_accuracy", "eval/preference_accuracy", "eval/loss_dialogue"} <= set(final)
+    assert (workspace / "learn" / "loss_curves.png").stat().st_size > 1000
+    info = json.loads((workspace / "learn" / "final" / "coh.json").read_text())
+    assert info["phrases"] == {"user": "User:", "good": "A helpful answer:", "bad": "An unhelpful answer:"}
+
+
+@pytest.mark.parametrize("mode", ["step", "ratio"])
+def test_pretraining_regulariser_both_modes(workspace, mode):
+    train(config(workspace, f"pt-{mode}", max_steps=2, pretrain_data=str(workspace / "pretrain.txt"),
+                 pretrain_mode=mode, pretrain_ratio=0.5, gradient_accumulation_steps=2))
+    history = [json.loads(line) for line in (workspace / f"pt-{mode}" / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/pretrain_loss" in h for h in history)
+    assert any("eval/pretrain_loss" in h for h in history)
+
+
+def test_gptj_trains(workspace):
+    result = train(config(workspace, "gptj", model=str(workspace / "gptj"), max_steps=2, fcm_max_ratio=0.1))
+    assert result["eval/loss"] > 0 and (workspace / "gptj" / "final" / "model.safetensors").exists()
+
+
+def test_modes_shape_the_records():
+    pn = FeedbackRecord("d/1/pn", "dialogue", "pn", (
+        Segment("User:", role="marker"), Segment(" Hi", role="user"),
+        Segment(" A helpful answer:", role="feedback", label="good"),
+        Segment(" Hello!", loss=True, role="assistant", eos=True, label="good"),
+        Segment("An unhelpful answer:", role="feedback", label="bad"),
+        Segment(" Go away.", loss=True, role="assistant", eos=True, label="bad"),
+    ))
+    np_ = FeedbackRecord("d/1/np", "dialogue", "np", (
+        Segment("User:", role="marker"), Segment(" Hi", role="user"),
+        Segment(" An unhelpful answer:", role="feedback", label="bad"),
+        Segment(" Go away.", loss=True, role="assistant", eos=True, label="bad"),
+        Segment("A helpful answer:", role="feedback", label="good"),
+        Segment(" Hello!", loss=True, role="assistant", eos=True, label="good"),
+    ))
+    assert for_mode([pn, np_], "coh") == [pn, np_]
+    (csft,) = for_mode([pn, np_], "conditional-sft")  # both give the same preferred record: kept once
+    assert csft.text == "User: Hi A helpful answer: Hello!<eos>"
+    (sft,) = for_mode([pn, np_], "sft")
+    assert sft.text == "User: Hi Hello!<eos>" and [s.loss for s in sft.segments] == [False, False, True]
+    chosen, rejected = preference_pairs([pn])[0]
+    assert chosen.text == "User: Hi A helpful answer: Hello!<eos>"
+    assert rejected.text == "User: Hi A helpful answer: Go away.<eos>"
+
+
+def test_problems_are_reported_before_any_compute(workspace, capsys):
+    with pytest.raises(FileNotFoundError, match="no such records file"):
+        train(config(workspace, "x", train_data=str(workspace / "nowhere")))
+    with pytest.raises(TrainingError, match="cannot load the tokenizer"):
+        train(config(workspace, "x", model=str(workspace / "no-model")))
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        config(workspace, "x", fcm_max_ratio=0.1, attention="flash_attention_2")
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        config(workspace, "x", micro_batch_tokens=100)
+    with pytest.raises(ValueError, match="longer than max_length 64 tokens"):
+        train(config(workspace, "x", max_length=64, micro_batch_tokens=64, overlong="error"))
+    no_loss = workspace / "no_loss.jsonl"
+    no_loss.write_text(json.dumps({"id": "a", "source": "s", "feedback": "p",
+                                   "segments": [{"text": "hello", "loss": False}]}) + "\n")
+    with pytest.raises(ValueError, match="no loss tokens"):
+        train(config(workspace, "x", train_data=str(no_loss)))
+    assert main(["train", "nonsense_option=1"]) == 1
+    assert "unknown option(s) ['nonsense_option']" in capsys.readouterr().err
