@@ -175,3 +175,23 @@ def test_problems_are_reported_before_any_compute(workspace, capsys):
         train(config(workspace, "x", train_data=str(no_loss)))
     assert main(["train", "nonsense_option=1"]) == 1
     assert "unknown option(s) ['nonsense_option']" in capsys.readouterr().err
+
+
+def test_fresh_phrasing_every_epoch(workspace):
+    """With a build made with --resample, each epoch draws new phrases and orders from the examples."""
+    from coh.data.tokenize import RecordTokenizer
+    from coh.train.data import TrainingEpochs
+    from coh.train.trainer import load_tokenizer
+
+    raw = workspace / "hh.jsonl"
+    build(BuildConfig([SourceSpec.parse(f"dialogue:{raw}")], str(workspace / "resampled"), skip_invalid=True,
+                      render=RenderSpec(feedback=("pn", "np"), resample=True), progress=False))
+    cfg = config(workspace, "resample-run", train_data=str(workspace / "resampled"), resample_each_epoch=True,
+                 max_steps=None, epochs=2)
+    epochs = TrainingEpochs(workspace / "resampled" / "train.jsonl", "coh", RecordTokenizer(load_tokenizer(cfg)),
+                            cfg.micro_batch_tokens, cfg.max_length, "skip", 0, True)
+    first, second = epochs.get(0)[0], epochs.get(1)[0]
+    assert len(first) == len(second) and [r.text for r in first] != [r.text for r in second]
+    assert {r.id.rsplit("/", 1)[1] for r in second} == {"e1"}
+    train(cfg)  # two epochs through the loop
+    assert (workspace / "resample-run" / "final" / "model.safetensors").exists()

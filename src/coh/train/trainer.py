@@ -134,7 +134,15 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     from accelerate.utils import set_seed
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-    from coh.train.metrics import ProgressBar, RunLog, peak_memory_gb, plot_loss_curves
+    from coh.train.metrics import (
+        ProgressBar,
+        RunLog,
+        device_peak_flops,
+        flops_per_token,
+        mfu,
+        peak_memory_gb,
+        plot_loss_curves,
+    )
 
     # Everything that can be wrong with paths and options is found before any model is loaded.
     train_path = records_file(cfg.train_data, "train")
@@ -193,6 +201,8 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
               f"{per_step} micro-batches per step" + (f"; resuming from {resume_from.name}" if resume_from else ""))
 
     _, data, plan = epochs.get(epoch)
+    peak_flops = device_peak_flops()
+    flops_token = flops_per_token(accelerator.unwrap_model(model).config, plan.report.tokens / max(1, len(data)))
     window: dict[str, float] = defaultdict(float)
     t_window = time.perf_counter()
     bar = ProgressBar(total_steps, initial=start_step, enabled=main)
@@ -230,6 +240,8 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             values = _window_values(window, elapsed)
             values.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
                            "train/epoch": done / steps_per_epoch, "perf/peak_memory_gb": peak_memory_gb()})
+            if peak_flops:  # GPUs only: per device, mean record length as the attention span
+                values["perf/mfu"] = mfu(values["perf/tokens_per_s"] / world, flops_token, peak_flops)
             log.log(done, values)
             bar.update(done, values)
             window.clear()
