@@ -69,3 +69,22 @@ def test_fcm_mask_composes_with_packing():
         assert target_loss(model, batch, zero).loss_sum.item() == pytest.approx(plain.item(), rel=1e-6)
         some = fcm_attention_mask(model, batch["position_ids"], 0.3, 0.3, seed=0, generator=g)
         assert target_loss(model, batch, some).loss_sum.item() != pytest.approx(plain.item(), rel=1e-4)
+
+
+def test_flex_attention_block_mask_matches_the_dense_mask():
+    """Under flex attention the FCM mask is a compressed BlockMask (no dense L x L tensor) and gives
+    the same loss as sdpa with the dense mask. (Forward only: torch has no CPU backward for flex.)"""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from coh.train.masks import fcm_attention_mask
+
+    batch = collate_packed(random_records(97, 5, seed=2))
+    losses = []
+    for attn in ("sdpa", "flex_attention"):
+        model = tiny_llama(97, attn)
+        mask = fcm_attention_mask(model, batch["position_ids"], 0.2, 0.2, seed=3,
+                                  generator=torch.Generator().manual_seed(1))
+        assert isinstance(mask, BlockMask) == (attn == "flex_attention")
+        with torch.no_grad():
+            losses.append(target_loss(model, batch, mask).loss_sum.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -152,6 +152,9 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     set_seed(cfg.seed)
     accelerator = Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
     main = accelerator.is_main_process
+    if cfg.attention == "flex_attention" and accelerator.device.type == "cpu":
+        raise TrainingError("attention flex_attention trains on GPUs only (torch has no CPU backward for it): "
+                            "use attention=sdpa on a CPU")
     out_dir = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg)
     rtok = RecordTokenizer(tokenizer)
