@@ -83,3 +83,30 @@ def make_tiny_model(save_dir: str | Path, tokenizer, arch: str = "llama", hidden
     model.save_pretrained(save_dir)
     tokenizer.save_pretrained(save_dir)
     return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m coh.tiny OUT``: a tiny LLaMA and its tokenizer, trained offline on the bundled
+    hh-rlhf sample, for CPU runs of ``coh train`` (configs/train/tiny-cpu.yaml)."""
+    import argparse
+    import gzip
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m coh.tiny", description=main.__doc__.split("\n\n")[0])
+    p.add_argument("out", help="folder for the model and tokenizer")
+    p.add_argument("--arch", choices=["llama", "gptj"], default="llama")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=2000)
+    args = p.parse_args(argv)
+    sample = Path(__file__).parent / "data" / "builtin" / "hh-rlhf-harmless-sample.jsonl.gz"
+    with gzip.open(sample, "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["chosen"] for line in f]
+    tokenizer = train_tiny_tokenizer(texts, args.vocab, "llama")
+    model = make_tiny_model(args.out, tokenizer, args.arch, hidden=args.hidden, layers=args.layers)
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M-parameter {args.arch} saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -195,3 +195,10 @@ def test_fresh_phrasing_every_epoch(workspace):
     assert {r.id.rsplit("/", 1)[1] for r in second} == {"e1"}
     train(cfg)  # two epochs through the loop
     assert (workspace / "resample-run" / "final" / "model.safetensors").exists()
+
+
+def test_shipped_recipes_load():
+    repo = Path(__file__).resolve().parents[2]
+    for recipe in sorted((repo / "configs" / "train").glob("*.yaml")):
+        cfg = TrainConfig.load(recipe, ["max_steps=1"])
+        assert cfg.model and cfg.train_data, recipe
