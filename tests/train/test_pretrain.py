@@ -271,3 +271,23 @@ def test_state_from_another_stream_is_refused(tmp_path, docs, bpe_tokenizer):
     b = PretrainStream(str(write_txt(tmp_path / "b.txt", docs)), bpe_tokenizer, MAX_LENGTH)
     with pytest.raises(ValueError, match="state is for source"):
         b.load_state_dict(a.state_dict())
+
+
+def test_shards_are_disjoint_and_cover_the_text(tmp_path):
+    from coh.tiny import train_tiny_tokenizer
+
+    docs = [f"document number {i} says hello" for i in range(40)]
+    path = tmp_path / "t.txt"
+    path.write_text("\n".join(docs) + "\n")
+    tok = train_tiny_tokenizer(docs, 300, "bpe")
+    seen = []
+    for rank in range(3):
+        stream = PretrainStream(str(path), tok, 64, shard=(rank, 3))
+        ids = []
+        while stream.epoch == 0:
+            batch = stream.next_batch(256)
+            ids.append(batch["input_ids"][0].tolist())
+        text = tok.decode([t for row in ids for t in row])
+        seen.append({d for d in docs if d in text})
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+    assert seen[0] | seen[1] | seen[2] == set(docs)

@@ -48,6 +48,7 @@ class TrainConfig:
     fcm_min_ratio: float = 0.0
     fcm_max_ratio: float = 0.0
     pretrain_data: str | None = None  # "c4", a hub id, or local text / jsonl files
+    pretrain_eval_data: str | None = None  # held-out text for eval/pretrain_loss (default: pretrain_data's start)
     pretrain_mode: str = "step"  # step: a pretraining batch every step, loss += lambda * pt; ratio: mixed in
     pretrain_lambda: float = 0.01
     pretrain_ratio: float = 0.1  # ratio mode: share of micro-batches that are pretraining text

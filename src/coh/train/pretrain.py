@@ -42,6 +42,9 @@ class PretrainStream:
     10,000 documents when streamed). ``config``, ``split`` and ``streaming`` apply to hub datasets
     (``streaming`` defaults to True for ``"c4"``, else False). Nothing is read before the first batch.
 
+    ``shard=(rank, world)``: this process reads only its share of the documents (every
+    ``world``-th, by line or row number), so the processes of a distributed run see different text.
+
     Exact resume: ``state_dict()`` is JSON-serialisable (epoch, documents begun this epoch, the read
     position after the last document begun, its unserved pieces as token lists, counters); a stream
     built with the same arguments and given ``load_state_dict(state)`` serves exactly the batches the
@@ -50,13 +53,15 @@ class PretrainStream:
     """
 
     def __init__(self, source: str, tokenizer, max_length: int, *, text_field: str = "text",
-                 streaming: bool | None = None, config: str | None = None, split: str = "train", seed: int = 0):
+                 streaming: bool | None = None, config: str | None = None, split: str = "train", seed: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
         if tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} has no EOS token to close documents with")
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
         self.source, self.tokenizer, self.max_length, self.text_field = source, tokenizer, max_length, text_field
         self.split, self.seed, self.config, self.streaming = split, seed, config, streaming
+        self.shard = shard
         self.bos: list[int] = [tokenizer.bos_token_id] if tokenizer_adds_bos(tokenizer) else []
         self.files: list[Path] | None = None
         self.hub: str | None = None
@@ -123,9 +128,13 @@ class PretrainStream:
         """``(text, epoch, cursor after it)`` from ``cursor`` on, pass after pass, for ever."""
         while True:
             found = False
+            rank, world = self.shard
             for text, after in self._read(epoch, cursor):
                 found = True
-                yield text, epoch, after
+                # Each process keeps every world-th document, by its line (or row) number and file:
+                # disjoint shards, and the choice needs no state to resume.
+                if (after[-1] + (after[0] if len(after) > 1 else 0)) % world == rank:
+                    yield text, epoch, after
             # A pass may be empty when resumed at its very end; one from the start means there is nothing.
             if not found and cursor == self._start:
                 raise DataError(self.where, None, None, "no documents (every one is blank)")

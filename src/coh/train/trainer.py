@@ -170,7 +170,7 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     resume_from = checkpoints[-1] if checkpoints else None
     model = load_model(str(resume_from) if resume_from else cfg.model, cfg)
     check_position_resets(model)
-    pretrain, pretrain_eval = _pretrain_streams(cfg, tokenizer)
+    pretrain, pretrain_eval = _pretrain_streams(cfg, tokenizer, (accelerator.process_index, accelerator.num_processes))
 
     world = accelerator.num_processes
     per_step = cfg.gradient_accumulation_steps * world
@@ -356,15 +356,18 @@ def _window_values(window: dict, elapsed: float) -> dict[str, float]:
     return values
 
 
-def _pretrain_streams(cfg: TrainConfig, tokenizer):
-    """The training pretraining stream, and a second one whose first batches are the fixed
-    pretraining eval set."""
+def _pretrain_streams(cfg: TrainConfig, tokenizer, shard: tuple[int, int]):
+    """The training pretraining stream (this process's shard), and the eval stream whose first
+    batches are the fixed pretraining eval set: ``pretrain_eval_data`` when given, else the start
+    of the training text (which the model also trains on: say so in results)."""
     if not cfg.pretrain_data:
         return None, None
     from coh.train.pretrain import PretrainStream
 
-    make = lambda: PretrainStream(cfg.pretrain_data, tokenizer, cfg.max_length, seed=cfg.seed)  # noqa: E731
-    return make(), make()
+    train_stream = PretrainStream(cfg.pretrain_data, tokenizer, cfg.max_length, seed=cfg.seed, shard=shard)
+    eval_stream = PretrainStream(cfg.pretrain_eval_data or cfg.pretrain_data, tokenizer, cfg.max_length,
+                                 seed=cfg.seed, shard=shard)
+    return train_stream, eval_stream
 
 
 # -- evaluation --------------------------------------------------------------------------------------
