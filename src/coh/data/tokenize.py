@@ -288,18 +288,25 @@ def chat_messages(segments: Sequence[Segment]) -> tuple[list[str], list[list[Seg
     return roles, contents
 
 
-def tokenize_records(records: Sequence[FeedbackRecord], record_tokenizer: RecordTokenizer, batch_size: int = 1000,
-                     progress: bool = False):
-    """Tokenize records into a ``datasets.Dataset`` (see ``tokens_dataset``), same order."""
+def tokenize_many(records: Sequence[FeedbackRecord], record_tokenizer: RecordTokenizer, batch_size: int = 1000,
+                  progress: bool = False) -> list[TokenizedRecord]:
+    """Tokenize records in batches of ``batch_size`` (one batched tokenizer call each), same order."""
     from tqdm import tqdm
 
-    records = list(records)
-    tokenized: list[TokenizedRecord] = []
+    out: list[TokenizedRecord] = []
     with tqdm(total=len(records), desc="tokenize", unit=" records", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
             chunk = records[start : start + batch_size]
-            tokenized.extend(record_tokenizer.batch(chunk))
+            out.extend(record_tokenizer.batch(chunk))
             bar.update(len(chunk))
+    return out
+
+
+def tokenize_records(records: Sequence[FeedbackRecord], record_tokenizer: RecordTokenizer, batch_size: int = 1000,
+                     progress: bool = False):
+    """Tokenize records into a ``datasets.Dataset`` (see ``tokens_dataset``), same order."""
+    records = list(records)
+    tokenized = tokenize_many(records, record_tokenizer, batch_size, progress)
     return tokens_dataset([r.id for r in records], [r.source for r in records], [r.feedback for r in records],
                           tokenized)
 

@@ -18,7 +18,7 @@ from coh.data.feedback import FeedbackExample
 from coh.data.fields import record_from_fields
 from coh.data.io import iter_json_lines
 from coh.data.records import FeedbackRecord, Segment, record_from_json
-from coh.data.tokenize import RecordTokenizer
+from coh.data.tokenize import RecordTokenizer, tokenize_many
 from coh.train.packing import PackingReport, fit_records, pack_documents
 
 
@@ -86,24 +86,23 @@ class TokenizedSet:
     loss_mask: list[list[int]]
     sources: list[str]
 
+    def __post_init__(self) -> None:
+        # Counted once here: the training step needs the target tokens of every step's records.
+        self.target_counts = [sum(mask[1:]) for mask in self.loss_mask]
+
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def targets(self, index: int) -> int:
         """Target tokens of a record (its first token is never a target)."""
-        return sum(self.loss_mask[index][1:])
+        return self.target_counts[index]
 
 
 def tokenize_set(records: Sequence[FeedbackRecord], tokenizer: RecordTokenizer, max_length: int, overlong: str
                  ) -> tuple[TokenizedSet, int, int]:
     """Tokenize and apply the overlong policy. Returns the set, the overlong count and tokens skipped."""
-    ids, masks, sources = [], [], []
-    for start in range(0, len(records), 1000):
-        chunk = records[start : start + 1000]
-        for rec, tok in zip(chunk, tokenizer.batch(chunk)):
-            ids.append(tok.input_ids)
-            masks.append(tok.loss_mask)
-            sources.append(rec.source)
+    tokenized = tokenize_many(records, tokenizer)
+    ids, masks, sources = [t.input_ids for t in tokenized], [t.loss_mask for t in tokenized], [r.source for r in records]
     if not any(any(m[1:]) for m in masks):
         raise ValueError("the training records have no loss tokens: nothing to learn (check the data and the mode)")
     fitted = fit_records(ids, masks, max_length, overlong)
@@ -140,10 +139,6 @@ def phrases_of(records: Sequence[FeedbackRecord]) -> dict[str, str]:
                 text = seg.text.strip()
                 counts[kind][text] = counts[kind].get(text, 0) + 1
     return {k: max(v, key=v.get) for k, v in counts.items() if v}
-
-
-def save_json(obj: dict, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 class TrainingEpochs:

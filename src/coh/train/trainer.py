@@ -14,9 +14,11 @@ an uninterrupted run does.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -90,13 +92,13 @@ def check_position_resets(model) -> None:
         )
 
 
-def load_eval(cfg: TrainConfig, path: Path, tokenizer: RecordTokenizer) -> tuple[list[FeedbackRecord], TokenizedSet]:
+def load_eval(cfg: TrainConfig, path: Path, tokenizer: RecordTokenizer) -> TokenizedSet:
     """Held-out records (at most ``eval_records``); too-long ones are split so nothing errors mid-run."""
     records = for_mode(read_training_records(path), cfg.mode)[: cfg.eval_records or None]
     if not records:
         raise TrainingError(f"{path}: no eval records for mode '{cfg.mode}'")
     data, _, _ = tokenize_set(records, tokenizer, cfg.max_length, "split")
-    return records, data
+    return data
 
 
 def preference_pairs(records: list[FeedbackRecord]) -> list[tuple[FeedbackRecord, FeedbackRecord]]:
@@ -161,10 +163,10 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     epochs = TrainingEpochs(train_path, cfg.mode, rtok, cfg.micro_batch_tokens, cfg.max_length, cfg.overlong,
                             cfg.seed, cfg.resample_each_epoch)
     records, data, plan = epochs.get(0)
-    eval_records, eval_data = None, None
+    eval_set = None
     if eval_path is not None and eval_path.exists() and eval_path.stat().st_size > 0:
-        eval_records, eval_data = load_eval(cfg, eval_path, rtok)
-    pairs = preference_pairs(read_training_records(eval_path)[: cfg.eval_records or None]) if eval_data else []
+        pairs = preference_pairs(read_training_records(eval_path)[: cfg.eval_records or None])
+        eval_set = prepare_eval(load_eval(cfg, eval_path, rtok), pairs, rtok, cfg.micro_batch_tokens)
 
     checkpoints = complete_checkpoints(out_dir) if cfg.resume else []
     resume_from = checkpoints[-1] if checkpoints else None
@@ -249,8 +251,8 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             bar.update(done, values)
             window.clear()
             t_window = time.perf_counter()
-        if eval_data is not None and (done % cfg.eval_every == 0 or done == total_steps):
-            final_metrics = evaluate(model, eval_data, eval_records, pairs, rtok, cfg, accelerator, pretrain_eval)
+        if eval_set is not None and (done % cfg.eval_every == 0 or done == total_steps):
+            final_metrics = evaluate(model, eval_set, cfg, accelerator, pretrain_eval)
             log.log(done, final_metrics)
             if main:
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()))
@@ -289,19 +291,13 @@ def accumulate_gradients(model, work: list, cfg: TrainConfig, step: int, fb_targ
             micro_seed = (cfg.seed * 1_000_003 + step) * 1009 + k  # from (seed, step) alone: exact resume
             mask = fcm_attention_mask(model, batch["position_ids"], cfg.fcm_min_ratio, cfg.fcm_max_ratio,
                                       seed=micro_seed, generator=torch.Generator().manual_seed(micro_seed))
-        with accelerator.no_sync(model) if k < len(work) - 1 else _nullcontext():
+        with accelerator.no_sync(model) if k < len(work) - 1 else contextlib.nullcontext():
             result = target_loss(model, batch, mask)
             # DDP averages gradients over processes: scale by the process count to keep sums.
             loss = _scaled_loss(result, stream, cfg, fb_targets, pt_targets, len(work) * world) * world
             accelerator.backward(loss)
         out.append((result, stream, bin_, batch))
     return out
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _ratio_slots(step: int, cfg: TrainConfig) -> int:
@@ -371,17 +367,38 @@ def _pretrain_streams(cfg: TrainConfig, tokenizer, shard: tuple[int, int]):
 
 
 # -- evaluation --------------------------------------------------------------------------------------
-def evaluate(model, data: TokenizedSet, records, pairs, rtok: RecordTokenizer, cfg: TrainConfig, accelerator,
-             pretrain_eval=None, pretrain_batches: int = 4) -> dict[str, float]:
+@dataclass
+class EvalSet:
+    """Held-out records and preference pairs, tokenized and packed once for every evaluation.
+    ``pairs`` holds (preferred, dispreferred) records interleaved: record 2k is preferred over 2k+1."""
+
+    data: TokenizedSet
+    bins: list[list[int]]
+    pairs: TokenizedSet | None
+    pair_bins: list[list[int]]
+
+
+def prepare_eval(data: TokenizedSet, pairs: list[tuple[FeedbackRecord, FeedbackRecord]], rtok: RecordTokenizer,
+                 capacity: int) -> EvalSet:
+    bins = pack_documents([len(x) for x in data.input_ids], capacity)
+    if not pairs:
+        return EvalSet(data, bins, None, [])
+    pair_data, _, _ = tokenize_set([rec for pair in pairs for rec in pair], rtok, 10**9, "error")
+    lengths = [len(x) for x in pair_data.input_ids]
+    return EvalSet(data, bins, pair_data, pack_documents(lengths, max(capacity, *lengths)))
+
+
+def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=None, pretrain_batches: int = 4
+             ) -> dict[str, float]:
     """Held-out feedback loss and token accuracy (no FCM, token-weighted: packing does not change
     it), per-source losses, pretraining loss, and preference accuracy: how often the preferred
     output gets a higher likelihood than the dispreferred one, both after the positive phrase."""
     model.eval()
     device = accelerator.device
     totals: dict[str, float] = defaultdict(float)
-    bins = pack_documents([len(x) for x in data.input_ids], cfg.micro_batch_tokens)
+    data = ev.data
     with torch.no_grad():
-        for b in bins[accelerator.process_index :: accelerator.num_processes]:
+        for b in ev.bins[accelerator.process_index :: accelerator.num_processes]:
             batch = {k: v.to(device) for k, v in collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b]).items()}
             r = target_loss(model, batch)
             totals["loss_sum"] += float(r.loss_sum)
@@ -398,19 +415,15 @@ def evaluate(model, data: TokenizedSet, records, pairs, rtok: RecordTokenizer, c
                 totals["pt_sum"] += float(r.loss_sum)
                 totals["pt_n"] += r.targets
             pretrain_eval.load_state_dict(state)  # the same batches at every evaluation
-        if pairs:
-            flat = [rec for pair in pairs for rec in pair]
-            pair_data, _, _ = tokenize_set(flat, rtok, 10**9, "error")
-            pbins = pack_documents([len(x) for x in pair_data.input_ids], max(cfg.micro_batch_tokens,
-                                                                               max(len(x) for x in pair_data.input_ids)))
-            nll = torch.zeros(len(flat), dtype=torch.float64)
-            for b in pbins[accelerator.process_index :: accelerator.num_processes]:
-                batch = collate_packed([(pair_data.input_ids[i], pair_data.loss_mask[i]) for i in b])
+        if ev.pairs is not None:
+            nll = torch.zeros(len(ev.pairs), dtype=torch.float64)
+            for b in ev.pair_bins[accelerator.process_index :: accelerator.num_processes]:
+                batch = collate_packed([(ev.pairs.input_ids[i], ev.pairs.loss_mask[i]) for i in b])
                 r = target_loss(model, {k: v.to(device) for k, v in batch.items()})
                 nll[b] = r.per_record
             nll = accelerator.reduce(nll.to(device), "sum").cpu()
             totals["pref_correct"] = float((nll[0::2] < nll[1::2]).sum())
-            totals["pref_n"] = len(pairs)
+            totals["pref_n"] = len(ev.pairs) // 2
     keys = sorted(k for k in totals if k not in ("pref_correct", "pref_n"))
     summed = accelerator.reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=device), "sum")
     totals.update(dict(zip(keys, summed.tolist())))
