@@ -1,19 +1,26 @@
 """The ``coh`` command: one subcommand per pipeline stage. Argument parsing only; the work is in
-``coh.data``, ``coh.train``, ``coh.serve``, ``coh.eval`` and ``coh.convert``."""
+``coh.data``, ``coh.train``, ``coh.serve``, ``coh.eval``, ``coh.convert``, ``coh.demo`` and ``coh.judge``.
+
+``coh data`` and ``coh train`` are parsed here. Each later stage owns a ``command`` module with two
+functions, ``add_arguments(parser)`` and ``run(args) -> exit status``; that module must import
+torch and friends inside ``run`` so that ``coh --help`` stays fast."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
-NOT_BUILT = {
-    "serve": "an OpenAI-compatible server with a chat page",
-    "eval": "lm-evaluation-harness and the paper's own evaluations",
-    "convert": "checkpoints in and out (Meta LLaMA, EasyLM, LoRA, HF)",
-    "demo": "the whole pipeline on a tiny model, in minutes on a laptop CPU",
-    "judge": "pairwise human evaluation in the browser",
+# stage -> (module with add_arguments/run, one-line help)
+STAGES = {
+    "serve": ("coh.serve.command", "an OpenAI-compatible server with a chat page"),
+    "eval": ("coh.eval.command", "lm-evaluation-harness and the paper's own evaluations"),
+    "convert": ("coh.convert.command", "checkpoints in and out (Meta LLaMA, EasyLM, LoRA, sharded, HF)"),
+    "demo": ("coh.demo.command", "the whole pipeline on a tiny model, in minutes on a laptop CPU"),
+    "judge": ("coh.judge.command", "pairwise human evaluation in the browser"),
 }
 
 
@@ -148,12 +155,21 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(name: str):
+def _not_built(name: str, text: str):
     def run(args: argparse.Namespace) -> int:
-        print(f"coh {name}: {NOT_BUILT[name]} -- not built yet.", file=sys.stderr)
+        print(f"coh {name}: {text} -- not built yet.", file=sys.stderr)
         return 2
 
     return run
+
+
+def _stage_module(module: str):
+    """The stage's command module, or None while that stage is not built."""
+    try:
+        found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # the stage's package itself is missing
+        return None
+    return importlib.import_module(module) if found is not None else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,8 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Chain-of-Hindsight fine-tuning: a YAML recipe plus KEY=VALUE overrides.")
     _train_args(p)
     p.set_defaults(func=_run_train)
-    for name, text in NOT_BUILT.items():
-        sub.add_parser(name, help=f"{text} (not built yet)").set_defaults(func=_not_built(name))
+    for name, (module_name, text) in STAGES.items():
+        module = _stage_module(module_name)
+        if module is None:
+            sub.add_parser(name, help=f"{text} (not built yet)").set_defaults(func=_not_built(name, text))
+            continue
+        doc = (module.__doc__ or text).strip()
+        p = sub.add_parser(name, help=text, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
 
 
