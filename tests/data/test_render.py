@@ -137,3 +137,34 @@ def test_bad_spec():
         RenderSpec(feedback=("pp",))
     with pytest.raises(ValueError, match="at least one"):
         RenderSpec(feedback=("aux",))
+
+
+@pytest.mark.parametrize(("kind", "label"), [("p", "good"), ("n", "bad")])
+def test_inference_prompt_is_the_training_prefix_of_the_output(kind, label):
+    """The prompt the server builds is exactly what training put before the trained output."""
+    from coh.data.render import prompt_segments
+
+    ex = FeedbackExample(
+        id="x", source="dialogue", split="eval",
+        context=(Turn("user", "Hi"), Turn("assistant", "Hello"), Turn("user", "How are you?")),
+        candidates=(Candidate("Fine, thanks."), Candidate("Go away.")),
+    )
+    phrases = DEFAULT_PHRASES["dialogue"]
+    (record,) = render_records(ex, RenderSpec(feedback=(kind,)), phrases, seed=0)
+    first_output = next(i for i, s in enumerate(record.segments) if s.loss)
+    assert prompt_segments(ex.context, phrases, label) == list(record.segments[:first_output])
+
+
+def test_inference_prompt_without_phrase_and_with_literal_phrase(tmp_path):
+    import json
+
+    from coh.data.render import prompt_segments, trained_phrases
+
+    turns = (Turn("user", "Hi"),)
+    phrases = DEFAULT_PHRASES["dialogue"]
+    assert [s.text for s in prompt_segments(turns, phrases, None)] == ["User:", " Hi"]
+    assert prompt_segments(turns, phrases, "A so-so answer:")[-1].text == " A so-so answer:"
+    (tmp_path / "coh.json").write_text(json.dumps({"phrases": {"good": "Good:", "bad": "Bad:", "user": "Q:"}}))
+    saved = trained_phrases(tmp_path)
+    assert (saved.user, saved.good, saved.bad) == ("Q:", "Good:", "Bad:")
+    assert trained_phrases(tmp_path / "nowhere").good == "A helpful answer:"

@@ -29,8 +29,10 @@ the order or the process in which examples are rendered.
 from __future__ import annotations
 
 import functools
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from coh.data.feedback import Candidate, FeedbackExample, Turn
 from coh.data.phrases import PhraseSet
@@ -196,3 +198,33 @@ def render_records(
             if segs is not None:
                 records.append(FeedbackRecord(f"{ex.id}/{kind}{tag}", ex.source, kind, tuple(segs), ex.split, meta))
     return records
+
+
+def prompt_segments(turns: tuple[Turn, ...] | list[Turn], phrases: PhraseSet, feedback: str | None = "good") -> list[Segment]:
+    """The inference prompt for the next assistant reply, rendered exactly as training rendered
+    context: ``User:`` before user turns, the good phrase before earlier assistant turns (each
+    closed by EOS), then the phrase the reply is conditioned on: ``feedback`` is ``"good"``,
+    ``"bad"``, any literal phrase text, or None for no phrase at all. No segment carries loss.
+    Tokenize with ``RecordTokenizer(tok, chat_template="never")(prompt_record(...))``."""
+    b = _Builder()
+    b.context(tuple(turns), phrases, phrases.good, "")
+    if feedback is not None:
+        text = {"good": phrases.good, "bad": phrases.bad}.get(feedback, feedback)
+        b.add("feedback", text, label=feedback if feedback in ("good", "bad") else None)
+    return b.segments
+
+
+def prompt_record(turns: tuple[Turn, ...] | list[Turn], phrases: PhraseSet, feedback: str | None = "good") -> FeedbackRecord:
+    """``prompt_segments`` wrapped as a record (source ``prompt``), ready for ``RecordTokenizer``."""
+    return FeedbackRecord("prompt", "prompt", "prompt", tuple(prompt_segments(turns, phrases, feedback)), "eval", {})
+
+
+def trained_phrases(model_dir: str | Path) -> PhraseSet:
+    """The phrases a ``coh train`` checkpoint was trained with (its ``coh.json``), or the defaults
+    for a model folder without one."""
+    info = Path(model_dir) / "coh.json"
+    base = PhraseSet()
+    if not info.exists():
+        return base
+    saved = json.loads(info.read_text(encoding="utf-8")).get("phrases", {})
+    return replace(base, **{k: v for k, v in saved.items() if k in ("user", "good", "bad")})
