@@ -14,6 +14,7 @@ PRETRAIN_MODES = ("step", "ratio")
 NORMALIZATIONS = ("step_tokens", "row")
 DTYPES = ("float32", "bfloat16")
 ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainConfig:
     dtype: str = "float32"
     attention: str = "sdpa"
     gradient_checkpointing: bool = False
+    distributed: str = "ddp"  # several processes (torchrun / accelerate launch): ddp, or fsdp (FSDP2 shards)
     # data
     train_data: str = ""  # records file (ours or the original's fields format) or a `coh data build` folder
     eval_data: str | None = None
@@ -80,7 +82,8 @@ class TrainConfig:
     def check(self) -> None:
         """Refuse incompatible or impossible settings before any compute is spent."""
         choices = {"mode": MODES, "pretrain_mode": PRETRAIN_MODES, "normalization": NORMALIZATIONS,
-                   "dtype": DTYPES, "attention": ATTENTION, "overlong": ("error", "split", "skip")}
+                   "dtype": DTYPES, "attention": ATTENTION,
+                   "distributed": DISTRIBUTED, "overlong": ("error", "split", "skip")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")

@@ -47,8 +47,10 @@ def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attentio
     per_record = torch.zeros(int(record_of_token[-1]) + 1, dtype=torch.float64)
     targets = batch["input_ids"][target_mask]
     if targets.numel() == 0:
-        zero = next(model.parameters()).sum() * 0.0  # keeps every parameter in the graph (DDP / FSDP)
-        return TargetLoss(zero.float(), 0, 0, per_record)
+        # A real forward with a zero loss: every process of a DDP / FSDP step runs the same
+        # collectives, and every parameter takes part in the graph.
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=1, use_cache=False)
+        return TargetLoss(out.logits.float().sum() * 0.0, 0, 0, per_record)
     out = model(
         input_ids=batch["input_ids"],
         position_ids=batch["position_ids"],
