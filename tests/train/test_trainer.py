@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from coh.cli import main
 from coh.data.build import BuildConfig, SourceSpec, build
@@ -172,3 +173,38 @@ def test_shipped_recipes_load():
     for recipe in sorted((repo / "configs" / "train").glob("*.yaml")):
         cfg = TrainConfig.load(recipe, ["max_steps=1"])
         assert cfg.model and cfg.train_data, recipe
+
+
+def test_lora_trains_adapters_only_resumes_exactly_and_merges(workspace):
+    """LoRA through peft: checkpoints hold the adapter alone; a killed and resumed run ends with
+    the adapter of a straight run; the merged model computes what base + adapter computes."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    kw = dict(lora_r=4, lora_alpha=8, lr=1e-2, max_steps=4, save_every=2, fcm_max_ratio=0.1)
+    train(config(workspace, "lora", **kw))
+    with pytest.raises(RuntimeError, match="stopped after step 2"):
+        train(config(workspace, "lora-resumed", **kw), _stop_after=2)
+    train(config(workspace, "lora-resumed", **kw))
+    final = workspace / "lora" / "final"
+    assert (final / "adapter_model.safetensors").exists() and not (final / "model.safetensors").exists()
+    assert not (workspace / "lora" / "checkpoint-4" / "model.safetensors").exists()
+    a = load_file(final / "adapter_model.safetensors")
+    b = load_file(workspace / "lora-resumed" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any("lora_B" in k and a[k].abs().sum() > 0 for k in a)  # the adapters moved off their zero init
+
+    base = AutoModelForCausalLM.from_pretrained(workspace / "llama")
+    with_adapter = PeftModel.from_pretrained(base, final).eval()
+    merged = AutoModelForCausalLM.from_pretrained(workspace / "lora" / "final-merged").eval()
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
+    untouched = AutoModelForCausalLM.from_pretrained(workspace / "llama")
+    assert not torch.equal(merged.lm_head.weight, untouched.lm_head.weight) or any(
+        not torch.equal(p, q) for p, q in zip(merged.parameters(), untouched.parameters()))
+
+
+def test_lora_with_unknown_target_modules_is_refused(workspace):
+    with pytest.raises(TrainingError, match="cannot add LoRA adapters"):
+        train(config(workspace, "lora-bad", lora_r=4, lora_target_modules="no_such_proj"))

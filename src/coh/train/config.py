@@ -37,6 +37,12 @@ class TrainConfig:
     attention: str = "sdpa"
     gradient_checkpointing: bool = False
     distributed: str = "ddp"  # several processes (torchrun / accelerate launch): ddp, or fsdp (FSDP2 shards)
+    # LoRA through peft (lora_r > 0): only the adapters train; checkpoints hold the adapter alone
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"  # peft's shorthand, or a comma list such as q_proj,v_proj
+    lora_merge: bool = True  # also write final-merged/: the adapter merged into the base, a plain HF model
     # data
     train_data: str = ""  # records file (ours or the original's fields format) or a `coh data build` folder
     eval_data: str | None = None
@@ -96,6 +102,10 @@ class TrainConfig:
         if self.fcm_max_ratio > 0 and self.attention == "flash_attention_2":
             raise ValueError("FCM needs an arbitrary attention mask: use attention sdpa, eager or flex_attention, "
                              "not flash_attention_2")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be 0 (off) or positive, got {self.lora_r}")
+        if self.lora_r and self.distributed == "fsdp":
+            raise ValueError("LoRA with distributed=fsdp is not supported: use distributed=ddp (adapters are small)")
         if self.pretrain_mode == "ratio" and not 0 < self.pretrain_ratio < 1:
             raise ValueError(f"pretrain_ratio must be in (0, 1), got {self.pretrain_ratio}")
         for name in ("gradient_accumulation_steps", "max_length", "eval_every", "save_every", "log_every"):

@@ -71,6 +71,22 @@ def load_model(name: str, cfg: TrainConfig):
     return model
 
 
+def add_lora(model, cfg: TrainConfig, adapter: Path | None = None):
+    """Wrap ``model`` with peft LoRA adapters: fresh ones as configured, or the trained ones of a
+    checkpoint (``adapter``) when resuming. Only the adapters require gradients."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    targets = cfg.lora_target_modules
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # e.g. target modules that the model does not have
+        raise TrainingError(f"cannot add LoRA adapters ({targets}): {e}") from None
+
+
 def check_position_resets(model) -> None:
     """Packing needs attention that honours ``position_ids`` resets: compare a record packed after
     another with the same record alone. Some architectures (ALiBi, learned absolute positions
@@ -174,9 +190,13 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
 
     checkpoints = complete_checkpoints(out_dir) if cfg.resume else []
     resume_from = checkpoints[-1] if checkpoints else None
-    # Under FSDP a checkpoint holds shards: load the base model, shard it, then read the shards into it.
-    model = load_model(str(resume_from) if resume_from and not fsdp else cfg.model, cfg)
+    # Under FSDP a checkpoint holds shards, with LoRA only the adapter: load the base model, then
+    # read the shards into it or put the adapter on it.
+    from_checkpoint = resume_from is not None and not fsdp and not cfg.lora_r
+    model = load_model(str(resume_from) if from_checkpoint else cfg.model, cfg)
     check_position_resets(model)
+    if cfg.lora_r:
+        model = add_lora(model, cfg, resume_from)
     if fsdp:
         model = shard_model(model, accelerator.device, accelerator.num_processes, cfg.dtype == "bfloat16")
     pretrain, pretrain_eval = _pretrain_streams(cfg, tokenizer, (accelerator.process_index, accelerator.num_processes))
@@ -186,8 +206,9 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     steps_per_epoch = math.ceil(len(plan.bins) / per_step)  # of epoch 0; resampled epochs may differ a little
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -282,6 +303,9 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             export_sharded_checkpoint(last_checkpoint, out_dir / "final")
         else:
             save_model_folder(out_dir / "final", accelerator.unwrap_model(model), tokenizer, coh_info)
+        if cfg.lora_r and cfg.lora_merge:  # a plain HF model as well, for tools that do not read adapters
+            merged = accelerator.unwrap_model(model).merge_and_unload()
+            save_model_folder(out_dir / "final-merged", merged, tokenizer, coh_info)
         log.close()
         png = plot_loss_curves(out_dir / "metrics.jsonl", out_dir / "loss_curves.png")
         print(f"model saved to {out_dir / 'final'}" + (f"; loss curves in {png}" if png else ""))
