@@ -19,7 +19,7 @@ from .conftest import config, weights
 # Constant learning rate (min_lr_ratio 1, no warmup): a run cut at step 2 and continued with
 # max_steps=4 follows the same schedule as a run of 4 steps.
 COMMON = dict(max_steps=4, save_every=2, eval_every=2, lr=3e-3, warmup_steps=0, min_lr_ratio=1.0,
-              fcm_min_ratio=0.0, fcm_max_ratio=0.2, micro_batch_tokens=600)
+              fcm_min_ratio=0.0, fcm_max_ratio=0.2, micro_batch_tokens=600, loss_chunk=16)
 
 
 def torchrun(cfg, nproc: int = 2) -> str:

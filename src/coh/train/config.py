@@ -53,6 +53,7 @@ class TrainConfig:
     micro_batch_tokens: int = 4096
     # objective
     normalization: str = "step_tokens"
+    loss_chunk: int | None = 1024  # target positions per slice of the vocabulary projection (None: all at once)
     fcm_min_ratio: float = 0.0
     fcm_max_ratio: float = 0.0
     pretrain_data: str | None = None  # "c4", a hub id, or local text / jsonl files
@@ -102,6 +103,8 @@ class TrainConfig:
         if self.fcm_max_ratio > 0 and self.attention == "flash_attention_2":
             raise ValueError("FCM needs an arbitrary attention mask: use attention sdpa, eager or flex_attention, "
                              "not flash_attention_2")
+        if self.loss_chunk is not None and self.loss_chunk < 1:
+            raise ValueError(f"loss_chunk must be positive or null, got {self.loss_chunk}")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be 0 (off) or positive, got {self.lora_r}")
         if self.lora_r and self.distributed == "fsdp":

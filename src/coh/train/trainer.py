@@ -331,7 +331,7 @@ def accumulate_gradients(model, work: list, cfg: TrainConfig, step: int, fb_targ
             mask = fcm_attention_mask(accelerator.unwrap_model(model), batch["position_ids"], cfg.fcm_min_ratio, cfg.fcm_max_ratio,
                                       seed=micro_seed, generator=torch.Generator().manual_seed(micro_seed))
         with gradient_sync(model, accelerator, sync=k == len(work) - 1):
-            result = target_loss(model, batch, mask)
+            result = target_loss(model, batch, mask, chunk=cfg.loss_chunk)
             # DDP averages gradients over processes: scale by the process count to keep sums.
             loss = _scaled_loss(result, stream, cfg, fb_targets, pt_targets, len(work) * world) * world
             accelerator.backward(loss)
@@ -462,7 +462,7 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
         for b in _share(ev.bins, accelerator):
             pieces = [(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])]
             batch = {k: v.to(device) for k, v in collate_packed(pieces).items()}
-            r = target_loss(model, batch)
+            r = target_loss(model, batch, chunk=cfg.loss_chunk)
             totals["loss_sum"] += float(r.loss_sum)
             totals["targets"] += r.targets
             totals["correct"] += r.correct
@@ -473,7 +473,7 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
             state = pretrain_eval.state_dict()
             for _ in range(pretrain_batches):
                 batch = {k: v.to(device) for k, v in pretrain_eval.next_batch(cfg.micro_batch_tokens).items()}
-                r = target_loss(model, batch)
+                r = target_loss(model, batch, chunk=cfg.loss_chunk)
                 totals["pt_sum"] += float(r.loss_sum)
                 totals["pt_n"] += r.targets
             pretrain_eval.load_state_dict(state)  # the same batches at every evaluation
@@ -481,7 +481,7 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
             nll = torch.zeros(len(ev.pairs), dtype=torch.float64)
             for b in _share(ev.pair_bins, accelerator):
                 batch = collate_packed([(ev.pairs.input_ids[i], ev.pairs.loss_mask[i]) for i in b] or [([0], [0])])
-                r = target_loss(model, {k: v.to(device) for k, v in batch.items()})
+                r = target_loss(model, {k: v.to(device) for k, v in batch.items()}, chunk=cfg.loss_chunk)
                 if b:
                     nll[b] = r.per_record
             nll = accelerator.reduce(nll.to(device), "sum").cpu()
