@@ -393,6 +393,7 @@ def _window_values(window: dict, elapsed: float) -> dict[str, float]:
     values = {
         "train/loss": window["loss_sum"] / max(1, window["targets"]),
         "train/token_accuracy": window["correct"] / max(1, window["targets"]),
+        "perf/tokens": window["tokens"],  # non-padding tokens in the window, all processes
         "perf/tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
         "perf/loss_tokens_per_s": window["targets"] / max(elapsed, 1e-9),
     }
