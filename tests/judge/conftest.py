@@ -21,11 +21,11 @@ HOSTILE = [
 
 def comparison_rows(n: int, systems: tuple[str, ...] = ("coh", "sft")) -> list[dict]:
     """``n`` prompts, each with one output per system; the texts name prompt and system, so a
-    test can tell which output is which. Prompt 0 and its outputs hold markup."""
+    test can tell which output is which. Every prompt and output holds markup."""
     rows = []
     for i in range(n):
-        prompt = f"Question {i}: how do I {HOSTILE[2] if i == 0 else 'bake bread'}?"
-        outputs = {s: (HOSTILE[k % 2] if i == 0 else "") + f"{s} answers question {i}." for k, s in enumerate(systems)}
+        prompt = f"Question {i}: how do I {HOSTILE[2]}?"
+        outputs = {s: HOSTILE[(i + k) % 2] + f"{s} answers question {i}." for k, s in enumerate(systems)}
         rows.append({"id": f"q{i}", "prompt": prompt, "outputs": outputs})
     return rows
 

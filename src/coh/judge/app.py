@@ -97,6 +97,10 @@ def create_app(store: JudgeStore, password: str | None = None, max_votes: int | 
     def page() -> str:
         return _static("page.html")
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/static/{name}")
     def static(name: str) -> Response:
         if name not in _STATIC:
