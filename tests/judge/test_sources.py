@@ -85,6 +85,7 @@ def test_two_phrases_of_one_model_and_a_prepared_file(tmp_path, prompts_file, mo
         assert q["authorization"] == ("Bearer k-123" if q["feedback"] == "good" else None)
     assert summary["systems"]["good"]["cut_at_max_tokens"] == 1  # "a long story" stopped at max_tokens
     assert summary["systems"]["ref"]["unused_rows"] == 1
+    assert summary["identical"] == {"good / bad": 0, "good / ref": 0, "bad / ref": 0}
     # what prepare wrote is what serve reads
     assert [(pid, outs) for pid, _, outs in read_comparisons(tmp_path / "cmp.jsonl")] == \
         [(r["id"], r["outputs"]) for r in rows]
@@ -101,15 +102,23 @@ def test_server_errors_name_the_system_and_prompt(tmp_path, prompts_file):
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def test_cli_prepare(tmp_path, prompts_file, capsys):
+def test_cli_prepare(tmp_path, prompts_file, capsys, monkeypatch):
     with live_server(stub_server([])) as base:
         assert main(["judge", "prepare", "--prompts", str(prompts_file), "--limit", "2", "--system",
                      f"good:url={base}/v1,feedback=good", "--system", f"none:url={base}/v1,feedback=none",
+                     "--system", f"same:url={base}/v1,feedback=good",
                      "-o", str(tmp_path / "c.jsonl"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "comparisons: 2 (1 pair(s) of systems)" in out and "coh judge serve" in out
+    assert "comparisons: 6 (3 pair(s) of systems)" in out and "coh judge serve" in out
+    assert "good / same: identical outputs for 2 prompt(s)" in out
     rows = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
     assert [r["outputs"]["none"].split("]")[0] for r in rows] == ["[none", "[none"]
+    # serve leaves the identical pairs out
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    assert main(["judge", "serve", str(tmp_path / "c.jsonl")]) == 0
+    assert "comparisons: 4 added, 0 already" in capsys.readouterr().out
 
 
 def test_prompts_from_a_coh_data_source(tmp_path):

@@ -15,8 +15,8 @@ from .conftest import comparison_rows, write_jsonl
 def test_every_pair_of_systems_is_one_comparison_and_loading_is_idempotent(tmp_path):
     rows = read_comparisons(write_jsonl(tmp_path / "c.jsonl", comparison_rows(4, ("x", "b", "m"))))
     store = JudgeStore(tmp_path / "v.sqlite")
-    assert store.add_comparisons(rows) == (12, 0)
-    assert store.add_comparisons(rows) == (0, 12)
+    assert store.add_comparisons(rows) == {"added": 12, "existing": 0, "identical": 0}
+    assert store.add_comparisons(rows) == {"added": 0, "existing": 12, "identical": 0}
     by_id = {pid: (prompt, outs) for pid, prompt, outs in rows}
     stored = [store.comparison(i) for i in range(1, 13)]
     assert {(c.system_a, c.system_b) for c in stored} == {("b", "m"), ("b", "x"), ("m", "x")}
@@ -27,6 +27,13 @@ def test_every_pair_of_systems_is_one_comparison_and_loading_is_idempotent(tmp_p
     with pytest.raises(ValueError, match="already stored with other text"):
         store.add_comparisons(changed)
     assert store.count_comparisons() == 12
+
+
+def test_pairs_of_identical_outputs_are_left_out(tmp_path):
+    store = JudgeStore(tmp_path / "v.sqlite")
+    rows = [("1", [{"role": "user", "content": "q"}], {"x": "same", "y": "same", "z": "other"})]
+    assert store.add_comparisons(rows) == {"added": 2, "existing": 0, "identical": 1}
+    assert {(store.comparison(i).system_a, store.comparison(i).system_b) for i in (1, 2)} == {("x", "z"), ("y", "z")}
 
 
 def test_wal_mode(store):

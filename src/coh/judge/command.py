@@ -104,6 +104,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
     for name, info in summary["systems"].items():
         notes = [f"{k}={v}" for k, v in info.items() if k not in ("empty",)]
         print(f"  {name}: {', '.join(notes)}; empty outputs: {info['empty']}")
+    for pair, n in summary["identical"].items():
+        if n:
+            print(f"  {pair}: identical outputs for {n} prompt(s); those are not shown to voters")
     pairs = len(systems) * (len(systems) - 1) // 2
     print(f"comparisons: {len(prompts) * pairs} ({pairs} pair(s) of systems) -> {args.output}")
     print(f"next: coh judge serve {args.output}")
@@ -133,8 +136,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     rows = read_comparisons(args.comparisons) if args.comparisons else []
     store = JudgeStore(db)
     if rows:
-        added, existing = store.add_comparisons(rows)
-        print(f"comparisons: {added} added, {existing} already in {db}")
+        n = store.add_comparisons(rows)
+        print(f"comparisons: {n['added']} added, {n['existing']} already in {db}"
+              + (f"; {n['identical']} pair(s) with identical outputs left out" if n["identical"] else ""))
     total = store.count_comparisons()
     if total == 0:
         raise ValueError(f"{db}: no comparisons to judge; give the comparisons file")

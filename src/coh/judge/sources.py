@@ -245,7 +245,9 @@ def read_outputs(system: SystemSpec, prompts: list[Prompt]) -> tuple[list[str], 
 def prepare(prompts: list[Prompt], systems: list[SystemSpec], gen: Generation, output: str | Path,
             progress: bool = True) -> dict:
     """Every system's output for every prompt, written to ``output`` as comparisons JSONL.
-    Returns a summary (per system: source, empty outputs, outputs cut at ``max_tokens``)."""
+    Returns a summary: per system its source, empty outputs and outputs cut at ``max_tokens``;
+    per pair of systems the prompts where both gave the same text (``coh judge serve`` leaves
+    those out)."""
     from tqdm import tqdm
 
     names = [s.name for s in systems]
@@ -265,6 +267,10 @@ def prepare(prompts: list[Prompt], systems: list[SystemSpec], gen: Generation, o
                 info = {**system.describe(), "unused_rows": unused}
             info["empty"] = sum(not o for o in outputs[system.name])
             summary["systems"][system.name] = info
+    summary["identical"] = {
+        f"{a} / {b}": sum(x == y for x, y in zip(outputs[a], outputs[b]))
+        for i, a in enumerate(names) for b in names[i + 1 :]
+    }
     with atomic_writer(output) as f:
         for i, p in enumerate(prompts):
             row = {"id": p.id, "prompt": p.messages, "outputs": {n: outputs[n][i] for n in names}}

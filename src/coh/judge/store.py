@@ -177,16 +177,21 @@ class JudgeStore:
         return f"{self._hash('voter', voter_id):016x}"
 
     # -- comparisons --------------------------------------------------------------------------
-    def add_comparisons(self, rows: list[tuple[str, list[dict], dict[str, str]]]) -> tuple[int, int]:
+    def add_comparisons(self, rows: list[tuple[str, list[dict], dict[str, str]]]) -> dict[str, int]:
         """Store ``(prompt_id, prompt messages, {system: output})`` rows, one comparison per pair
-        of systems. Idempotent: a comparison already stored with the same content is left alone
-        (returns ``(added, already_there)``); one stored with other content is an error."""
-        added = existing = 0
+        of systems. Idempotent: a comparison already stored with the same content is left alone;
+        one stored with other content is an error. Pairs of identical outputs are not stored
+        (nothing to judge, and no preference can come of them). Returns the counts ``added``,
+        ``existing`` and ``identical``."""
+        added = existing = identical = 0
         with self._write() as db:
             for prompt_id, prompt, outputs in rows:
                 names = sorted(outputs)
                 for i, sa in enumerate(names):
                     for sb in names[i + 1 :]:
+                        if outputs[sa] == outputs[sb]:
+                            identical += 1
+                            continue
                         key = json.dumps([prompt_id, sa, sb], ensure_ascii=False)
                         values = (prompt_id, json.dumps(prompt, ensure_ascii=False), sa, sb, outputs[sa], outputs[sb])
                         found = db.execute("SELECT prompt_id, prompt, system_a, system_b, output_a, output_b "
@@ -201,7 +206,7 @@ class JudgeStore:
                             raise ValueError(f"{self.path}: comparison of prompt '{prompt_id}' between '{sa}' and "
                                              f"'{sb}' is already stored with other text; votes refer to it, so use "
                                              "a new --db for new outputs")
-        return added, existing
+        return {"added": added, "existing": existing, "identical": identical}
 
     def count_comparisons(self) -> int:
         with self._connect() as db:
