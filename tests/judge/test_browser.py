@@ -52,6 +52,7 @@ def test_vote_in_the_browser(browser, store):
         page.click("#login button[type=submit]")
         page.wait_for_selector("#vote:not([hidden])")
         assert page.text_content("#who") == "Ada" and page.text_content("#progress") == "0 of 6 judged"
+        assert not page.is_visible("#login") and not page.is_visible("#done") and page.is_visible("#left")
 
         voter = store.voter("Ada")
         judged = []

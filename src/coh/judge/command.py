@@ -147,9 +147,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not loopback and not password:
         print(f"warning: {args.host} is reachable from other machines and there is no password; anyone who can "
               f"reach port {args.port} can vote (set --password or ${PASSWORD_ENV})", file=sys.stderr)
-    allowed = ["127.0.0.1", "localhost", "[::1]", "::1"] if loopback else None
-    app = create_app(store, password, args.max_votes, not args.hide_results, allowed)
     shown = f"[{args.host}]" if ":" in args.host else args.host
+    allowed = sorted({"127.0.0.1", "localhost", "[::1]", shown}) if loopback else None
+    app = create_app(store, password, args.max_votes, not args.hide_results, allowed)
     print(f"{total} comparisons, votes in {db}\njudge at http://{shown}:{args.port}/"
           + ("" if args.hide_results else f"  (results: http://{shown}:{args.port}/results)"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -124,10 +124,11 @@ def plot(results: list[PairResult], path: str | Path | None = None) -> bytes:
             left += share
         win, win_lo, win_hi = r.share("win")
         loss, loss_lo, loss_hi = r.share("loss")
-        ax.errorbar([100 * win], [y], xerr=[[100 * (win - win_lo)], [100 * (win_hi - win)]], fmt="none",
-                    ecolor="black", capsize=4)
-        ax.errorbar([100 * (1 - loss)], [y], xerr=[[100 * (loss_hi - loss)], [100 * (loss - loss_lo)]], fmt="none",
-                    ecolor="black", capsize=4)
+        # the two intervals a little above and below the bar's middle, so they do not hide each other
+        ax.errorbar([100 * win], [y - 0.12], xerr=[[100 * (win - win_lo)], [100 * (win_hi - win)]], fmt="none",
+                    ecolor="#0b3d18", capsize=3)
+        ax.errorbar([100 * (1 - loss)], [y + 0.12], xerr=[[100 * (loss_hi - loss)], [100 * (loss - loss_lo)]],
+                    fmt="none", ecolor="#5c0f0f", capsize=3)
     ax.set_yticks(range(len(results)), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
