@@ -61,7 +61,7 @@ def current_voter(request: Request) -> Voter:
     store: JudgeStore = request.app.state.store
     raw = request.cookies.get(COOKIE, "")
     vid, _, _ = raw.partition(".")
-    if vid.isdigit() and hmac.compare_digest(_sign(request.app.state.cookie_key, int(vid)), raw):
+    if vid.isascii() and vid.isdigit() and len(vid) < 19 and hmac.compare_digest(_sign(request.app.state.cookie_key, int(vid)), raw):
         found = store.voter_by_id(int(vid))
         if found is not None:
             return found
