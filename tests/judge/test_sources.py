@@ -102,6 +102,17 @@ def test_server_errors_name_the_system_and_prompt(tmp_path, prompts_file):
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def test_the_first_failure_stops_the_requests(tmp_path):
+    prompts_file = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "fail now" if i == 1 else f"q{i}"} for i in range(40)])
+    requests: list[dict] = []
+    with live_server(stub_server(requests, fail_on="fail now")) as base:
+        spec = [SystemSpec.parse(f"a:url={base}/v1"), SystemSpec.parse(f"b:url={base}/v1")]
+        with pytest.raises(ValueError, match="prompt '2'"):
+            prepare(read_prompts(str(prompts_file))[0], spec, Generation(concurrency=2), tmp_path / "x.jsonl",
+                    progress=False)
+    assert len(requests) < 10  # not all 80: queued requests were cancelled
+
+
 def test_cli_prepare(tmp_path, prompts_file, capsys, monkeypatch):
     with live_server(stub_server([])) as base:
         assert main(["judge", "prepare", "--prompts", str(prompts_file), "--limit", "2", "--system",

@@ -61,7 +61,8 @@ def current_voter(request: Request) -> Voter:
     store: JudgeStore = request.app.state.store
     raw = request.cookies.get(COOKIE, "")
     vid, _, _ = raw.partition(".")
-    if vid.isascii() and vid.isdigit() and len(vid) < 19 and hmac.compare_digest(_sign(request.app.state.cookie_key, int(vid)), raw):
+    well_formed = vid.isascii() and vid.isdigit() and len(vid) < 19  # an SQLite integer
+    if well_formed and hmac.compare_digest(_sign(request.app.state.cookie_key, int(vid)), raw):
         found = store.voter_by_id(int(vid))
         if found is not None:
             return found

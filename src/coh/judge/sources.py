@@ -212,6 +212,7 @@ def generate(system: SystemSpec, prompts: list[Prompt], gen: Generation, progres
             return text.strip(), choice.get("finish_reason") == "length"
 
         with ThreadPoolExecutor(gen.concurrency) as pool:
+            # Executor.map cancels the queued requests when one raises: the first failure stops the run
             results = list(pool.map(one, prompts))
     return [t for t, _ in results], sum(cut for _, cut in results)
 
