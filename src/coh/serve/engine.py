@@ -25,9 +25,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -332,9 +332,12 @@ class Engine:
         model.generation_config = GenerationConfig(
             eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id, bos_token_id=tokenizer.bos_token_id)
         torch.manual_seed(self.config.seed)
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self.config.queue_size)
-        self._running = threading.Event()
-        self._running.set()
+        # A deque under a condition rather than queue.Queue: pausing must stop the worker from taking
+        # any job, and batching needs to wait for "more jobs or the deadline".
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._paused = False
+        self._closing = False
         self._thread: threading.Thread | None = None
         self.stats = {"batches": 0, "rows": 0, "largest_batch": 0, "jobs": 0, "failed_batches": 0}
 
@@ -354,15 +357,22 @@ class Engine:
     # -- the queue ---------------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
+            self._closing = False
             self._thread = threading.Thread(target=self._work, name="coh-serve-engine", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
+        """Stop the worker after the batch it is running; jobs still waiting fail."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         if self._thread is not None:
-            self._running.set()
-            self._queue.put(None)
             self._thread.join()
             self._thread = None
+        with self._cond:
+            left, self._waiting = list(self._waiting), deque()
+        for job in left:
+            job._fail(RuntimeError("the server is shutting down"))
 
     def submit(self, rows: Sequence[Row], on_event: EventCallback | None = None) -> Job:
         """Queue rows as one job (see the module contract). Raises ``QueueFull``."""
@@ -370,48 +380,55 @@ class Engine:
         if not job.rows:
             job.future.set_result([])
             return job
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull(f"the server is busy: {self.config.queue_size} requests are already waiting") from None
+        with self._cond:
+            if len(self._waiting) >= self.config.queue_size:
+                raise QueueFull(f"the server is busy: {self.config.queue_size} requests are already waiting")
+            self._waiting.append(job)
+            self._cond.notify_all()
         return job
 
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Jobs waiting for the worker."""
+        return len(self._waiting)
 
     @contextlib.contextmanager
     def paused(self):
-        """Hold the worker (jobs queue up but don't run) while the block runs: for maintenance and
+        """Hold the worker while the block runs (jobs queue up, none starts): for maintenance and
         for tests of batching and of the full queue."""
-        self._running.clear()
+        with self._cond:
+            self._paused = True
         try:
             yield
         finally:
-            self._running.set()
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
+
+    def _next_batch(self) -> list[Job] | None:
+        """Wait for a job, then gather those arriving within ``batch_wait_ms`` (None: closing)."""
+        limit, wait = self.config.max_batch_size, self.config.batch_wait_ms / 1000
+        with self._cond:
+            while not self._closing and (self._paused or not self._waiting):
+                self._cond.wait()
+            if self._closing:
+                return None
+            jobs = [self._waiting.popleft()]
+            rows = len(jobs[0].rows)
+            deadline = time.monotonic() + wait
+            while rows < limit:
+                if self._waiting:
+                    jobs.append(self._waiting.popleft())
+                    rows += len(jobs[-1].rows)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closing or self._paused:
+                    break
+                self._cond.wait(remaining)
+        return jobs
 
     def _work(self) -> None:
-        wait = self.config.batch_wait_ms / 1000
-        while True:
-            job = self._queue.get()
-            self._running.wait()
-            if job is None:
-                return
-            jobs, rows = [job], len(job.rows)
-            deadline = time.monotonic() + wait
-            stop = False
-            while rows < self.config.max_batch_size:
-                try:
-                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                jobs.append(more)
-                rows += len(more.rows)
+        while (jobs := self._next_batch()) is not None:
             self._run(jobs)
-            if stop:
-                return
 
     # -- running a batch ---------------------------------------------------------------------------
     def _run(self, jobs: list[Job]) -> None:
