@@ -348,9 +348,12 @@ class Engine:
 
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype,
-                                                     trust_remote_code=config.trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype,
+                                                         trust_remote_code=config.trust_remote_code)
+        except OSError as e:  # no such folder or hub repository, or files missing from it
+            raise FileNotFoundError(f"cannot load the model '{config.model}': {e}") from None
         model.to(device).eval()
         return cls(model, tokenizer, config)
 
