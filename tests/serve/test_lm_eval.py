@@ -59,8 +59,10 @@ def evaluate(server, model_name: str, task: str, task_dir):
 
     args = (f"model={model_name},base_url={server.url}/v1/completions,tokenizer_backend=remote,"
             "tokenized_requests=True,num_concurrent=2,max_retries=1")
+    # include_defaults=False: indexing lm-eval's thousands of built-in task files takes seconds.
+    tasks = TaskManager(include_path=str(task_dir), include_defaults=False)
     return simple_evaluate(model="local-completions", model_args=args, tasks=[task], batch_size=3,
-                           task_manager=TaskManager(include_path=str(task_dir)), log_samples=True)
+                           task_manager=tasks, log_samples=True)
 
 
 def test_lm_eval_local_completions_scores_like_the_model_itself(tmp_path, coh_server, scripted_server):
