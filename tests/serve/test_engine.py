@@ -163,3 +163,23 @@ def test_prompt_format_choice(tmp_path, bpe_tokenizer, llama_tokenizer):
     assert Prompter.for_model(str(no_template), bare).format == "coh"
     with pytest.raises(ValueError, match="no chat template"):
         Prompter.for_model(str(no_template), bare, "chat-template")
+
+
+def test_top_p_and_top_k_filter_the_sampled_tokens(coh_server):
+    engine = coh_server.engine
+    ids = engine.tokenizer("User: tell me about bread A helpful answer:")["input_ids"]
+    greedy = greedy_reference(engine.model, ids, 6, engine.tokenizer.eos_token_id)
+    # With only the likeliest token left, sampling at a high temperature must give the greedy text.
+    (by_p,) = run(engine, [Row(ids, max_new_tokens=6, temperature=50.0, top_p=1e-6, seed=3)])
+    (by_k,) = run(engine, [Row(ids, max_new_tokens=6, temperature=50.0, top_k=1, seed=3)])
+    assert by_p.token_ids == by_k.token_ids == greedy
+
+
+def test_a_cancelled_job_stops_and_says_so(coh_server):
+    engine = coh_server.engine
+    ids = engine.tokenizer("User: hi A helpful answer:")["input_ids"]
+    with engine.paused():
+        job = engine.submit([Row(ids, max_new_tokens=200), Row(ids, prompt_logprobs=1)])
+        job.cancel()  # the client went away before its turn
+    results = job.future.result(timeout=60)
+    assert [r.finish_reason for r in results] == ["abort", "abort"] and results[0].token_ids == []
