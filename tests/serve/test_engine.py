@@ -1,0 +1,185 @@
+"""The engine and prompt building, without HTTP: scores against a direct forward pass, batching,
+generation against plain ``model.generate``, stop strings, seeds, and the CoH prompt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coh.data.feedback import Turn
+from coh.data.phrases import PhraseSet
+from coh.data.render import prompt_record
+from coh.data.tokenize import RecordTokenizer
+from coh.serve.engine import Row, stop_holdback
+from coh.serve.prompts import Prompter
+from tests.serve.conftest import SCRIPT, write_coh_json
+
+
+def reference_logprobs(model, ids: list[int]) -> list[float]:
+    """log p(ids[i] | ids[:i]) for i >= 1, from one unpadded forward pass."""
+    with torch.no_grad():
+        lp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    return [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+
+
+def greedy_reference(model, ids: list[int], n: int, eos: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+    gen = out[0, len(ids):].tolist()
+    return gen[: gen.index(eos)] if eos in gen else gen
+
+
+def run(engine, rows):
+    return engine.submit(rows).future.result(timeout=120)
+
+
+def test_prompt_logprobs_match_a_direct_forward_pass_in_a_batch_of_different_lengths(coh_server):
+    engine = coh_server.engine
+    tok = engine.tokenizer
+    prompts = [tok(t)["input_ids"] for t in ("hello there", "User: how do I bake bread? A helpful answer:", "a")]
+    results = run(engine, [Row(ids, prompt_logprobs=2) for ids in prompts])
+    for ids, res in zip(prompts, results):
+        assert res.prompt_logprobs[0] is None and len(res.prompt_logprobs) == len(ids)
+        got = [e[1] for e in res.prompt_logprobs[1:]]
+        assert [e[0] for e in res.prompt_logprobs[1:]] == ids[1:]
+        assert got == pytest.approx(reference_logprobs(engine.model, ids), abs=1e-4)
+        for _, lp, alts in res.prompt_logprobs[1:]:  # alternatives: the two likeliest, best first
+            assert len(alts) == 2 and alts[0][1] >= alts[1][1] and alts[0][1] >= lp
+
+
+def test_requests_waiting_together_run_as_one_batch_with_the_same_greedy_text_as_alone(coh_server):
+    engine = coh_server.engine
+    tok = engine.tokenizer
+    texts = ["User: hi A helpful answer:", "User: what is the capital of France? A helpful answer:",
+             "the", "User: tell me a story about a dog A helpful answer:"]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    before = engine.stats["batches"]
+    with engine.paused():
+        jobs = [engine.submit([Row(ids, max_new_tokens=6)]) for ids in prompts]
+    results = [j.future.result(timeout=120)[0] for j in jobs]
+    assert engine.stats["batches"] == before + 1  # four jobs, one generate call
+    eos = tok.eos_token_id
+    for ids, res in zip(prompts, results):
+        assert res.token_ids == greedy_reference(engine.model, ids, 6, eos)
+        prompt_text = tok.decode(ids, skip_special_tokens=True)
+        assert res.text == tok.decode(ids + res.token_ids, skip_special_tokens=True)[len(prompt_text):]
+        assert res.finish_reason == ("length" if len(res.token_ids) == 6 else "stop")
+
+
+def test_single_greedy_step_from_the_forward_pass_equals_generate(coh_server):
+    engine = coh_server.engine
+    ids = engine.tokenizer("User: hi there A helpful answer:")["input_ids"]
+    (one,) = run(engine, [Row(ids, max_new_tokens=1, logprobs=1, prompt_logprobs=1)])
+    assert one.token_ids == greedy_reference(engine.model, ids, 1, engine.tokenizer.eos_token_id)[:1]
+    tok, lp, alts = one.logprobs[0]
+    assert alts[0] == (tok, lp)  # greedy: the chosen token is the top one
+    with torch.no_grad():
+        ref = engine.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)[tok].item()
+    assert lp == pytest.approx(ref, abs=1e-4)
+
+
+def test_stop_strings_cut_the_text_and_streamed_deltas_add_up_to_it(scripted_server):
+    engine = scripted_server.engine
+    prompter = scripted_server.server.prompter
+    ids = prompter.chat_ids([Turn("user", "hi")])
+    (full,) = run(engine, [Row(ids, max_new_tokens=20)])
+    assert full.text == " " + SCRIPT and full.finish_reason == "stop"  # EOS after the script
+    deltas: list[str] = []
+    job = engine.submit([Row(ids, max_new_tokens=20, stop=("alert(", "nothing"))],
+                        on_event=lambda kind, i, p: deltas.append(p) if kind == "delta" else None)
+    (res,) = job.future.result(timeout=60)
+    assert res.text == " <img src onerror=" and res.finish_reason == "stop"
+    assert "".join(deltas) == res.text
+    assert "".join(res.pieces) == res.text
+    (short,) = run(engine, [Row(ids, max_new_tokens=2)])
+    assert short.text == " <img src" and short.finish_reason == "length" and len(short.token_ids) == 2
+
+
+def test_stop_holdback():
+    assert stop_holdback("hello wor", ["world"]) == 3
+    assert stop_holdback("hello", ["xyz"]) == 0
+    assert stop_holdback("ab", ["abc", "b"]) == 2
+    assert stop_holdback("", ["a"]) == 0
+
+
+def test_the_same_seed_gives_the_same_sample_whatever_ran_before(coh_server):
+    engine = coh_server.engine
+    ids = engine.tokenizer("User: hi A helpful answer:")["input_ids"]
+    row = Row(ids, max_new_tokens=8, temperature=5.0, seed=1234)
+    (first,) = run(engine, [row])
+    run(engine, [Row(ids, max_new_tokens=8, temperature=5.0)])  # an unseeded sample in between
+    (again,) = run(engine, [row])
+    assert first.token_ids == again.token_ids
+    (other,) = run(engine, [Row(ids, max_new_tokens=8, temperature=5.0, seed=99)])
+    assert len(other.token_ids) == 8
+
+
+def test_coh_prompt_is_the_training_render_with_the_checkpoint_phrases(tmp_path, llama_tokenizer):
+    phrases = {"user": "Human:", "good": "A good reply:", "bad": "A bad reply:"}
+    llama_tokenizer.save_pretrained(tmp_path)
+    write_coh_json(tmp_path, phrases)
+    p = Prompter.for_model(str(tmp_path), llama_tokenizer)
+    assert p.format == "coh" and p.default_feedback == "good"
+    turns = [Turn("system", "be nice"), Turn("user", "hi"), Turn("assistant", "hello"), Turn("user", "how are you?")]
+    rt = RecordTokenizer(llama_tokenizer, chat_template="never")
+    want = PhraseSet(**phrases)
+    for feedback, phrase in [(None, "A good reply:"), ("good", "A good reply:"), ("bad", "A bad reply:"),
+                             ("none", None), ("A kinder reply:", "A kinder reply:")]:
+        ids = p.chat_ids(turns, feedback)
+        assert ids == rt(prompt_record(turns, want, phrase)).input_ids
+    text = llama_tokenizer.decode(p.chat_ids(turns, "bad"))
+    assert text.endswith("Human: how are you? A bad reply:") and "A good reply: hello" in text
+    with pytest.raises(ValueError, match="user message"):
+        p.chat_ids([Turn("system", "x")])
+    with pytest.raises(ValueError, match="feedback"):
+        p.chat_ids(turns, " ")
+
+
+def test_prompt_format_choice(tmp_path, bpe_tokenizer, llama_tokenizer):
+    plain = tmp_path / "plain"
+    bpe_tokenizer.save_pretrained(plain)
+    p = Prompter.for_model(str(plain), bpe_tokenizer)
+    assert p.format == "chat-template" and p.default_feedback == "none"
+    messages = [{"role": "user", "content": "hi"}]
+    want = bpe_tokenizer(bpe_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                         add_special_tokens=False)["input_ids"]
+    assert p.chat_ids([Turn("user", "hi")]) == want
+    # An explicit phrase opens the assistant turn, as CoH records of chat data were rendered.
+    assert bpe_tokenizer.decode(p.chat_ids([Turn("user", "hi")], "bad")).endswith(
+        "<|im_start|>assistant\nAn unhelpful answer:")
+    assert Prompter.for_model(str(plain), bpe_tokenizer, "coh").format == "coh"
+    sft = tmp_path / "sft"
+    llama_tokenizer.save_pretrained(sft)
+    write_coh_json(sft, {"user": "User:", "good": "A helpful answer:", "bad": "An unhelpful answer:"}, mode="sft")
+    p = Prompter.for_model(str(sft), llama_tokenizer)
+    assert p.format == "coh" and p.default_feedback == "none"  # sft replies followed no phrase in training
+    no_template = tmp_path / "no-template"
+    llama_tokenizer.save_pretrained(no_template)
+    from transformers import AutoTokenizer
+
+    bare = AutoTokenizer.from_pretrained(no_template)
+    bare.chat_template = None
+    assert Prompter.for_model(str(no_template), bare).format == "coh"
+    with pytest.raises(ValueError, match="no chat template"):
+        Prompter.for_model(str(no_template), bare, "chat-template")
+
+
+def test_top_p_and_top_k_filter_the_sampled_tokens(coh_server):
+    engine = coh_server.engine
+    ids = engine.tokenizer("User: tell me about bread A helpful answer:")["input_ids"]
+    greedy = greedy_reference(engine.model, ids, 6, engine.tokenizer.eos_token_id)
+    # With only the likeliest token left, sampling at a high temperature must give the greedy text.
+    (by_p,) = run(engine, [Row(ids, max_new_tokens=6, temperature=50.0, top_p=1e-6, seed=3)])
+    (by_k,) = run(engine, [Row(ids, max_new_tokens=6, temperature=50.0, top_k=1, seed=3)])
+    assert by_p.token_ids == by_k.token_ids == greedy
+
+
+def test_a_cancelled_job_stops_and_says_so(coh_server):
+    engine = coh_server.engine
+    ids = engine.tokenizer("User: hi A helpful answer:")["input_ids"]
+    with engine.paused():
+        job = engine.submit([Row(ids, max_new_tokens=200), Row(ids, prompt_logprobs=1)])
+        job.cancel()  # the client went away before its turn
+    results = job.future.result(timeout=60)
+    assert [r.finish_reason for r in results] == ["abort", "abort"] and results[0].token_ids == []
