@@ -1,0 +1,187 @@
+"""Checkpoints in and out, each conversion streamed tensor by tensor and checkable (--check) by
+comparing the converted model's logits with the source's:
+
+  coh convert llama META_DIR OUT         Meta LLaMA (consolidated.*.pth, params.json, tokenizer.model) -> HF
+  coh convert easylm STREAM OUT          EasyLM / original-CoH streaming_params (LLaMA, GPT-J) -> HF
+  coh convert to-easylm HF_DIR OUT       HF LLaMA / GPT-J -> OUT/streaming_params for EasyLM's JAX code
+  coh convert lora-merge ADAPTER OUT     a peft LoRA adapter merged into its base model
+  coh convert sharded CKPT OUT           a sharded (torch.distributed.checkpoint) training checkpoint -> HF
+
+The check runs both models in float32 on one CoH prompt and passes when
+max |logit difference| <= tolerance x max(1, max |source logit|) (default tolerance 1e-4)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, shards: bool = True, dtype: bool = True) -> None:
+    if dtype:
+        p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                       help="dtype of the written weights (default: the source's)")
+    if shards:
+        p.add_argument("--max-shard-size", default="5GB", help="largest safetensors file (default 5GB)")
+    p.add_argument("--check", action="store_true",
+                   help="compare the converted model's logits with the source's (float32; holds the converted "
+                        "model in memory) and exit 1 if they differ beyond the tolerance")
+    p.add_argument("--tolerance", type=float, default=None, help="check tolerance, relative to max(1, max |logit|) "
+                                                                 "(default 1e-4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="convert_command", required=True, metavar="WHAT")
+    p = sub.add_parser("llama", help="Meta LLaMA checkpoint -> HF folder",
+                       description="Meta's consolidated.NN.pth (any number of model-parallel shards) + params.json + "
+                                   "tokenizer.model -> an HF LLaMA folder that coh train loads.")
+    p.add_argument("meta_dir", help="folder with params.json, consolidated.NN.pth and (usually) tokenizer.model")
+    p.add_argument("output_dir", help="new folder for the HF model")
+    p.add_argument("--tokenizer", help="a SentencePiece tokenizer.model or an HF tokenizer folder "
+                                       "(default: META_DIR/tokenizer.model)")
+    p.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="context length for config.json (default: params.json's max_seq_len, else 2048)")
+    p.add_argument("--coh-phrases", action="store_true",
+                   help="write coh.json with the original CoH phrases (for weights trained by the CoH code)")
+    _common(p)
+    p.set_defaults(convert_func=_run_llama)
+
+    p = sub.add_parser("easylm", help="EasyLM / original-CoH streaming_params -> HF folder",
+                       description="An EasyLM streaming checkpoint (streaming_params or streaming_train_state; "
+                                   "LLaMA or GPT-J, the format of the authors' released CoH weights) -> HF folder.")
+    p.add_argument("stream", help="the streaming_params (or streaming_train_state) file")
+    p.add_argument("output_dir", help="new folder for the HF model")
+    p.add_argument("--config", help="model size (1b 3b 7b 13b 30b 65b for LLaMA, 6b for GPT-J), an EasyLM or HF "
+                                    "config JSON, or a folder with config.json (default: the standard size whose "
+                                    "shapes match)")
+    p.add_argument("--tokenizer", help="LLaMA: a SentencePiece tokenizer.model; GPT-J: an HF tokenizer folder")
+    p.add_argument("--coh-phrases", action="store_true",
+                   help="write coh.json with the original CoH phrases (for weights trained by the CoH code)")
+    _common(p)
+    p.set_defaults(convert_func=_run_easylm)
+
+    p = sub.add_parser("to-easylm", help="HF LLaMA / GPT-J -> EasyLM streaming_params",
+                       description="An HF LLaMA or GPT-J folder -> OUTPUT/streaming_params and "
+                                   "OUTPUT/easylm_config.json (and tokenizer.model), for the original JAX code.")
+    p.add_argument("model_dir", help="HF model folder (safetensors)")
+    p.add_argument("output_dir", help="folder for streaming_params and easylm_config.json")
+    _common(p, shards=False)
+    p.set_defaults(convert_func=_run_to_easylm)
+
+    p = sub.add_parser("lora-merge", help="LoRA adapter + base -> merged HF folder",
+                       description="A peft LoRA adapter folder merged into its base model with peft's "
+                                   "merge_and_unload; tokenizer and coh.json travel along.")
+    p.add_argument("adapter_dir", help="peft adapter folder (adapter_config.json, adapter_model.safetensors)")
+    p.add_argument("output_dir", help="new folder for the merged model")
+    p.add_argument("--base", help="base model path or hub id (default: the adapter's base_model_name_or_path)")
+    _common(p)
+    p.set_defaults(convert_func=_run_lora)
+
+    p = sub.add_parser("sharded", help="sharded training checkpoint -> consolidated HF safetensors",
+                       description="CKPT/model_sharded/ (torch.distributed.checkpoint) + CKPT/config.json -> an HF "
+                                   "folder, one shard-sized group of tensors in memory at a time.")
+    p.add_argument("checkpoint_dir", help="checkpoint folder holding model_sharded/ and config.json")
+    p.add_argument("output_dir", help="new folder for the HF model")
+    _common(p)
+    p.set_defaults(convert_func=_run_sharded)
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.no_progress else None
+
+
+def _report_check(source_logits, output_dir: str | Path, args: argparse.Namespace, model=None) -> int:
+    from coh.convert.check import TOLERANCE, compare_logits, load_float32, model_logits
+
+    result = compare_logits(source_logits[1], model_logits(model or load_float32(output_dir), source_logits[0]),
+                            args.tolerance or TOLERANCE)
+    print(result.describe())
+    return 0 if result.ok else 1
+
+
+def _ids_for(output_dir: str | Path):
+    from transformers import AutoConfig
+
+    from coh.convert.check import check_ids
+
+    return check_ids(output_dir, AutoConfig.from_pretrained(str(output_dir)).vocab_size)
+
+
+def _run_llama(args: argparse.Namespace) -> int:
+    from coh.convert.meta_llama import MetaCheckpoint, convert_meta_llama
+    from coh.convert.reference import llama_logits
+
+    out = convert_meta_llama(args.meta_dir, args.output_dir, tokenizer=args.tokenizer, dtype=args.dtype,
+                             max_shard_size=args.max_shard_size, max_positions=args.max_position_embeddings,
+                             coh_phrases=args.coh_phrases, progress=_progress(args))
+    print(f"HF model written to {out}")
+    if not args.check:
+        return 0
+    ckpt = MetaCheckpoint(args.meta_dir)
+    ids = _ids_for(out)
+    return _report_check((ids, llama_logits(ckpt.get, ckpt.shape, ids)), out, args)
+
+
+def _run_easylm(args: argparse.Namespace) -> int:
+    from coh.convert.easylm import convert_easylm
+
+    source = convert_easylm(args.stream, args.output_dir, config=args.config, tokenizer=args.tokenizer,
+                            dtype=args.dtype, max_shard_size=args.max_shard_size, coh_phrases=args.coh_phrases,
+                            progress=_progress(args))
+    print(f"HF {source.arch} model written to {args.output_dir}")
+    if not args.check:
+        return 0
+    ids = _ids_for(args.output_dir)
+    return _report_check((ids, source.reference_logits(ids)), args.output_dir, args)
+
+
+def _run_to_easylm(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    from coh.convert.easylm import export_easylm, open_easylm
+
+    stream = export_easylm(args.model_dir, args.output_dir, dtype=args.dtype, progress=_progress(args))
+    arch_flag = AutoConfig.from_pretrained(args.model_dir).model_type
+    print(f"EasyLM checkpoint written to {stream}; load it in EasyLM with "
+          f"--load_checkpoint='params::{stream}' --load_{arch_flag}_config='json::{stream.parent / 'easylm_config.json'}'")
+    if not args.check:
+        return 0
+    from coh.convert.check import load_float32
+
+    source = open_easylm(stream, str(stream.parent / "easylm_config.json"))
+    ids = _ids_for(args.model_dir)
+    # here the HF folder is the source and the written stream (read back through the reference) the result
+    return _report_check((ids, source.reference_logits(ids)), args.model_dir, args, model=load_float32(args.model_dir))
+
+
+def _run_lora(args: argparse.Namespace) -> int:
+    import torch
+
+    from coh.convert.check import model_logits
+    from coh.convert.lora import load_unmerged, merge_lora
+
+    out = merge_lora(args.adapter_dir, args.output_dir, base=args.base, dtype=args.dtype,
+                     max_shard_size=args.max_shard_size)
+    print(f"merged model written to {out}")
+    if not args.check:
+        return 0
+    unmerged, _ = load_unmerged(args.adapter_dir, args.base, torch.float32)
+    ids = _ids_for(out)
+    return _report_check((ids, model_logits(unmerged, ids)), out, args)
+
+
+def _run_sharded(args: argparse.Namespace) -> int:
+    from coh.convert.check import model_logits
+    from coh.convert.sharded import export_sharded_checkpoint, load_sharded_into_model
+
+    out = export_sharded_checkpoint(args.checkpoint_dir, args.output_dir, args.max_shard_size,
+                                    dtype=args.dtype, progress=_progress(args))
+    print(f"HF model written to {out}")
+    if not args.check:
+        return 0
+    ids = _ids_for(out)
+    return _report_check((ids, model_logits(load_sharded_into_model(args.checkpoint_dir), ids)), out, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.convert_func(args)
