@@ -310,6 +310,12 @@ def llama_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eo
                                   dtype=dtype)
 
 
+def _gpt2_id(config: dict, which: str, vocab: int) -> int | None:
+    """GPT-J's <|endoftext|> (50256) unless the config says otherwise or the vocabulary is smaller."""
+    found = config.get(f"{which}_token_id", 50256)
+    return found if found is not None and found < vocab else None
+
+
 def gptj_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eos: int | None,
                     dtype: torch.dtype | None):
     from transformers import GPTJConfig
@@ -334,8 +340,8 @@ def gptj_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eos
     config = GPTJConfig(vocab_size=vocab, n_embd=hidden, n_layer=n_layers, n_head=shape.n_heads,
                         rotary_dim=shape.rotary_dim or None, n_inner=inner if inner != 4 * hidden else None,
                         n_positions=int(c.get("n_positions", 2048)), layer_norm_epsilon=shape.layer_norm_eps,
-                        tie_word_embeddings=False, bos_token_id=bos if bos is not None else c.get("bos_token_id", 50256),
-                        eos_token_id=eos if eos is not None else c.get("eos_token_id", 50256))
+                        tie_word_embeddings=False, bos_token_id=bos if bos is not None else _gpt2_id(c, "bos", vocab),
+                        eos_token_id=eos if eos is not None else _gpt2_id(c, "eos", vocab))
     if dtype is not None:
         config.dtype = dtype
     return shape, config

@@ -76,7 +76,7 @@ class ShardWriter:
         self.names.add(name)
         if self.dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(self.dtype)
-        tensor = tensor.detach().contiguous()
+        tensor = (tensor.detach() if tensor.requires_grad else tensor).contiguous()  # no copy when already so
         size = tensor.numel() * tensor.element_size()
         if self.buffer and self.buffer_bytes + size > self.max_bytes:
             self.flush()

@@ -44,7 +44,7 @@ def _expected_tensors(config) -> tuple[dict[str, torch.Size], dict[str, str]]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     owners = {id(t): n for n, t in [*model.named_parameters(), *model.named_buffers()]}
-    state = model.state_dict()
+    state = model.state_dict(keep_vars=True)  # the parameters themselves, so shared ones share an id
     aliases = {n: owners[id(t)] for n, t in state.items() if owners.get(id(t), n) != n}
     return {n: t.shape for n, t in state.items()}, aliases
 
@@ -121,6 +121,7 @@ def export_sharded_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path
         for n in group:
             writer.add(n, tensors[n])
             bar.update(nbytes(n))
+        writer.flush()  # the group is one shard: write it and drop it before loading the next
         del tensors
     bar.close()
     writer.close()
