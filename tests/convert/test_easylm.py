@@ -186,3 +186,22 @@ def test_truncated_stream_missing_layer(tmp_path, llama_dir, capsys):
     assert main(["convert", "easylm", str(stream), str(tmp_path / "hf"), "--config",
                  _config_json(tmp_path / "c.json", model)]) == 1
     assert "missing ['transformer/h/1/feed_forward/w1/kernel'" in capsys.readouterr().err
+
+
+def test_whole_tree_flax_file(tmp_path, gptj_dir):
+    """EasyLM's ``flax_params::`` format: ``flax.serialization.msgpack_serialize`` of the whole tree."""
+    model = _load(gptj_dir)
+    tree: dict = {}
+    for key, arr in easylm_gptj_params(model).items():
+        node = tree
+        for k in key[1:-1]:  # no "params" level: EasyLM wraps it on loading
+            node = node.setdefault(k, {})
+        payload = msgpack.packb((arr.shape, arr.dtype.name, arr.tobytes("C")), use_bin_type=True)
+        node[key[-1]] = msgpack.ExtType(1, payload)
+    path = tmp_path / "flax_params"
+    path.write_bytes(msgpack.packb(tree, use_bin_type=True))
+    out = tmp_path / "hf"
+    assert main(["convert", "easylm", str(path), str(out), "--config", _config_json(tmp_path / "c.json", model),
+                 "--check", "--no-progress"]) == 0
+    ids = sample_ids(model.config.vocab_size)
+    torch.testing.assert_close(logits_of(_load(out), ids), logits_of(model, ids), atol=ATOL, rtol=0)

@@ -102,3 +102,22 @@ def test_refuses_to_overwrite_a_model(tmp_path, hf_llama, sp_model, capsys):
     (out / "config.json").write_text("{}")
     assert main(["convert", "llama", str(meta), str(out)]) == 1
     assert "already holds a model" in capsys.readouterr().err
+
+
+def test_check_fails_on_a_wrong_conversion(tmp_path, hf_llama, sp_model, monkeypatch, capsys):
+    """--check is not a formality: a converter that forgets the rotary permutation is caught."""
+    from coh.convert import meta_llama
+
+    meta = write_meta_checkpoint(tmp_path / "meta", hf_llama[0], sp_model)
+    monkeypatch.setattr(meta_llama, "rotary_to_hf", lambda w, n_heads: w)
+    assert main(["convert", "llama", str(meta), str(tmp_path / "hf"), "--check", "--no-progress"]) == 1
+    assert "logits check FAILED" in capsys.readouterr().out
+
+
+def test_compare_logits_rule():
+    from coh.convert.check import compare_logits
+
+    a = torch.tensor([[0.0, 10.0], [2.0, 1.0]])
+    assert compare_logits(a, a + 5e-4, tolerance=1e-4).ok  # 5e-4 <= 1e-4 x 10
+    worse = compare_logits(a, a + torch.tensor([[0.0, 0.0], [0.0, 2.0]]), tolerance=1e-4)
+    assert not worse.ok and worse.argmax_agreement == 0.5 and worse.max_abs_diff == 2.0

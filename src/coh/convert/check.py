@@ -51,18 +51,21 @@ def check_ids(model_dir: str | Path, vocab_size: int, seed: int = 0) -> torch.Te
     when ``model_dir`` has a tokenizer; else 24 ids drawn with a fixed seed."""
     from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError, TypeError):
-        tok = None
-    if tok is None or tok.eos_token_id is None:
-        return torch.randint(vocab_size, (24,), generator=torch.Generator().manual_seed(seed))
+    from coh.convert.safetensors_io import TOKENIZER_FILES
     from coh.data.feedback import Turn
     from coh.data.render import prompt_record, trained_phrases
     from coh.data.tokenize import RecordTokenizer
 
-    record = prompt_record([Turn("user", CHECK_PROMPT)], trained_phrases(model_dir), "good")
-    return torch.tensor(RecordTokenizer(tok, chat_template="never")(record).input_ids)
+    ids: list[int] = []
+    # transformers 5 makes an empty tokenizer for a folder without tokenizer files: look first
+    if any((Path(model_dir) / name).is_file() for name in TOKENIZER_FILES):
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        if tok.eos_token_id is not None:
+            record = prompt_record([Turn("user", CHECK_PROMPT)], trained_phrases(model_dir), "good")
+            ids = RecordTokenizer(tok, chat_template="never")(record).input_ids
+    if not ids:
+        return torch.randint(vocab_size, (24,), generator=torch.Generator().manual_seed(seed))
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def load_float32(model_dir: str | Path):

@@ -90,11 +90,12 @@ def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.no_progress else None
 
 
-def _report_check(source_logits, output_dir: str | Path, args: argparse.Namespace, model=None) -> int:
+def _report_check(ids, source_logits, model_dir: str | Path, args: argparse.Namespace) -> int:
+    """Compare ``source_logits`` with those of the HF model in ``model_dir`` (float32); print the verdict."""
     from coh.convert.check import TOLERANCE, compare_logits, load_float32, model_logits
 
-    result = compare_logits(source_logits[1], model_logits(model or load_float32(output_dir), source_logits[0]),
-                            args.tolerance or TOLERANCE)
+    converted = model_logits(load_float32(model_dir), ids)
+    result = compare_logits(source_logits, converted, args.tolerance or TOLERANCE)
     print(result.describe())
     return 0 if result.ok else 1
 
@@ -119,7 +120,7 @@ def _run_llama(args: argparse.Namespace) -> int:
         return 0
     ckpt = MetaCheckpoint(args.meta_dir)
     ids = _ids_for(out)
-    return _report_check((ids, llama_logits(ckpt.get, ckpt.shape, ids)), out, args)
+    return _report_check(ids, llama_logits(ckpt.get, ckpt.shape, ids), out, args)
 
 
 def _run_easylm(args: argparse.Namespace) -> int:
@@ -132,7 +133,7 @@ def _run_easylm(args: argparse.Namespace) -> int:
     if not args.check:
         return 0
     ids = _ids_for(args.output_dir)
-    return _report_check((ids, source.reference_logits(ids)), args.output_dir, args)
+    return _report_check(ids, source.reference_logits(ids), args.output_dir, args)
 
 
 def _run_to_easylm(args: argparse.Namespace) -> int:
@@ -146,12 +147,10 @@ def _run_to_easylm(args: argparse.Namespace) -> int:
           f"--load_checkpoint='params::{stream}' --load_{arch_flag}_config='json::{stream.parent / 'easylm_config.json'}'")
     if not args.check:
         return 0
-    from coh.convert.check import load_float32
-
     source = open_easylm(stream, str(stream.parent / "easylm_config.json"))
     ids = _ids_for(args.model_dir)
     # here the HF folder is the source and the written stream (read back through the reference) the result
-    return _report_check((ids, source.reference_logits(ids)), args.model_dir, args, model=load_float32(args.model_dir))
+    return _report_check(ids, source.reference_logits(ids), args.model_dir, args)
 
 
 def _run_lora(args: argparse.Namespace) -> int:
@@ -167,7 +166,7 @@ def _run_lora(args: argparse.Namespace) -> int:
         return 0
     unmerged, _ = load_unmerged(args.adapter_dir, args.base, torch.float32)
     ids = _ids_for(out)
-    return _report_check((ids, model_logits(unmerged, ids)), out, args)
+    return _report_check(ids, model_logits(unmerged, ids), out, args)
 
 
 def _run_sharded(args: argparse.Namespace) -> int:
@@ -180,7 +179,7 @@ def _run_sharded(args: argparse.Namespace) -> int:
     if not args.check:
         return 0
     ids = _ids_for(out)
-    return _report_check((ids, model_logits(load_sharded_into_model(args.checkpoint_dir), ids)), out, args)
+    return _report_check(ids, model_logits(load_sharded_into_model(args.checkpoint_dir), ids), out, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -517,6 +517,9 @@ def export_easylm(model_dir: str | Path, output_dir: str | Path, dtype: str | No
                                             encoding="utf-8")
     if (Path(model_dir) / "tokenizer.model").is_file():
         (out / "tokenizer.model").write_bytes((Path(model_dir) / "tokenizer.model").read_bytes())
+    elif arch == "llama":
+        print(f"{model_dir} has no tokenizer.model: EasyLM's LLaMA tokenizer needs the SentencePiece file the "
+              "model was trained with (e.g. the original Meta one)")
     if skipped:
         print(f"not written: {', '.join(skipped)} (tied to the embeddings; EasyLM reads tie_word_embeddings)")
     return out / STREAM_NAME

@@ -238,7 +238,7 @@ def convert_meta_llama(meta_dir: str | Path, output_dir: str | Path, tokenizer: 
         raise ValueError(f"tokenizer has {len(tok)} tokens but the checkpoint's embeddings only {config.vocab_size}")
     writer = ShardWriter(out, parse_size(max_shard_size), target_dtype)
     names = meta_names(ckpt.shape.n_layers)
-    for name in tqdm(names, desc="llama -> hf", unit="tensor", disable=progress is False or None):
+    for name in tqdm(names, desc="llama -> hf", unit="tensor", disable=None if progress is None else not progress):
         writer.add(*meta_to_hf(name, ckpt.get(name), ckpt.shape))
     writer.close()
     config.save_pretrained(out)
