@@ -16,7 +16,10 @@ import argparse
 from pathlib import Path
 
 
-def _common(p: argparse.ArgumentParser, shards: bool = True, dtype: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, shards: bool = True, dtype: bool = True, coh_phrases: bool = False) -> None:
+    if coh_phrases:
+        p.add_argument("--coh-phrases", action="store_true",
+                       help="write coh.json with the original CoH phrases (for weights trained by the CoH code)")
     if dtype:
         p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                        help="dtype of the written weights (default: the source's)")
@@ -30,60 +33,56 @@ def _common(p: argparse.ArgumentParser, shards: bool = True, dtype: bool = True)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _subcommand(sub, name: str, run, help: str, description: str, source: tuple[str, str],
+                output_help: str = "new folder for the HF model") -> argparse.ArgumentParser:
+    """One ``coh convert`` action: SOURCE and OUTPUT_DIR positionals, dispatched to ``run``."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument(source[0], help=source[1])
+    p.add_argument("output_dir", help=output_help)
+    p.set_defaults(convert_func=run)
+    return p
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="convert_command", required=True, metavar="WHAT")
-    p = sub.add_parser("llama", help="Meta LLaMA checkpoint -> HF folder",
-                       description="Meta's consolidated.NN.pth (any number of model-parallel shards) + params.json + "
-                                   "tokenizer.model -> an HF LLaMA folder that coh train loads.")
-    p.add_argument("meta_dir", help="folder with params.json, consolidated.NN.pth and (usually) tokenizer.model")
-    p.add_argument("output_dir", help="new folder for the HF model")
+    p = _subcommand(sub, "llama", _run_llama, "Meta LLaMA checkpoint -> HF folder",
+                    "Meta's consolidated.NN.pth (any number of model-parallel shards) + params.json + "
+                    "tokenizer.model -> an HF LLaMA folder that coh train loads.",
+                    ("meta_dir", "folder with params.json, consolidated.NN.pth and (usually) tokenizer.model"))
     p.add_argument("--tokenizer", help="a SentencePiece tokenizer.model or an HF tokenizer folder "
                                        "(default: META_DIR/tokenizer.model)")
     p.add_argument("--max-position-embeddings", type=int, default=None,
                    help="context length for config.json (default: params.json's max_seq_len, else 2048)")
-    p.add_argument("--coh-phrases", action="store_true",
-                   help="write coh.json with the original CoH phrases (for weights trained by the CoH code)")
-    _common(p)
-    p.set_defaults(convert_func=_run_llama)
+    _common(p, coh_phrases=True)
 
-    p = sub.add_parser("easylm", help="EasyLM / original-CoH streaming_params -> HF folder",
-                       description="An EasyLM streaming checkpoint (streaming_params or streaming_train_state; "
-                                   "LLaMA or GPT-J, the format of the authors' released CoH weights) -> HF folder.")
-    p.add_argument("stream", help="the streaming_params (or streaming_train_state) file")
-    p.add_argument("output_dir", help="new folder for the HF model")
+    p = _subcommand(sub, "easylm", _run_easylm, "EasyLM / original-CoH streaming_params -> HF folder",
+                    "An EasyLM streaming checkpoint (streaming_params or streaming_train_state; LLaMA or GPT-J, "
+                    "the format of the authors' released CoH weights) -> HF folder.",
+                    ("stream", "the streaming_params (or streaming_train_state) file"))
     p.add_argument("--config", help="model size (1b 3b 7b 13b 30b 65b for LLaMA, 6b for GPT-J), an EasyLM or HF "
                                     "config JSON, or a folder with config.json (default: the standard size whose "
                                     "shapes match)")
     p.add_argument("--tokenizer", help="LLaMA: a SentencePiece tokenizer.model; GPT-J: an HF tokenizer folder")
-    p.add_argument("--coh-phrases", action="store_true",
-                   help="write coh.json with the original CoH phrases (for weights trained by the CoH code)")
-    _common(p)
-    p.set_defaults(convert_func=_run_easylm)
+    _common(p, coh_phrases=True)
 
-    p = sub.add_parser("to-easylm", help="HF LLaMA / GPT-J -> EasyLM streaming_params",
-                       description="An HF LLaMA or GPT-J folder -> OUTPUT/streaming_params and "
-                                   "OUTPUT/easylm_config.json (and tokenizer.model), for the original JAX code.")
-    p.add_argument("model_dir", help="HF model folder (safetensors)")
-    p.add_argument("output_dir", help="folder for streaming_params and easylm_config.json")
+    p = _subcommand(sub, "to-easylm", _run_to_easylm, "HF LLaMA / GPT-J -> EasyLM streaming_params",
+                    "An HF LLaMA or GPT-J folder -> OUTPUT/streaming_params and OUTPUT/easylm_config.json "
+                    "(and tokenizer.model), for the original JAX code.",
+                    ("model_dir", "HF model folder (safetensors)"), "folder for streaming_params and easylm_config.json")
     _common(p, shards=False)
-    p.set_defaults(convert_func=_run_to_easylm)
 
-    p = sub.add_parser("lora-merge", help="LoRA adapter + base -> merged HF folder",
-                       description="A peft LoRA adapter folder merged into its base model with peft's "
-                                   "merge_and_unload; tokenizer and coh.json travel along.")
-    p.add_argument("adapter_dir", help="peft adapter folder (adapter_config.json, adapter_model.safetensors)")
-    p.add_argument("output_dir", help="new folder for the merged model")
+    p = _subcommand(sub, "lora-merge", _run_lora, "LoRA adapter + base -> merged HF folder",
+                    "A peft LoRA adapter folder merged into its base model with peft's merge_and_unload; "
+                    "tokenizer and coh.json travel along.",
+                    ("adapter_dir", "peft adapter folder (adapter_config.json, adapter_model.safetensors)"))
     p.add_argument("--base", help="base model path or hub id (default: the adapter's base_model_name_or_path)")
     _common(p)
-    p.set_defaults(convert_func=_run_lora)
 
-    p = sub.add_parser("sharded", help="sharded training checkpoint -> consolidated HF safetensors",
-                       description="CKPT/model_sharded/ (torch.distributed.checkpoint) + CKPT/config.json -> an HF "
-                                   "folder, one shard-sized group of tensors in memory at a time.")
-    p.add_argument("checkpoint_dir", help="checkpoint folder holding model_sharded/ and config.json")
-    p.add_argument("output_dir", help="new folder for the HF model")
+    p = _subcommand(sub, "sharded", _run_sharded, "sharded training checkpoint -> consolidated HF safetensors",
+                    "CKPT/model_sharded/ (torch.distributed.checkpoint) + CKPT/config.json -> an HF folder, "
+                    "one shard-sized group of tensors in memory at a time.",
+                    ("checkpoint_dir", "checkpoint folder holding model_sharded/ and config.json"))
     _common(p)
-    p.set_defaults(convert_func=_run_sharded)
 
 
 def _progress(args: argparse.Namespace) -> bool | None:

@@ -27,7 +27,15 @@ from pathlib import Path
 import msgpack
 import torch
 
-from coh.convert.meta_llama import hf_to_meta, llama_hf_config, llama_shape_of, meta_names, meta_to_hf
+from coh.convert import safetensors_io
+from coh.convert.meta_llama import (
+    hf_to_meta,
+    llama_hf_config,
+    llama_shape_of,
+    load_tokenizer,
+    meta_names,
+    meta_to_hf,
+)
 from coh.convert.reference import GPTJShape, LlamaShape
 
 NDARRAY_EXT = 1  # flax.serialization._MsgpackExtType.ndarray
@@ -151,30 +159,29 @@ class EasyLMStream:
             if n == 0:
                 raise ValueError(f"{self.path}: empty, or not an EasyLM streaming checkpoint")
 
-    def tensors(self) -> Iterator[tuple[tuple[str, ...], torch.Tensor]]:
-        """(parameter path, tensor) in file order, one at a time."""
-        self.skipped = 0
-        for key, payload, _, _ in self._entries():
-            path = model_key(key)
-            if path is None:
-                self.skipped += 1
-                continue
-            try:
-                yield path, decode_array(payload) if isinstance(payload, bytes) else payload
-            except (ValueError, msgpack.UnpackException) as e:
-                raise ValueError(f"{self.path}: entry {'/'.join(key)}: {e}") from e
-
-    def scan(self) -> EasyLMStream:
-        """Read the file once: names, shapes, byte ranges; tensors are decoded and dropped."""
-        self.index.clear()
-        self.shapes.clear()
+    def _params(self) -> Iterator[tuple[tuple[str, ...], torch.Tensor, int, int]]:
+        """(parameter path, tensor, start, end) of the model's parameters; the rest is counted in ``skipped``."""
         self.skipped = 0
         for key, payload, start, end in self._entries():
             path = model_key(key)
             if path is None:
                 self.skipped += 1
                 continue
-            tensor = decode_array(payload) if isinstance(payload, bytes) else payload
+            try:
+                yield path, decode_array(payload) if isinstance(payload, bytes) else payload, start, end
+            except (ValueError, msgpack.UnpackException) as e:
+                raise ValueError(f"{self.path}: entry {'/'.join(key)}: {e}") from e
+
+    def tensors(self) -> Iterator[tuple[tuple[str, ...], torch.Tensor]]:
+        """(parameter path, tensor) in file order, one at a time."""
+        for path, tensor, _, _ in self._params():
+            yield path, tensor
+
+    def scan(self) -> EasyLMStream:
+        """Read the file once: names, shapes, byte ranges; tensors are decoded and dropped."""
+        self.index.clear()
+        self.shapes.clear()
+        for path, tensor, start, end in self._params():
             self.index[path] = (start, end)
             self.shapes[path] = tuple(tensor.shape)
             self.dtype = self.dtype or tensor.dtype
@@ -407,24 +414,14 @@ def convert_easylm(path: str | Path, output_dir: str | Path, config: str | None 
     """An EasyLM checkpoint into an HF folder; returns the scanned source (for ``--check``)."""
     from tqdm.auto import tqdm
 
-    from coh.convert.meta_llama import load_tokenizer
-    from coh.convert.safetensors_io import (
-        ShardWriter,
-        converted_coh_info,
-        parse_size,
-        prepare_output_dir,
-        resolve_dtype,
-        write_coh_json,
-    )
-
     tok = load_tokenizer(tokenizer) if tokenizer is not None else None
-    target_dtype = resolve_dtype(dtype)
+    target_dtype = safetensors_io.resolve_dtype(dtype)
     source = open_easylm(path, config, tok.bos_token_id if tok else None, tok.eos_token_id if tok else None,
                          target_dtype)
     if tok is not None and len(tok) > source.config.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but the checkpoint's embeddings only {source.config.vocab_size}")
-    out = prepare_output_dir(output_dir)
-    writer = ShardWriter(out, parse_size(max_shard_size), target_dtype)
+    out = safetensors_io.prepare_output_dir(output_dir)
+    writer = safetensors_io.ShardWriter(out, safetensors_io.parse_size(max_shard_size), target_dtype)
     bar = tqdm(total=len(source.stream.index), desc=f"easylm {source.arch} -> hf", unit="tensor",
                disable=None if progress is None else not progress)
     for name, tensor in source.torch_tensors():
@@ -432,15 +429,10 @@ def convert_easylm(path: str | Path, output_dir: str | Path, config: str | None 
         bar.update()
     bar.close()
     writer.close()
-    source.config.save_pretrained(out)
-    if tok is not None:
-        tok.save_pretrained(out)
-        if Path(tokenizer).is_file():
-            (out / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
-    else:
+    info = safetensors_io.converted_coh_info("easylm", path) if coh_phrases else None
+    safetensors_io.finish_hf_folder(out, source.config, tok, tokenizer, info)
+    if tok is None:
         print("no --tokenizer given: the folder has no tokenizer (coh train and coh serve need one)")
-    if coh_phrases:
-        write_coh_json(out, converted_coh_info("easylm", path))
     if source.stream.skipped:
         print(f"skipped {source.stream.skipped} non-parameter entries (optimizer state, step)")
     return source
@@ -485,14 +477,12 @@ def export_easylm(model_dir: str | Path, output_dir: str | Path, dtype: str | No
     from tqdm.auto import tqdm
     from transformers import AutoConfig
 
-    from coh.convert.safetensors_io import resolve_dtype
-
     config = AutoConfig.from_pretrained(str(model_dir))
     arch = {"llama": "llama", "gptj": "gptj"}.get(config.model_type)
     if arch is None:
         raise ValueError(f"{model_dir}: model type {config.model_type!r}; EasyLM holds llama and gptj")
     shape = llama_shape_of(config) if arch == "llama" else None
-    target = resolve_dtype(dtype)
+    target = safetensors_io.resolve_dtype(dtype)
     out = Path(output_dir)
     if (out / STREAM_NAME).exists():
         raise ValueError(f"{out / STREAM_NAME}: exists already; choose an empty folder")

@@ -19,6 +19,14 @@ from pathlib import Path
 import torch
 
 from coh.convert.reference import LlamaShape
+from coh.convert.safetensors_io import (
+    ShardWriter,
+    converted_coh_info,
+    finish_hf_folder,
+    parse_size,
+    prepare_output_dir,
+    resolve_dtype,
+)
 
 # Meta name (per layer) -> HF name (per layer)
 LAYER_NAMES = {
@@ -44,40 +52,32 @@ def rotary_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def _rename(name: str, tensor: torch.Tensor, shape: LlamaShape, to_hf: bool) -> tuple[str, torch.Tensor]:
+    """One LLaMA tensor between Meta's names and layout and HF's, either way."""
+    prefix, layers, tops = ("", LAYER_NAMES, TOP_NAMES) if to_hf else \
+        ("model.", {v: k for k, v in LAYER_NAMES.items()}, {v: k for k, v in TOP_NAMES.items()})
+    m = re.fullmatch(rf"{re.escape(prefix)}layers\.(\d+)\.(.+)\.weight", name)
+    if m and m.group(2) in layers:
+        meta_part = m.group(2) if to_hf else layers[m.group(2)]
+        heads = {"attention.wq": shape.n_heads, "attention.wk": shape.n_kv_heads}.get(meta_part)
+        if heads:
+            tensor = (rotary_to_hf if to_hf else rotary_to_meta)(tensor, heads)
+        return f"{'' if prefix else 'model.'}layers.{m.group(1)}.{layers[m.group(2)]}.weight", tensor
+    top = name.removesuffix(".weight")
+    if m is None and name.endswith(".weight") and top in tops:
+        return f"{tops[top]}.weight", tensor
+    raise ValueError(f"unknown Meta LLaMA tensor {name}" if to_hf else
+                     f"HF tensor {name} has no place in the Meta/EasyLM LLaMA layout")
+
+
 def meta_to_hf(name: str, tensor: torch.Tensor, shape: LlamaShape) -> tuple[str, torch.Tensor]:
     """One Meta-named tensor as its HF name and layout."""
-    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", name)
-    if m:
-        part = m.group(2)
-        if part not in LAYER_NAMES:
-            raise ValueError(f"unknown LLaMA tensor {name}")
-        if part == "attention.wq":
-            tensor = rotary_to_hf(tensor, shape.n_heads)
-        elif part == "attention.wk":
-            tensor = rotary_to_hf(tensor, shape.n_kv_heads)
-        return f"model.layers.{m.group(1)}.{LAYER_NAMES[part]}.weight", tensor
-    top = name.removesuffix(".weight")
-    if top not in TOP_NAMES or not name.endswith(".weight"):
-        raise ValueError(f"unknown LLaMA tensor {name}")
-    return f"{TOP_NAMES[top]}.weight", tensor
+    return _rename(name, tensor, shape, to_hf=True)
 
 
 def hf_to_meta(name: str, tensor: torch.Tensor, shape: LlamaShape) -> tuple[str, torch.Tensor]:
     """One HF LLaMA tensor as its Meta name and layout (inverse of ``meta_to_hf``)."""
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
-    if m:
-        part = {v: k for k, v in LAYER_NAMES.items()}.get(m.group(2))
-        if part is None:
-            raise ValueError(f"HF tensor {name} has no place in the Meta/EasyLM LLaMA layout")
-        if part == "attention.wq":
-            tensor = rotary_to_meta(tensor, shape.n_heads)
-        elif part == "attention.wk":
-            tensor = rotary_to_meta(tensor, shape.n_kv_heads)
-        return f"layers.{m.group(1)}.{part}.weight", tensor
-    top = {v: k for k, v in TOP_NAMES.items()}.get(name.removesuffix(".weight"))
-    if top is None or not name.endswith(".weight"):
-        raise ValueError(f"HF tensor {name} has no place in the Meta/EasyLM LLaMA layout")
-    return f"{top}.weight", tensor
+    return _rename(name, tensor, shape, to_hf=False)
 
 
 def meta_names(n_layers: int, tied: bool = False) -> list[str]:
@@ -218,15 +218,6 @@ def convert_meta_llama(meta_dir: str | Path, output_dir: str | Path, tokenizer: 
     ``coh_phrases`` a ``coh.json`` with the original CoH phrases). Returns ``output_dir``."""
     from tqdm.auto import tqdm
 
-    from coh.convert.safetensors_io import (
-        ShardWriter,
-        converted_coh_info,
-        parse_size,
-        prepare_output_dir,
-        resolve_dtype,
-        write_coh_json,
-    )
-
     ckpt = MetaCheckpoint(meta_dir)
     tok = load_tokenizer(tokenizer if tokenizer is not None else ckpt.folder / "tokenizer.model")
     out = prepare_output_dir(output_dir)
@@ -241,13 +232,8 @@ def convert_meta_llama(meta_dir: str | Path, output_dir: str | Path, tokenizer: 
     for name in tqdm(names, desc="llama -> hf", unit="tensor", disable=None if progress is None else not progress):
         writer.add(*meta_to_hf(name, ckpt.get(name), ckpt.shape))
     writer.close()
-    config.save_pretrained(out)
-    tok.save_pretrained(out)
-    spm = tokenizer if tokenizer is not None and Path(tokenizer).is_file() else ckpt.folder / "tokenizer.model"
-    if Path(spm).is_file():  # kept for users who go back to Meta's or EasyLM's code
-        (out / "tokenizer.model").write_bytes(Path(spm).read_bytes())
-    if coh_phrases:
-        write_coh_json(out, converted_coh_info("meta-llama", meta_dir))
+    finish_hf_folder(out, config, tok, tokenizer if tokenizer is not None else ckpt.folder / "tokenizer.model",
+                     converted_coh_info("meta-llama", meta_dir) if coh_phrases else None)
     if ckpt.ignored:
         print(f"not converted: {', '.join(ckpt.ignored)} (recomputed by transformers from rope_theta)")
     return out

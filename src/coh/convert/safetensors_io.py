@@ -130,6 +130,20 @@ def write_coh_json(output_dir: str | Path, info: dict) -> None:
     (Path(output_dir) / "coh.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def finish_hf_folder(output_dir: str | Path, config, tokenizer=None, sentencepiece_file: str | Path | None = None,
+                     coh_info: dict | None = None) -> None:
+    """Write the side files of a converted folder: config, tokenizer, the SentencePiece model when
+    there is one (kept for users who go back to Meta's or EasyLM's code) and ``coh.json``."""
+    out = Path(output_dir)
+    config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    if sentencepiece_file is not None and Path(sentencepiece_file).is_file():
+        shutil.copyfile(sentencepiece_file, out / "tokenizer.model")
+    if coh_info is not None:
+        write_coh_json(out, coh_info)
+
+
 def converted_coh_info(source_format: str, source: str | Path) -> dict:
     """``coh.json`` for weights trained by the original CoH code: its default phrases, so
     ``coh serve`` prompts them the way they were trained."""
