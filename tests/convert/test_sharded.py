@@ -160,3 +160,20 @@ def test_parse_size():
 
 def test_sharded_module_name():
     assert sharded.SHARDED_DIR == "model_sharded"  # the trainer writes here
+
+
+def test_export_in_place(tmp_path, tied_llama):
+    """The trainer may export beside model_sharded/: the checkpoint folder becomes an HF folder."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    ckpt, model = tied_llama
+    folder = tmp_path / "ckpt"
+    shutil.copytree(ckpt, folder)
+    assert export_sharded_checkpoint(folder, folder, progress=False) == folder
+    ids = sample_ids(model.config.vocab_size)
+    torch.testing.assert_close(logits_of(AutoModelForCausalLM.from_pretrained(folder), ids), logits_of(model, ids),
+                               atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="already holds safetensors"):
+        export_sharded_checkpoint(folder, folder, progress=False)

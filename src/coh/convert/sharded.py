@@ -66,8 +66,8 @@ def plan_groups(sizes: list[tuple[str, int]], max_bytes: int) -> list[list[str]]
 def export_sharded_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path, max_shard_size: str | int = "5GB",
                               *, dtype: str | None = None, progress: bool | None = None) -> Path:
     """Write ``checkpoint_dir`` (``model_sharded/`` + ``config.json`` + tokenizer + ``coh.json``) as
-    a consolidated HF folder in ``output_dir``: safetensors shards of at most ``max_shard_size``
-    with their index, config, tokenizer files and ``coh.json``. Tied weights (``lm_head.weight``
+    a consolidated HF folder in ``output_dir`` (which may be ``checkpoint_dir`` itself): safetensors
+    shards of at most ``max_shard_size`` with their index, config, tokenizer files and ``coh.json``. Tied weights (``lm_head.weight``
     when the config ties it) are not written. Never holds more than one shard's tensors.
     Returns ``output_dir``."""
     import torch.distributed.checkpoint as dcp
@@ -108,7 +108,10 @@ def export_sharded_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path
         return meta.size.numel() * torch.empty((), dtype=kind).element_size()
 
     max_bytes = parse_size(max_shard_size)
-    out = prepare_output_dir(output_dir)
+    in_place = Path(output_dir).resolve() == ckpt.resolve()  # HF files beside model_sharded/
+    if in_place and any(ckpt.glob("*.safetensors")):
+        raise ValueError(f"{ckpt}: already holds safetensors files; export into an empty folder")
+    out = ckpt if in_place else prepare_output_dir(output_dir)
     writer = ShardWriter(out, max_bytes, target)
     groups = plan_groups([(n, nbytes(n)) for n in required], max_bytes)
     bar = tqdm(total=sum(nbytes(n) for n in required), desc="sharded -> hf", unit="B", unit_scale=True,
@@ -127,9 +130,10 @@ def export_sharded_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path
     writer.close()
     config.dtype = target or stored[required[0]].properties.dtype
     config.save_pretrained(out)
-    copy_tokenizer_files(ckpt, out)
-    if (ckpt / "coh.json").is_file():
-        (out / "coh.json").write_bytes((ckpt / "coh.json").read_bytes())
+    if not in_place:
+        copy_tokenizer_files(ckpt, out)
+        if (ckpt / "coh.json").is_file():
+            (out / "coh.json").write_bytes((ckpt / "coh.json").read_bytes())
     skipped = sorted(set(stored) & set(aliases))
     if skipped:
         print(f"not written: {', '.join(skipped)} (tied to {', '.join(aliases[n] for n in skipped)})")
