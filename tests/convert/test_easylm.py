@@ -185,7 +185,8 @@ def test_truncated_stream_missing_layer(tmp_path, llama_dir, capsys):
     stream = write_easylm_stream(tmp_path / "s", params)
     assert main(["convert", "easylm", str(stream), str(tmp_path / "hf"), "--config",
                  _config_json(tmp_path / "c.json", model)]) == 1
-    assert "missing ['transformer/h/1/feed_forward/w1/kernel'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not match its config (llama): missing ['model.layers.1.mlp.gate_proj.weight'" in err
 
 
 def test_whole_tree_flax_file(tmp_path, gptj_dir):
@@ -205,3 +206,12 @@ def test_whole_tree_flax_file(tmp_path, gptj_dir):
                  "--check", "--no-progress"]) == 0
     ids = sample_ids(model.config.vocab_size)
     torch.testing.assert_close(logits_of(_load(out), ids), logits_of(model, ids), atol=ATOL, rtol=0)
+
+
+def test_heads_that_do_not_divide(tmp_path, llama_dir, capsys):
+    model = _load(llama_dir)
+    stream = write_easylm_stream(tmp_path / "s", easylm_llama_params(model))
+    config = json.loads(_config_json(tmp_path / "c.json", model) and (tmp_path / "c.json").read_text())
+    (tmp_path / "c.json").write_text(json.dumps({**config, "num_attention_heads": 3}))
+    assert main(["convert", "easylm", str(stream), str(tmp_path / "hf"), "--config", str(tmp_path / "c.json")]) == 1
+    assert "no valid LLaMA config" in capsys.readouterr().err

@@ -136,8 +136,8 @@ def test_config_mismatch(tmp_path, tied_llama, capsys):
     (broken / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3, "intermediate_size": 96}))
     assert main(["convert", "sharded", str(broken), str(tmp_path / "hf")]) == 1
     err = capsys.readouterr().err
-    assert "does not match config.json" in err and "model.layers.2.self_attn.q_proj.weight" in err
-    assert "(32, 80) stored, (32, 96) in config.json" in err or "(80, 32) stored, (96, 32) in config.json" in err
+    assert "model_sharded does not match its config (llama)" in err and "model.layers.2.self_attn.q_proj.weight" in err
+    assert "model.layers.0.mlp.gate_proj.weight: (80, 32) stored, (96, 32) in the config" in err
 
 
 def test_plan_groups_and_writer_cut_alike(tmp_path):

@@ -33,7 +33,6 @@ from coh.convert.meta_llama import (
     llama_hf_config,
     llama_shape_of,
     load_tokenizer,
-    meta_names,
     meta_to_hf,
 )
 from coh.convert.reference import GPTJShape, LlamaShape
@@ -397,15 +396,20 @@ def open_easylm(path: str | Path, config: str | None = None, bos: int | None = N
     arch = detect_arch(stream.index)
     make = llama_config_for if arch == "llama" else gptj_config_for
     shape, hf_config = make(stream, config, bos, eos, dtype or stream.dtype)
-    if arch == "llama":  # GPT-J's names are checked by the HF model's loading
-        expected = {torch_to_easylm(n, torch.empty(0, 0), "llama")[0]
-                    for n in meta_names(shape.n_layers, tied=hf_config.tie_word_embeddings)}
-        missing = sorted("/".join(p) for p in expected - set(stream.index))
-        unexpected = sorted("/".join(p) for p in set(stream.index) - expected)
-        if missing or unexpected:
-            raise ValueError(f"{stream.path}: not a {shape.n_layers}-layer LLaMA: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-    return EasyLMSource(stream, arch, shape, hf_config)
+    source = EasyLMSource(stream, arch, shape, hf_config)
+    # names and shapes as they will be written, worked out on meta tensors (no memory), against the config
+    found = {}
+    for key, size in stream.shapes.items():
+        name, t = easylm_to_torch(key, torch.empty(size, device="meta"), arch)
+        if arch == "llama":
+            try:
+                name, t = meta_to_hf(name, t, shape)
+            except RuntimeError as e:  # a q/k projection that does not split into the config's heads
+                raise ValueError(f"{stream.path}: {'/'.join(key)} of shape {size} does not fit "
+                                 f"{shape.n_heads} heads / {shape.n_kv_heads} KV heads: {e}") from e
+        found[name] = tuple(t.shape)
+    safetensors_io.check_tensors(found, hf_config, str(stream.path))
+    return source
 
 
 def convert_easylm(path: str | Path, output_dir: str | Path, config: str | None = None,

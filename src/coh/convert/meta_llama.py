@@ -91,15 +91,19 @@ def meta_names(n_layers: int, tied: bool = False) -> list[str]:
 def llama_hf_config(shape: LlamaShape, hidden: int, intermediate: int, vocab: int, max_positions: int,
                     tied: bool = False, bos_token_id: int | None = 1, eos_token_id: int | None = 2,
                     dtype: torch.dtype | None = None):
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import LlamaConfig
 
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=shape.n_layers,
-        num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_kv_heads, rms_norm_eps=shape.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta},
-        max_position_embeddings=max_positions, tie_word_embeddings=tied, bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-    )
+    try:
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=shape.n_layers,
+            num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_kv_heads, rms_norm_eps=shape.norm_eps,
+            rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta},
+            max_position_embeddings=max_positions, tie_word_embeddings=tied, bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+        )
+    except (StrictDataclassError, ValueError) as e:  # transformers 5 validates configs as they are made
+        raise ValueError(f"no valid LLaMA config from these weights and settings: {e}") from e
     if dtype is not None:
         config.dtype = dtype
     return config

@@ -116,6 +116,36 @@ class ShardWriter:
         return final
 
 
+def expected_tensors(config) -> tuple[dict[str, torch.Size], dict[str, str]]:
+    """(state-dict name -> shape, tied alias -> the name it shares storage with) of the model the
+    config describes, built on the meta device (no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    owners = {id(t): n for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    state = model.state_dict(keep_vars=True)  # the parameters themselves, so shared ones share an id
+    aliases = {n: owners[id(t)] for n, t in state.items() if owners.get(id(t), n) != n}
+    return {n: t.shape for n, t in state.items()}, aliases
+
+
+def check_tensors(found: dict[str, tuple[int, ...]], config, where: str) -> list[str]:
+    """Compare the tensors a source will write (name -> shape) with those of the model ``config``
+    describes; raise naming what is missing, unexpected or misshapen. Returns the tied aliases
+    present in ``found`` (not to be written)."""
+    expected, aliases = expected_tensors(config)
+    required = [n for n in expected if n not in aliases]
+    missing = [n for n in required if n not in found]
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{n}: {tuple(found[n])} stored, {tuple(expected[n])} in the config"
+             for n in required if n in found and tuple(found[n]) != tuple(expected[n])]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{where} does not match its config ({config.model_type}): missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, shapes {wrong[:5]}"
+                         + (f" ({len(missing)} missing in all)" if len(missing) > 5 else ""))
+    return sorted(set(found) & set(aliases))
+
+
 def copy_tokenizer_files(source_dir: str | Path, output_dir: str | Path) -> list[str]:
     """Copy the tokenizer files found in ``source_dir``; the names copied."""
     src, copied = Path(source_dir), []
