@@ -1,0 +1,12 @@
+"""``coh convert``: checkpoints in and out.
+
+- ``meta_llama``: Meta LLaMA ``consolidated.*.pth`` + ``params.json`` + ``tokenizer.model`` -> HF.
+- ``easylm``: EasyLM / original-CoH ``streaming_params`` msgpack streams (LLaMA, GPT-J) <-> HF.
+- ``lora``: a peft LoRA adapter merged into its base model.
+- ``sharded``: a ``torch.distributed.checkpoint`` training checkpoint -> consolidated HF safetensors.
+- ``reference``: plain-torch forward passes over the source layouts, so ``--check`` compares the
+  converted model against the source weights through code that shares nothing with the converter.
+
+Every writer streams tensors into size-capped safetensors shards (``safetensors_io``), so no
+conversion holds the whole model in memory.
+"""
