@@ -93,3 +93,6 @@ def test_fsdp_equals_one_process_and_resumes_from_shards(workspace, one_process)
     dcp_to_torch_save(workspace / "fsdp-resumed" / "checkpoint-4" / "model_sharded", run / "resumed.pt")
     resumed = torch.load(run / "resumed.pt", weights_only=True)
     assert_same_weights(gathered, resumed, atol=0.0)
+    # final/: consolidated HF safetensors exported from the shards, loadable by any HF tool
+    assert_same_weights(reference, weights(run / "final"), atol=1e-5)
+    assert json.loads((workspace / "fsdp-resumed" / "final" / "coh.json").read_text())["phrases"]

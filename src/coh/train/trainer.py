@@ -298,9 +298,15 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     accelerator.wait_for_everyone()
     if main:
         if is_sharded(model):  # consolidated from the shards on disk, never gathered in memory
+            import shutil
+
             from coh.convert.sharded import export_sharded_checkpoint
 
-            export_sharded_checkpoint(last_checkpoint, out_dir / "final")
+            tmp_final = out_dir / ".final.tmp"  # replaces the final/ of an earlier, shorter run only when whole
+            shutil.rmtree(tmp_final, ignore_errors=True)
+            export_sharded_checkpoint(last_checkpoint, tmp_final)
+            shutil.rmtree(out_dir / "final", ignore_errors=True)
+            tmp_final.rename(out_dir / "final")
         else:
             save_model_folder(out_dir / "final", accelerator.unwrap_model(model), tokenizer, coh_info)
         if cfg.lora_r and cfg.lora_merge:  # a plain HF model as well, for tools that do not read adapters
