@@ -1,0 +1,61 @@
+"""Confidence intervals for the numbers ``coh eval`` reports (all 95 %, two-sided, from scipy).
+
+- a proportion of independent yes/no outcomes (preference accuracy): the Wilson score interval;
+- a win rate with ties counted as half a win (pairwise, controllability): the percentile
+  bootstrap over prompts, seeded, so the same outcomes always give the same interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
+    """95 % Wilson score interval of ``successes / trials``; (nan, nan) without trials."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """Outcome of comparing A with B on the same prompts: ``rate`` = (wins + ties / 2) / n, with a
+    95 % percentile-bootstrap interval ``[low, high]`` over prompts."""
+
+    wins: int
+    ties: int
+    losses: int
+    rate: float
+    low: float
+    high: float
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.ties + self.losses
+
+
+def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], seed: int = 0) -> WinRate:
+    """How often A scores above B, prompt by prompt (equal scores are ties, worth half a win)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if len(scores_a) != len(scores_b):
+        raise ValueError(f"win rate needs one score of A and one of B per prompt, got {len(scores_a)} and {len(scores_b)}")
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    outcome = np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))
+    wins, ties = int((outcome == 1.0).sum()), int((outcome == 0.5).sum())
+    if len(outcome) == 0:
+        return WinRate(0, 0, 0, float("nan"), float("nan"), float("nan"))
+    rate = float(outcome.mean())
+    if len(outcome) == 1 or np.all(outcome == outcome[0]):  # no spread to resample: the interval is the point
+        return WinRate(wins, ties, len(outcome) - wins - ties, rate, rate, rate)
+    ci = bootstrap((outcome,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
+                   method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return WinRate(wins, ties, len(outcome) - wins - ties, rate, float(ci.low), float(ci.high))

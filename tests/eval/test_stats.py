@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from coh.eval.stats import wilson_interval, win_rate
+
+
+def textbook_wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize(("k", "n"), [(7, 10), (0, 16), (16, 16), (513, 1000)])
+def test_wilson_matches_the_textbook_formula(k, n):
+    assert wilson_interval(k, n) == pytest.approx(textbook_wilson(k, n), abs=1e-9)
+
+
+def test_wilson_without_trials_is_undefined():
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_win_rate_counts_ties_as_half():
+    w = win_rate([3, 1, 2, 5, 0], [1, 1, 4, 2, 0])  # win, tie, loss, win, tie
+    assert (w.wins, w.ties, w.losses, w.n) == (2, 2, 1, 5)
+    assert w.rate == pytest.approx(3 / 5)
+    assert w.low <= w.rate <= w.high
+
+
+def test_win_rate_interval_matches_a_naive_bootstrap():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.3, 1, 300), rng.normal(0, 1, 300)
+    w = win_rate(a, b, seed=5)
+    outcome = np.where(a > b, 1.0, 0.0)
+    means = [rng.choice(outcome, len(outcome)).mean() for _ in range(4000)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert w.rate == pytest.approx(outcome.mean())
+    assert w.low == pytest.approx(lo, abs=0.015) and w.high == pytest.approx(hi, abs=0.015)
+    assert win_rate(a, b, seed=5) == w  # seeded: the same interval every time
+
+
+def test_win_rate_degenerate_and_mismatched():
+    w = win_rate([1, 1, 1], [0, 0, 0])
+    assert (w.rate, w.low, w.high) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="one score of A and one of B"):
+        win_rate([1, 2], [1])
