@@ -87,6 +87,12 @@ def _judge_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-batch-size", type=int, default=8, help="replies per reward-model batch (default 8)")
 
 
+def _protocol(protos, name: str, **kwargs) -> argparse.ArgumentParser:
+    p = protos.add_parser(name, **kwargs)
+    p.set_defaults(eval_func=_run_feedback)
+    return p
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
     p = sub.add_parser("harness", help="lm-evaluation-harness, in process or against a server",
@@ -98,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fb = sub.add_parser("feedback", help="the paper's protocols: dialogue, summarization, controllability, pairwise",
                         description="The Chain-of-Hindsight paper's evaluations on a model in this process.")
     protos = fb.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    p = protos.add_parser("dialogue", help="hh-rlhf pairs: chosen-vs-rejected likelihood, 'This dialogue is good/bad'",
+    p = _protocol(protos, "dialogue", help="hh-rlhf pairs: chosen-vs-rejected likelihood, 'This dialogue is good/bad'",
                           description="On hh-rlhf pairs: how often the chosen reply gets a higher likelihood than "
                                       "the rejected one after the positive phrase (summed and per token), and the "
                                       "authors' protocol: log p(' good') - log p(' bad') after 'The following is a "
@@ -107,9 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "default: Anthropic/hh-rlhf test from the hub")
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per packed scoring row (default 8192)")
     _common(p)
-    p.set_defaults(eval_func=_run_feedback)
 
-    p = protos.add_parser("summarization", help="ROUGE-1/2/L of summaries generated after the positive phrase",
+    p = _protocol(protos, "summarization", help="ROUGE-1/2/L of summaries generated after the positive phrase",
                           description="Generate a summary of each summarize_from_feedback post after the positive "
                                       "phrase; ROUGE-1/2/L F1 against the post's preferred summaries.")
     _model_args(p, "summarize_from_feedback comparisons file (info.post, summaries, choice); default: "
@@ -120,9 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "'Write a summary of the following article: '); '' for none")
     _sampling_args(p, 64)
     _common(p)
-    p.set_defaults(eval_func=_run_feedback)
 
-    p = protos.add_parser("controllability", help="replies under the positive and the negative phrase, judged",
+    p = _protocol(protos, "controllability", help="replies under the positive and the negative phrase, judged",
                           description="Generate under the positive and under the negative phrase and score both "
                                       "with a judge; reports mean scores and the win rate of positive over negative.")
     _model_args(p, "prompts: a file of --kind's schema (default: Anthropic/hh-rlhf test from the hub)")
@@ -130,9 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _judge_arg(p)
     _sampling_args(p, 128)
     _common(p)
-    p.set_defaults(eval_func=_run_feedback)
 
-    p = protos.add_parser("pairwise", help="win rate of model A over model B under a judge",
+    p = _protocol(protos, "pairwise", help="win rate of model A over model B under a judge",
                           description="Win rate of A over B (ties count half) under a judge, with a 95% "
                                       "percentile-bootstrap interval. A and B are model folders (they generate "
                                       "after --feedback) or generations.jsonl files of earlier runs.")
@@ -146,7 +149,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _judge_arg(p)
     _sampling_args(p, 128)
     _common(p)
-    p.set_defaults(eval_func=_run_feedback)
 
     p = sub.add_parser("compare", help="runs side by side: markdown table and PNG",
                        description="Put several runs side by side: compare.md (metrics as rows, runs as columns, "
