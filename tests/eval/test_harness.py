@@ -70,41 +70,42 @@ def test_http_model_args_and_errors(tiny_llama_dir, tiny_bpe_dir, mc_task_dir):
 
 
 # -- parity with `coh serve` ---------------------------------------------------------------------------
-def _serve_app(model_dir: str):
-    """The ASGI app of ``coh serve MODEL_DIR`` (its factory, whichever name it has)."""
-    import coh.serve.app as app_module
-
-    for name in ("create_app", "build_app", "make_app"):
-        factory = getattr(app_module, name, None)
-        if factory is not None:
-            return factory(model_dir)
-    raise AttributeError("coh.serve.app has no create_app/build_app/make_app")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("coh.serve") is None,
-                    reason="coh.serve is not built yet (branch serve): the HTTP parity test runs once it lands")
-def test_http_and_in_process_paths_give_the_same_scores(tiny_llama_dir, mc_task_dir, tmp_path):
+@pytest.fixture
+def served(tiny_llama_dir, monkeypatch):
+    """``coh serve TINY_MODEL --port PORT`` run by the CLI in a background thread; yields the base URL.
+    uvicorn.run is wrapped so the test can stop the server it starts."""
     import uvicorn
+
+    from coh.cli import main
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_serve_app(str(tiny_llama_dir)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    servers: list = []
+    real_server = uvicorn.Server
+
+    def run(app, **kwargs):
+        servers.append(real_server(uvicorn.Config(app, **kwargs)))
+        servers[-1].run()
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    thread = threading.Thread(target=main, args=(["serve", str(tiny_llama_dir), "--port", str(port)],), daemon=True)
     thread.start()
-    try:
-        for _ in range(600):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started, "coh serve did not start"
-        common = {"tasks": (MC_TASK,), "include_path": str(mc_task_dir), "log_samples": True}
-        local, local_raw = run_harness(HarnessConfig(model=str(tiny_llama_dir), device="cpu", **common))
-        remote, remote_raw = run_harness(HarnessConfig(base_url=f"http://127.0.0.1:{port}/v1",
-                                                       tokenizer=str(tiny_llama_dir), **common))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-    assert remote.metrics == pytest.approx(local.metrics)
+    deadline = time.monotonic() + 120  # model load and start-up; not a timing assertion
+    while not (servers and servers[0].started) and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert servers and servers[0].started, "coh serve did not start"
+    yield f"http://127.0.0.1:{port}/v1"
+    servers[0].should_exit = True
+    thread.join(timeout=60)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("coh.serve") is None,
+                    reason="coh.serve is not built yet (branch serve): the HTTP parity test runs once it lands")
+def test_http_and_in_process_paths_give_the_same_scores(tiny_llama_dir, mc_task_dir, served):
+    common = {"tasks": (MC_TASK,), "include_path": str(mc_task_dir), "log_samples": True}
+    local, local_raw = run_harness(HarnessConfig(model=str(tiny_llama_dir), device="cpu", **common))
+    remote, remote_raw = run_harness(HarnessConfig(base_url=served, tokenizer=str(tiny_llama_dir), **common))
+    assert remote.settings["model_args"]["add_bos_token"] is True
     assert sample_logliks(remote_raw) == [pytest.approx(r, abs=1e-3) for r in sample_logliks(local_raw)]
+    assert remote.metrics == pytest.approx(local.metrics)
