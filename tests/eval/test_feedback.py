@@ -153,3 +153,17 @@ def test_read_examples_counts_and_errors():
     bad = FIXTURES / "bad" / "hh_bad_transcript.jsonl"
     with pytest.raises(DataError, match=r"hh_bad_transcript.jsonl, line 1, field 'chosen'"):
         fb.read_examples("dialogue", str(bad))
+
+
+def test_generations_files_round_trip_and_errors(tmp_path):
+    contexts = [(Turn("user", "hi"),), (Turn("system", "Be brief."), Turn("user", "Why?"))]
+    fb.write_generations(tmp_path / "g.jsonl", ["a", "b"], contexts, "good", ["hello", "Because."])
+    assert fb.read_generations(tmp_path / "g.jsonl") == {"a": (contexts[0], "hello"), "b": (contexts[1], "Because.")}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "context": [], "reply": "x"}\n{"id": "b", "context": [{"role": "bot", "text": "x"}], '
+                   '"reply": "y"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2, field 'context': expected a list"):
+        fb.read_generations(bad)
+    bad.write_text('{"id": "a", "context": [], "reply": "x"}\n{"id": "a", "context": [], "reply": "y"}\n')
+    with pytest.raises(DataError, match=r"line 2, field 'id': id 'a' appears twice"):
+        fb.read_generations(bad)

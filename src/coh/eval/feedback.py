@@ -234,28 +234,34 @@ def write_generations(path: Path, ids: Sequence[str], contexts: Sequence[Sequenc
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _generation_problem(row: object, seen: dict) -> tuple[str | None, str] | None:
+    """(field, problem) of a malformed generations row, or None."""
+    if not isinstance(row, dict):
+        return None, "expected a JSON object with id, context and reply"
+    if not isinstance(row.get("id"), str):
+        return "id", "expected a string"
+    if row["id"] in seen:
+        return "id", f"id {row['id']!r} appears twice"
+    if not isinstance(row.get("reply"), str):
+        return "reply", "expected a string"
+    turns = row.get("context")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("text"), str)
+                                              and t.get("role") in ("system", "user", "assistant") for t in turns):
+        return "context", 'expected a list of {"role": system|user|assistant, "text": ...} objects'
+    return None
+
+
 def read_generations(path: str | Path) -> dict[str, tuple[tuple[Turn, ...], str]]:
-    """``id -> (context, reply)`` from a generations file (see ``write_generations``)."""
+    """``id -> (context, reply)`` from a generations file (see ``write_generations``); a malformed
+    line stops with its file, line and field."""
     from coh.data.io import iter_json_lines
 
     out: dict[str, tuple[tuple[Turn, ...], str]] = {}
     for line, row in iter_json_lines(path):
-        def fail(field: str, problem: str, line: int = line) -> DataError:
-            return DataError(str(path), line, field, problem)
-
-        if not isinstance(row, dict):
-            raise fail("", "expected a JSON object with id, context and reply")
-        if not isinstance(row.get("id"), str):
-            raise fail("id", "expected a string")
-        if not isinstance(row.get("reply"), str):
-            raise fail("reply", "expected a string")
-        turns = row.get("context")
-        if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("text"), str)
-                                                  and t.get("role") in ("system", "user", "assistant") for t in turns):
-            raise fail("context", "expected a list of {\"role\": system|user|assistant, \"text\": ...} objects")
-        if row["id"] in out:
-            raise fail("id", f"id {row['id']!r} appears twice")
-        out[row["id"]] = (tuple(Turn(t["role"], t["text"]) for t in turns), row["reply"])
+        problem = _generation_problem(row, out)
+        if problem is not None:
+            raise DataError(str(path), line, *problem)
+        out[row["id"]] = (tuple(Turn(t["role"], t["text"]) for t in row["context"]), row["reply"])
     if not out:
         raise ValueError(f"{path}: no generations")
     return out
