@@ -4,8 +4,12 @@ in ``coh.json`` as ``coh train`` does, so tests see whether evaluation prompts t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,8 @@ MC_ROWS = [
     {"question": "Where do fish live?", "choices": ["in trees", "in deserts", "in water"], "label": 2},
 ]
 MC_TASK = "coh_tiny_mc"
+needs_serve = pytest.mark.skipif(importlib.util.find_spec("coh.serve") is None,
+                                 reason="coh.serve is not built yet (branch serve): HTTP tests run once it lands")
 SHORT_PROMPTS = ["Tell me something.", "Is it raining?", "Can you help me cook rice?", "What is a cat?",
                  "How do I fix a bike?", "Say hello.", "Where is Paris?", "Why do birds sing?"]
 
@@ -120,3 +126,42 @@ def mc_task_dir(tmp_path_factory) -> Path:
         "metadata:\n  version: 1.0\n"
     )
     return out
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """``serve(model_dir) -> base URL``: ``coh serve MODEL_DIR --port PORT`` run by the CLI in a
+    background thread. uvicorn.run is wrapped so that the test can stop the servers it starts."""
+    import uvicorn
+
+    from coh.cli import main
+
+    servers: list = []
+    threads: list[threading.Thread] = []
+    real_server = uvicorn.Server
+
+    def run(app, **kwargs):
+        servers.append(real_server(uvicorn.Config(app, **kwargs)))
+        servers[-1].run()
+
+    monkeypatch.setattr(uvicorn, "run", run)
+
+    def start(model_dir) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        started = len(servers)
+        thread = threading.Thread(target=main, args=(["serve", str(model_dir), "--port", str(port)],), daemon=True)
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 120  # model load and start-up; not a timing assertion
+        while not (len(servers) > started and servers[-1].started) and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(servers) > started and servers[-1].started, f"coh serve {model_dir} did not start"
+        return f"http://127.0.0.1:{port}/v1"
+
+    yield start
+    for server in servers:
+        server.should_exit = True
+    for thread in threads:
+        thread.join(timeout=60)

@@ -15,7 +15,7 @@ from coh.data.render import prompt_record
 from coh.eval import feedback as fb
 from coh.eval.judges import FunctionJudge
 from tests.conftest import BUILTIN_HH, FIXTURES, HH_SAMPLE
-from tests.eval.conftest import TRAINED_PHRASES, short_examples
+from tests.eval.conftest import TRAINED_PHRASES, needs_serve, short_examples
 
 HH = HH_SAMPLE if HH_SAMPLE.exists() else BUILTIN_HH
 
@@ -167,3 +167,17 @@ def test_generations_files_round_trip_and_errors(tmp_path):
     bad.write_text('{"id": "a", "context": [], "reply": "x"}\n{"id": "a", "context": [], "reply": "y"}\n')
     with pytest.raises(DataError, match=r"line 2, field 'id': id 'a' appears twice"):
         fb.read_generations(bad)
+
+
+@needs_serve
+def test_pairwise_with_a_server_side_follows_the_feedback_field(yes_no_dir, serve, tmp_path):
+    url = serve(yes_no_dir)
+    examples = short_examples()
+    contexts = [ex.context for ex in examples]
+    assert fb.generate_http(url, contexts, "bad", fb.Sampling(max_new_tokens=4)) == ["no"] * len(examples)
+    judge = FunctionJudge(lambda prompt, reply: float(reply == "yes"), "yes")
+    a, b = fb.Side.open(url), fb.Side.open(str(yes_no_dir))
+    metrics, _, counts = fb.eval_pairwise(a, b, judge, examples, fb.Sampling(max_new_tokens=4), output_dir=tmp_path)
+    assert counts == {"prompts": 8, "missing": 0, "wins": 0, "ties": 8, "losses": 0}  # "yes" on both sides
+    assert metrics["win_rate_a_over_b"] == 0.5
+    assert fb.read_generations(tmp_path / "generations_a.jsonl") == fb.read_generations(tmp_path / "generations_b.jsonl")

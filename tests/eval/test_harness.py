@@ -3,16 +3,11 @@ hand-computed reference, and the parity of the in-process and the HTTP (``coh se
 
 from __future__ import annotations
 
-import importlib.util
-import socket
-import threading
-import time
-
 import pytest
 import torch
 
 from coh.eval.harness import HarnessConfig, completions_url, lm_eval_model, run_harness
-from tests.eval.conftest import MC_ROWS, MC_TASK
+from tests.eval.conftest import MC_ROWS, MC_TASK, needs_serve
 
 
 def reference_logliks(model_dir) -> list[list[float]]:
@@ -70,42 +65,12 @@ def test_http_model_args_and_errors(tiny_llama_dir, tiny_bpe_dir, mc_task_dir):
 
 
 # -- parity with `coh serve` ---------------------------------------------------------------------------
-@pytest.fixture
-def served(tiny_llama_dir, monkeypatch):
-    """``coh serve TINY_MODEL --port PORT`` run by the CLI in a background thread; yields the base URL.
-    uvicorn.run is wrapped so the test can stop the server it starts."""
-    import uvicorn
-
-    from coh.cli import main
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    servers: list = []
-    real_server = uvicorn.Server
-
-    def run(app, **kwargs):
-        servers.append(real_server(uvicorn.Config(app, **kwargs)))
-        servers[-1].run()
-
-    monkeypatch.setattr(uvicorn, "run", run)
-    thread = threading.Thread(target=main, args=(["serve", str(tiny_llama_dir), "--port", str(port)],), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120  # model load and start-up; not a timing assertion
-    while not (servers and servers[0].started) and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert servers and servers[0].started, "coh serve did not start"
-    yield f"http://127.0.0.1:{port}/v1"
-    servers[0].should_exit = True
-    thread.join(timeout=60)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("coh.serve") is None,
-                    reason="coh.serve is not built yet (branch serve): the HTTP parity test runs once it lands")
-def test_http_and_in_process_paths_give_the_same_scores(tiny_llama_dir, mc_task_dir, served):
+@needs_serve
+def test_http_and_in_process_paths_give_the_same_scores(tiny_llama_dir, mc_task_dir, serve):
     common = {"tasks": (MC_TASK,), "include_path": str(mc_task_dir), "log_samples": True}
     local, local_raw = run_harness(HarnessConfig(model=str(tiny_llama_dir), device="cpu", **common))
-    remote, remote_raw = run_harness(HarnessConfig(base_url=served, tokenizer=str(tiny_llama_dir), **common))
+    remote, remote_raw = run_harness(HarnessConfig(base_url=serve(tiny_llama_dir), tokenizer=str(tiny_llama_dir),
+                                                   **common))
     assert remote.settings["model_args"]["add_bos_token"] is True
     assert sample_logliks(remote_raw) == [pytest.approx(r, abs=1e-4) for r in sample_logliks(local_raw)]
     assert remote.metrics == pytest.approx(local.metrics)

@@ -137,10 +137,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = _protocol(protos, "pairwise", help="win rate of model A over model B under a judge",
                           description="Win rate of A over B (ties count half) under a judge, with a 95% "
-                                      "percentile-bootstrap interval. A and B are model folders (they generate "
-                                      "after --feedback) or generations.jsonl files of earlier runs.")
-    p.add_argument("--a", required=True, help="model folder or generations file (id, context, reply per line)")
-    p.add_argument("--b", required=True, help="model folder or generations file")
+                                      "percentile-bootstrap interval. A and B are model folders or OpenAI-compatible "
+                                      "servers (they generate after --feedback), or generations.jsonl files of "
+                                      "earlier runs.")
+    p.add_argument("--a", required=True, help="model folder, server (http://HOST:PORT/v1) or generations file "
+                                              "(id, context, reply per line)")
+    p.add_argument("--b", required=True, help="model folder, server or generations file")
+    p.add_argument("--api-key", help="bearer token for server sides")
     p.add_argument("--data", help="prompts: a file of --kind's schema (default: the prompts of a generations "
                                   "file, else Anthropic/hh-rlhf test from the hub)")
     p.add_argument("--limit", type=int, help="at most this many prompts")
@@ -204,13 +207,14 @@ def _run_feedback(args: argparse.Namespace) -> int:
     judge = None
     if hasattr(args, "judge"):
         judge = load_judge(args.judge, args.device, args.judge_batch_size, progress)
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "eval_func", "command", "eval_command", "no_progress")}
+    hidden = ("func", "eval_func", "command", "eval_command", "no_progress", "api_key")
+    settings = {k: v for k, v in vars(args).items() if k not in hidden}
     if args.protocol == "pairwise":
         a, b = fb.Side.open(args.a), fb.Side.open(args.b)
         need_prompts = args.data or (a.replies is None and b.replies is None)
         examples, counts = fb.read_examples(kind, args.data, args.limit) if need_prompts else (None, {})
         metrics, ci95, more = fb.eval_pairwise(a, b, judge, examples, sampling, args.feedback, args.device, out,
-                                               progress, args.limit)
+                                               progress, args.limit, args.api_key)
         result = EvalResult("pairwise", f"{args.a} vs {args.b}", args.data, metrics, ci95, {**counts, **more}, settings)
         return _finish(result, out)
     examples, counts = fb.read_examples(kind, args.data, args.limit)

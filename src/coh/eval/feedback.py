@@ -401,12 +401,40 @@ def eval_controllability(lm: LoadedModel, examples: Sequence[FeedbackExample], j
     return metrics, ci95, counts
 
 
+def generate_http(base_url: str, contexts: Sequence[Sequence[Turn]], feedback: str, sampling: Sampling,
+                  api_key: str | None = None, progress: bool = False, desc: str = "generate") -> list[str]:
+    """Replies from an OpenAI-compatible server's chat completions, one request per conversation,
+    with ``feedback`` in the body (``coh serve`` conditions the reply on that phrase; servers that do
+    not know the field, such as vLLM, ignore it). The model is the server's first ``/v1/models``."""
+    from openai import OpenAI, OpenAIError
+    from tqdm import tqdm
+
+    client = OpenAI(base_url=base_url, api_key=api_key or "none")
+    try:
+        model = client.models.list().data[0].id
+        out = []
+        for turns in tqdm(contexts, desc=desc, unit=" prompts", disable=not progress):
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": t.role, "content": t.text} for t in turns],
+                max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                seed=sampling.seed, extra_body={"feedback": feedback})
+            out.append((reply.choices[0].message.content or "").strip())
+    except OpenAIError as e:
+        raise ValueError(f"{base_url}: {type(e).__name__}: {e}") from None
+    return out
+
+
 @dataclass
 class Side:
-    """One side of a pairwise comparison: a model folder to generate with, or a generations file."""
+    """One side of a pairwise comparison: a model folder to generate with here, an
+    OpenAI-compatible server (``http://HOST:PORT/v1``) to ask, or a generations file."""
 
     source: str
     replies: dict[str, tuple[tuple[Turn, ...], str]] | None = None  # from a file: id -> (context, reply)
+
+    @property
+    def is_server(self) -> bool:
+        return self.source.startswith(("http://", "https://"))
 
     @staticmethod
     def open(source: str) -> Side:
@@ -415,14 +443,22 @@ class Side:
             return Side(source, read_generations(path))
         return Side(source)
 
+    def generate(self, contexts: Sequence[Sequence[Turn]], feedback: str, sampling: Sampling, device: str | None,
+                 api_key: str | None, progress: bool, desc: str) -> list[str]:
+        if self.is_server:
+            return generate_http(self.source, contexts, feedback, sampling, api_key, progress, desc)
+        lm = load_model(self.source, device)
+        return generate(lm, prompt_ids(lm, contexts, feedback), sampling, progress, desc)
+
 
 def eval_pairwise(a: Side, b: Side, judge: Judge, examples: Sequence[FeedbackExample] | None, sampling: Sampling,
                   feedback: str = "good", device: str | None = None, output_dir: Path | None = None,
-                  progress: bool = False, limit: int | None = None) -> tuple[dict, dict, dict]:
+                  progress: bool = False, limit: int | None = None, api_key: str | None = None
+                  ) -> tuple[dict, dict, dict]:
     """Win rate of A over B under ``judge`` on the same prompts, 95 % bootstrap interval. Prompts:
-    ``examples`` when given, else the first ``limit`` of a generations file (A's first). Model sides generate
-    after ``feedback``; file sides must hold a reply for every prompt id (missing ones are counted
-    and left out)."""
+    ``examples`` when given, else the first ``limit`` of a generations file (A's first). Model and
+    server sides generate after ``feedback`` (``api_key`` for servers); prompts without a reply on
+    both sides are counted as missing and left out."""
     if examples is not None:
         prompts = {ex.id: ex.context for ex in unique_contexts(examples)}
     else:
@@ -435,14 +471,12 @@ def eval_pairwise(a: Side, b: Side, judge: Judge, examples: Sequence[FeedbackExa
         if side.replies is not None:
             replies.append({i: r for i, (_, r) in side.replies.items()})
             continue
-        lm = load_model(side.source, device)
         ids = list(prompts)
-        texts = generate(lm, prompt_ids(lm, [prompts[i] for i in ids], feedback), sampling, progress,
-                         f"generate ({tag})")
+        texts = side.generate([prompts[i] for i in ids], feedback, sampling, device, api_key, progress,
+                              f"generate ({tag})")
         replies.append(dict(zip(ids, texts)))
         if output_dir is not None:
             write_generations(output_dir / f"generations_{tag}.jsonl", ids, [prompts[i] for i in ids], feedback, texts)
-        del lm
     shared = [i for i in prompts if i in replies[0] and i in replies[1]]
     if not shared:
         raise ValueError("pairwise: A and B have no prompt id in common")
