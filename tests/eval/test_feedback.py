@@ -143,6 +143,8 @@ def test_summarization_prompt_references_and_rouge(tiny_llama_dir, monkeypatch):
     assert metrics["rouge1"] == pytest.approx(0.5) and metrics["rougeL"] == pytest.approx(0.5)
     fb.eval_summarization(lm, examples, fb.Sampling(), feedback="a good summary is:", task_phrase="")
     assert seen["prompts"][0] == "User: My cat knocks cups off the table every morning. a good summary is:"
+    fb.eval_summarization(lm, examples, fb.Sampling(), feedback="none", task_phrase="")
+    assert seen["prompts"][0] == "User: My cat knocks cups off the table every morning."
 
 
 def test_read_examples_counts_and_errors():

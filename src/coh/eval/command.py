@@ -120,7 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _model_args(p, "summarize_from_feedback comparisons file (info.post, summaries, choice); default: "
                    "openai/summarize_from_feedback validation from the hub")
     p.add_argument("--feedback", default="good",
-                   help="phrase the summary follows: good (default), bad, or literal text such as 'a good summary is:'")
+                   help="phrase the summary follows: good (default), bad, none (an sft-mode model), or literal "
+                        "text such as 'a good summary is:'")
     p.add_argument("--task-phrase", help="instruction before the post (default: the first training task phrase, "
                                          "'Write a summary of the following article: '); '' for none")
     _sampling_args(p, 64)
@@ -148,7 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                   "file, else Anthropic/hh-rlhf test from the hub)")
     p.add_argument("--limit", type=int, help="at most this many prompts")
     _kind_arg(p, "dialogue")
-    p.add_argument("--feedback", default="good", help="phrase model sides generate after (default good)")
+    p.add_argument("--feedback", default="good",
+                   help="phrase model and server sides generate after: good (default), bad, none, or literal text")
     _judge_arg(p)
     _sampling_args(p, 128)
     _common(p)

@@ -175,11 +175,13 @@ class Sampling:
 
 def prompt_ids(lm: LoadedModel, contexts: Sequence[Sequence[Turn]], feedback: str) -> list[list[int]]:
     """Token ids of the inference prompt of each context, ending with the ``feedback`` phrase
-    (``good``, ``bad`` or literal text), exactly as training rendered context."""
+    (``good``, ``bad``, literal text, or ``none`` for no phrase: an ``sft``-mode model), exactly as
+    training rendered context."""
     from coh.data.render import prompt_record
 
-    rtok = lm.record_tokenizer
-    return [t.input_ids for t in rtok.batch([prompt_record(tuple(c), lm.phrases, feedback) for c in contexts])]
+    phrase = None if feedback == "none" else feedback
+    records = [prompt_record(tuple(c), lm.phrases, phrase) for c in contexts]
+    return [t.input_ids for t in lm.record_tokenizer.batch(records)]
 
 
 def generate(lm: LoadedModel, prompts: Sequence[list[int]], sampling: Sampling, progress: bool = False,
