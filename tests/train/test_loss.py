@@ -88,3 +88,38 @@ def test_flex_attention_block_mask_matches_the_dense_mask():
         with torch.no_grad():
             losses.append(target_loss(model, batch, mask).loss_sum.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gptj])
+@pytest.mark.parametrize("chunk", [1, 7, 10**6])
+def test_chunked_loss_equals_whole_loss_with_bounded_logits(make, chunk):
+    """Chunked vocabulary projection: the same loss, per-record losses, hits and gradients as the
+    whole projection, while the output layer never sees more than ``chunk`` positions at once."""
+    model = make(300).train()
+    batch = collate_packed(random_records(300, 6, seed=3))
+    whole = target_loss(model, batch)
+    whole.loss_sum.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    rows_seen = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda mod, args, out: rows_seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    chunked = target_loss(model, batch, chunk=chunk)
+    chunked.loss_sum.backward()
+    hook.remove()
+    assert model.get_output_embeddings() is head  # the swap is undone
+    assert chunked.loss_sum.item() == pytest.approx(whole.loss_sum.item(), rel=1e-6)
+    assert torch.allclose(chunked.per_record, whole.per_record, atol=1e-4)
+    assert (chunked.targets, chunked.correct) == (whole.targets, whole.correct)
+    assert max(rows_seen) <= chunk and sum(rows_seen) >= whole.targets
+    for p, g in zip(model.parameters(), grads):
+        assert torch.allclose(p.grad, g, atol=1e-5)
+
+
+def test_models_that_transform_logits_are_not_chunked():
+    from coh.train.loss import chunkable
+
+    model = tiny_llama(50)
+    assert chunkable(model)
+    model.config.final_logit_softcapping = 30.0
+    assert not chunkable(model)

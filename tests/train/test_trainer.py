@@ -13,43 +13,14 @@ from coh.cli import main
 from coh.data.build import BuildConfig, SourceSpec, build
 from coh.data.records import FeedbackRecord, Segment
 from coh.data.render import RenderSpec
-from coh.tiny import make_tiny_model, train_tiny_tokenizer
 from coh.train.config import TrainConfig
 from coh.train.data import for_mode
 from coh.train.packing import collate_packed
 from coh.train.trainer import TrainingError, accumulate_gradients, preference_pairs, train
 
-from ..conftest import hh_rows
+from .conftest import config, weights
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A tiny LLaMA and GPT-J with an offline tokenizer, CoH records and a pretraining text file."""
-    root = tmp_path_factory.mktemp("train")
-    rows = hh_rows(120)
-    tok = train_tiny_tokenizer([r["chosen"] for r in rows], 400, "llama")
-    make_tiny_model(root / "llama", tok, "llama", hidden=32, layers=2, heads=2)
-    make_tiny_model(root / "gptj", tok, "gptj", hidden=32, layers=2, heads=2)
-    raw = root / "hh.jsonl"
-    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    build(BuildConfig([SourceSpec.parse(f"dialogue:{raw}")], str(root / "data"), eval_fraction=0.2, skip_invalid=True,
-                      render=RenderSpec(feedback=("pn", "np")), progress=False))
-    (root / "pretrain.txt").write_text("\n".join(r["rejected"].replace("\n", " ") for r in rows[:60]))
-    return root
-
-
-def config(ws: Path, out: str, **kw) -> TrainConfig:
-    base = dict(model=str(ws / "llama"), train_data=str(ws / "data"), output_dir=str(ws / out), max_length=512,
-                overlong="skip", micro_batch_tokens=1024, lr=3e-3, warmup_steps=1, max_steps=4, eval_every=2,
-                save_every=2, log_every=1, report_to=["none"], eval_records=20)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "model.safetensors")
 
 
 def test_resume_after_a_kill_gives_identical_weights(workspace, capsys):
@@ -202,3 +173,38 @@ def test_shipped_recipes_load():
     for recipe in sorted((repo / "configs" / "train").glob("*.yaml")):
         cfg = TrainConfig.load(recipe, ["max_steps=1"])
         assert cfg.model and cfg.train_data, recipe
+
+
+def test_lora_trains_adapters_only_resumes_exactly_and_merges(workspace):
+    """LoRA through peft: checkpoints hold the adapter alone; a killed and resumed run ends with
+    the adapter of a straight run; the merged model computes what base + adapter computes."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    kw = dict(lora_r=4, lora_alpha=8, lr=1e-2, max_steps=4, save_every=2, fcm_max_ratio=0.1)
+    train(config(workspace, "lora", **kw))
+    with pytest.raises(RuntimeError, match="stopped after step 2"):
+        train(config(workspace, "lora-resumed", **kw), _stop_after=2)
+    train(config(workspace, "lora-resumed", **kw))
+    final = workspace / "lora" / "final"
+    assert (final / "adapter_model.safetensors").exists() and not (final / "model.safetensors").exists()
+    assert not (workspace / "lora" / "checkpoint-4" / "model.safetensors").exists()
+    a = load_file(final / "adapter_model.safetensors")
+    b = load_file(workspace / "lora-resumed" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any("lora_B" in k and a[k].abs().sum() > 0 for k in a)  # the adapters moved off their zero init
+
+    base = AutoModelForCausalLM.from_pretrained(workspace / "llama")
+    with_adapter = PeftModel.from_pretrained(base, final).eval()
+    merged = AutoModelForCausalLM.from_pretrained(workspace / "lora" / "final-merged").eval()
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
+    untouched = AutoModelForCausalLM.from_pretrained(workspace / "llama")
+    assert not torch.equal(merged.lm_head.weight, untouched.lm_head.weight) or any(
+        not torch.equal(p, q) for p, q in zip(merged.parameters(), untouched.parameters()))
+
+
+def test_lora_with_unknown_target_modules_is_refused(workspace):
+    with pytest.raises(TrainingError, match="cannot add LoRA adapters"):
+        train(config(workspace, "lora-bad", lora_r=4, lora_target_modules="no_such_proj"))

@@ -2,8 +2,9 @@
 
 ``checkpoint-<step>/`` holds the model (safetensors), the tokenizer (with its chat template),
 ``coh.json`` (the resolved training config and the phrases the model was trained with, which
-``coh serve`` reads), ``trainer_state.pt`` (optimizer, scheduler, RNG) and ``coh_state.json``
-(step, data position, pretraining-stream position). It is written under a temporary name and
+``coh serve`` reads), ``trainer_state.pt`` (optimizer, scheduler), ``rng-<rank>.pt`` (each
+process's RNG) and ``coh_state.json`` (step, data position, pretraining-stream position). Under
+FSDP the model and optimizer are DCP shards instead (see ``coh.train.distributed``). It is written under a temporary name and
 renamed into place after a ``COMPLETE`` marker, so a run killed mid-save leaves no checkpoint
 that looks whole; resume takes the newest complete one.
 """
@@ -36,36 +37,69 @@ def save_model_folder(folder: Path, model, tokenizer, coh_info: dict) -> None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, state: dict,
-                    coh_info: dict, keep_last: int) -> Path:
-    """Write ``checkpoint-<step>`` atomically and keep only the newest ``keep_last`` complete ones."""
+                    coh_info: dict, keep_last: int, accelerator) -> Path:
+    """Write ``checkpoint-<step>`` atomically and keep only the newest ``keep_last`` complete ones.
+    Called by every process: under FSDP each writes its shards (``model_sharded/``,
+    ``optim_sharded/``); otherwise the main process writes the model as safetensors. Each process
+    writes its own RNG state (``rng-<rank>.pt``)."""
+    from coh.train.distributed import is_sharded, save_sharded
+
     root = Path(output_dir)
     final = root / f"checkpoint-{step}"
     tmp = root / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model_folder(tmp, model, tokenizer, coh_info)
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    sharded = is_sharded(model)
+    if sharded:
+        save_sharded(tmp, model, optimizer)
     rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-               tmp / "trainer_state.pt")
-    (tmp / "coh_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    (tmp / COMPLETE).write_text("")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    torch.save(rng, tmp / f"rng-{accelerator.process_index}.pt")
+    if main:
+        if sharded:
+            model.config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "coh.json").write_text(json.dumps(coh_info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            torch.save({"scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
+        else:
+            save_model_folder(tmp, accelerator.unwrap_model(model), tokenizer, coh_info)
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
+        (tmp / "coh_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    accelerator.wait_for_everyone()  # every shard and RNG file is on disk before the marker
+    if main:
+        (tmp / COMPLETE).write_text("")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return final
 
 
-def load_trainer_state(checkpoint: Path, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and RNG from a checkpoint; return its ``coh_state.json``."""
+def load_trainer_state(checkpoint: Path, model, optimizer, scheduler, process_index: int) -> dict:
+    """Restore optimizer (and under FSDP the model shards), scheduler and this process's RNG from a
+    checkpoint; return its ``coh_state.json``. Without FSDP the model itself was loaded from the
+    checkpoint folder beforehand."""
+    from coh.train.distributed import is_sharded, load_sharded
+
     saved = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
+    if is_sharded(model):
+        load_sharded(checkpoint, model, optimizer)
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    random.setstate(saved["rng"]["python"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    if "cuda" in saved["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    rng_file = checkpoint / f"rng-{process_index}.pt"
+    if not rng_file.exists():
+        raise FileNotFoundError(f"{rng_file}: missing; was this checkpoint written with a different number of "
+                                "processes? Resume with the same process count")
+    rng = torch.load(rng_file, map_location="cpu", weights_only=False)
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((checkpoint / "coh_state.json").read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ PRETRAIN_MODES = ("step", "ratio")
 NORMALIZATIONS = ("step_tokens", "row")
 DTYPES = ("float32", "bfloat16")
 ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -35,6 +36,13 @@ class TrainConfig:
     dtype: str = "float32"
     attention: str = "sdpa"
     gradient_checkpointing: bool = False
+    distributed: str = "ddp"  # several processes (torchrun / accelerate launch): ddp, or fsdp (FSDP2 shards)
+    # LoRA through peft (lora_r > 0): only the adapters train; checkpoints hold the adapter alone
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"  # peft's shorthand, or a comma list such as q_proj,v_proj
+    lora_merge: bool = True  # also write final-merged/: the adapter merged into the base, a plain HF model
     # data
     train_data: str = ""  # records file (ours or the original's fields format) or a `coh data build` folder
     eval_data: str | None = None
@@ -45,6 +53,7 @@ class TrainConfig:
     micro_batch_tokens: int = 4096
     # objective
     normalization: str = "step_tokens"
+    loss_chunk: int | None = 1024  # target positions per slice of the vocabulary projection (None: all at once)
     fcm_min_ratio: float = 0.0
     fcm_max_ratio: float = 0.0
     pretrain_data: str | None = None  # "c4", a hub id, or local text / jsonl files
@@ -80,7 +89,8 @@ class TrainConfig:
     def check(self) -> None:
         """Refuse incompatible or impossible settings before any compute is spent."""
         choices = {"mode": MODES, "pretrain_mode": PRETRAIN_MODES, "normalization": NORMALIZATIONS,
-                   "dtype": DTYPES, "attention": ATTENTION, "overlong": ("error", "split", "skip")}
+                   "dtype": DTYPES, "attention": ATTENTION,
+                   "distributed": DISTRIBUTED, "overlong": ("error", "split", "skip")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -93,6 +103,12 @@ class TrainConfig:
         if self.fcm_max_ratio > 0 and self.attention == "flash_attention_2":
             raise ValueError("FCM needs an arbitrary attention mask: use attention sdpa, eager or flex_attention, "
                              "not flash_attention_2")
+        if self.loss_chunk is not None and self.loss_chunk < 1:
+            raise ValueError(f"loss_chunk must be positive or null, got {self.loss_chunk}")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be 0 (off) or positive, got {self.lora_r}")
+        if self.lora_r and self.distributed == "fsdp":
+            raise ValueError("LoRA with distributed=fsdp is not supported: use distributed=ddp (adapters are small)")
         if self.pretrain_mode == "ratio" and not 0 < self.pretrain_ratio < 1:
             raise ValueError(f"pretrain_ratio must be in (0, 1), got {self.pretrain_ratio}")
         for name in ("gradient_accumulation_steps", "max_length", "eval_every", "save_every", "log_every"):

@@ -6,14 +6,26 @@ micro-batches of the step, all processes), so the update does not depend on grad
 accumulation or the number of GPUs. Logits are computed only at the positions that predict a
 target (transformers' ``logits_to_keep`` with a boolean mask): prompts and feedback phrases cost
 no vocabulary projection. Softmax math is fp32 whatever the model's dtype.
+
+With ``chunk`` (positions), the output layer is swapped for ``TargetHead`` during the forward:
+it computes logits and losses ``chunk`` target positions at a time and recomputes each chunk's
+logits in backward, so at most ``chunk x vocab`` logits exist at once (a 150k vocabulary and 8k
+targets would otherwise hold several GB of fp32 logits). The swap happens inside the model's own
+forward, so DDP's and FSDP's hooks run as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# Config attributes of models that transform logits after the output layer (Gemma's softcapping,
+# Cohere's and Granite's scaling): their losses must see real logits, so they are not chunked.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 @dataclass
@@ -35,29 +47,87 @@ def predicting_positions(target_mask: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attention_mask: object = None
-                ) -> TargetLoss:
+def _nll_and_hits(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(n, 2): the NLL of each target (fp32) and whether the argmax hit it, from hidden states (n, H)."""
+    logits = head(hidden).float()
+    nll = F.cross_entropy(logits, targets, reduction="none")
+    return torch.stack([nll, (logits.detach().argmax(-1) == targets).float()], -1)
+
+
+class TargetHead(torch.nn.Module):
+    """Stands in for the output layer during one forward: maps the hidden states of the predicting
+    positions (…, n, H) to (1, n, 2) = [NLL, argmax hit] per target, ``chunk`` positions at a time,
+    each chunk's logits recomputed in backward (activation checkpointing) instead of kept."""
+
+    def __init__(self, head: torch.nn.Module, targets: torch.Tensor, chunk: int):
+        super().__init__()
+        self.head, self.targets, self.chunk = head, targets, chunk
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        if hidden.shape[0] <= self.chunk:  # one chunk: nothing to save by recomputing
+            return _nll_and_hits(self.head, hidden, self.targets)[None]
+        parts = [checkpoint(_nll_and_hits, self.head, hidden[i : i + self.chunk], self.targets[i : i + self.chunk],
+                            use_reentrant=False) for i in range(0, hidden.shape[0], self.chunk)]
+        return torch.cat(parts)[None]
+
+
+@contextlib.contextmanager
+def _output_layer(model: torch.nn.Module, replacement: torch.nn.Module | None):
+    """Swap the (unwrapped) model's output layer for ``replacement`` for the duration."""
+    inner = getattr(model, "module", model)  # DDP keeps the model in .module
+    if replacement is None:
+        yield
+        return
+    original = inner.get_output_embeddings()
+    inner.set_output_embeddings(replacement)
+    try:
+        yield
+    finally:
+        inner.set_output_embeddings(original)
+
+
+def chunkable(model: torch.nn.Module) -> bool:
+    """Whether the model's loss may be chunked: its logits are the output layer's, untransformed."""
+    config = getattr(model, "module", model).config
+    return not any(getattr(config, name, None) for name in LOGIT_TRANSFORMS)
+
+
+def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attention_mask: object = None,
+                chunk: int | None = None) -> TargetLoss:
     """Loss of one packed micro-batch (see ``coh.train.packing.collate_packed``).
 
     ``attention_mask``: None (record boundaries come from ``position_ids``) or a prepared 4D mask
-    / flex ``BlockMask`` (random past-token masking composed with the boundaries).
+    / flex ``BlockMask`` (random past-token masking composed with the boundaries). ``chunk``:
+    target positions per slice of the vocabulary projection (None: all at once); ignored for
+    models that transform logits after the output layer (see ``chunkable``).
     """
     target_mask = batch["target_mask"]
     record_of_token = torch.cumsum((batch["position_ids"][0] == 0).long(), 0) - 1
     per_record = torch.zeros(int(record_of_token[-1]) + 1, dtype=torch.float64)
     targets = batch["input_ids"][target_mask]
     if targets.numel() == 0:
-        zero = next(model.parameters()).sum() * 0.0  # keeps every parameter in the graph (DDP / FSDP)
-        return TargetLoss(zero.float(), 0, 0, per_record)
-    out = model(
-        input_ids=batch["input_ids"],
-        position_ids=batch["position_ids"],
-        attention_mask=attention_mask,
-        logits_to_keep=predicting_positions(target_mask),
-        use_cache=False,
-    )
-    logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
-    nll = F.cross_entropy(logits, targets, reduction="none")
-    correct = int((logits.detach().argmax(-1) == targets).sum())
+        # A real forward with a zero loss: every process of a DDP / FSDP step runs the same
+        # collectives, and every parameter takes part in the graph.
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=1, use_cache=False)
+        return TargetLoss(out.logits.float().sum() * 0.0, 0, 0, per_record)
+    head = None
+    if chunk is not None and chunkable(model):
+        head = TargetHead(getattr(model, "module", model).get_output_embeddings(), targets, chunk)
+    with _output_layer(model, head):
+        out = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=attention_mask,
+            logits_to_keep=predicting_positions(target_mask),
+            use_cache=False,
+        )
+    if head is not None:  # the "logits" are already [NLL, hit] per target
+        per_target = out.logits.reshape(-1, 2)
+        nll, correct = per_target[:, 0], int(per_target[:, 1].detach().sum())
+    else:
+        logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
+        nll = F.cross_entropy(logits, targets, reduction="none")
+        correct = int((logits.detach().argmax(-1) == targets).sum())
     per_record.index_add_(0, record_of_token[target_mask[0]].cpu(), nll.detach().double().cpu())
     return TargetLoss(nll.sum(), int(targets.numel()), correct, per_record)

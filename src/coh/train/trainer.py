@@ -14,7 +14,6 @@ an uninterrupted run does.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections import defaultdict
@@ -36,6 +35,7 @@ from coh.train.data import (
     records_file,
     tokenize_set,
 )
+from coh.train.distributed import clip_grad_norm, gradient_sync, is_sharded, shard_model
 from coh.train.loss import target_loss
 from coh.train.masks import fcm_attention_mask
 from coh.train.packing import collate_packed, pack_documents
@@ -69,6 +69,22 @@ def load_model(name: str, cfg: TrainConfig):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model
+
+
+def add_lora(model, cfg: TrainConfig, adapter: Path | None = None):
+    """Wrap ``model`` with peft LoRA adapters: fresh ones as configured, or the trained ones of a
+    checkpoint (``adapter``) when resuming. Only the adapters require gradients."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    targets = cfg.lora_target_modules
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")])
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # e.g. target modules that the model does not have
+        raise TrainingError(f"cannot add LoRA adapters ({targets}): {e}") from None
 
 
 def check_position_resets(model) -> None:
@@ -152,7 +168,11 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     if eval_path is None and Path(cfg.train_data).is_dir() and (Path(cfg.train_data) / "eval.jsonl").exists():
         eval_path = Path(cfg.train_data) / "eval.jsonl"
     set_seed(cfg.seed)
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
+    fsdp = cfg.distributed == "fsdp"
+    # cpu=True on machines without CUDA: accelerate then runs several processes over gloo (MULTI_CPU).
+    # Under FSDP, bf16 is FSDP's own mixed precision (see coh.train.distributed), not autocast.
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" and not fsdp else "no",
+                              cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     if cfg.attention == "flex_attention" and accelerator.device.type == "cpu":
         raise TrainingError("attention flex_attention trains on GPUs only (torch has no CPU backward for it): "
@@ -170,8 +190,15 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
 
     checkpoints = complete_checkpoints(out_dir) if cfg.resume else []
     resume_from = checkpoints[-1] if checkpoints else None
-    model = load_model(str(resume_from) if resume_from else cfg.model, cfg)
+    # Under FSDP a checkpoint holds shards, with LoRA only the adapter: load the base model, then
+    # read the shards into it or put the adapter on it.
+    from_checkpoint = resume_from is not None and not fsdp and not cfg.lora_r
+    model = load_model(str(resume_from) if from_checkpoint else cfg.model, cfg)
     check_position_resets(model)
+    if cfg.lora_r:
+        model = add_lora(model, cfg, resume_from)
+    if fsdp:
+        model = shard_model(model, accelerator.device, accelerator.num_processes, cfg.dtype == "bfloat16")
     pretrain, pretrain_eval = _pretrain_streams(cfg, tokenizer, (accelerator.process_index, accelerator.num_processes))
 
     world = accelerator.num_processes
@@ -179,8 +206,9 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     steps_per_epoch = math.ceil(len(plan.bins) / per_step)  # of epoch 0; resampled epochs may differ a little
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -188,11 +216,13 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, min(cfg.warmup_steps, total_steps), total_steps, min_lr_rate=cfg.min_lr_ratio
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not fsdp:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     start_step, epoch, epoch_start = 0, 0, 0
+    last_checkpoint = resume_from
     if resume_from is not None:
-        state = load_trainer_state(resume_from, optimizer, scheduler)
+        state = load_trainer_state(resume_from, model, optimizer, scheduler, accelerator.process_index)
         start_step, epoch, epoch_start = state["step"], state["epoch"], state["epoch_start"]
         if pretrain is not None and state.get("pretrain") is not None:
             pretrain.load_state_dict(state["pretrain"])
@@ -220,8 +250,9 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         first = (step - epoch_start) * per_step
         bins = plan.bins[first : first + per_step]
         mine = bins[accelerator.process_index * cfg.gradient_accumulation_steps:][: cfg.gradient_accumulation_steps]
-        if not mine:  # this process has no record left this step: a target-free batch keeps DDP in step
-            mine = [[]]
+        # An epoch's last step may leave a process short: target-free micro-batches keep every process
+        # running the same forwards and backwards, which DDP's and FSDP's collectives need.
+        mine += [[]] * (cfg.gradient_accumulation_steps - len(mine))
         batches = [collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])]) for b in mine]
         pt_batches = []
         if pretrain is not None:
@@ -234,7 +265,7 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         for result, stream, bin_, batch in accumulate_gradients(model, work, cfg, step, fb_targets, pt_targets,
                                                                 accelerator):
             _account(window, result, stream, bin_, data, batch)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = clip_grad_norm(model, accelerator, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -242,7 +273,7 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         window["steps"] += 1
         if done % cfg.log_every == 0 or done == total_steps:
             elapsed = time.perf_counter() - t_window
-            values = _window_values(window, elapsed)
+            values = _window_values(_sum_over_processes(window, accelerator), elapsed)
             values.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
                            "train/epoch": done / steps_per_epoch, "perf/peak_memory_gb": peak_memory_gb()})
             if peak_flops:  # GPUs only: per device, mean record length as the attention span
@@ -257,19 +288,24 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             if main:
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()))
         if done % cfg.save_every == 0 or done == total_steps:
-            accelerator.wait_for_everyone()
-            if main:
-                state = {"step": done, "epoch": epoch, "epoch_start": epoch_start,
-                         "pretrain": pretrain.state_dict() if pretrain else None}
-                save_checkpoint(out_dir, done, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler,
-                                state, coh_info, cfg.keep_last)
-            accelerator.wait_for_everyone()
+            state = {"step": done, "epoch": epoch, "epoch_start": epoch_start,
+                     "pretrain": pretrain.state_dict() if pretrain else None}
+            last_checkpoint = save_checkpoint(out_dir, done, model, tokenizer, optimizer, scheduler, state, coh_info,
+                                              cfg.keep_last, accelerator)
             if _stop_after is not None and done >= _stop_after:
                 raise RuntimeError(f"stopped after step {done} (test)")
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        save_model_folder(out_dir / "final", accelerator.unwrap_model(model), tokenizer, coh_info)
+        if is_sharded(model):  # consolidated from the shards on disk, never gathered in memory
+            from coh.convert.sharded import export_sharded_checkpoint
+
+            export_sharded_checkpoint(last_checkpoint, out_dir / "final")
+        else:
+            save_model_folder(out_dir / "final", accelerator.unwrap_model(model), tokenizer, coh_info)
+        if cfg.lora_r and cfg.lora_merge:  # a plain HF model as well, for tools that do not read adapters
+            merged = accelerator.unwrap_model(model).merge_and_unload()
+            save_model_folder(out_dir / "final-merged", merged, tokenizer, coh_info)
         log.close()
         png = plot_loss_curves(out_dir / "metrics.jsonl", out_dir / "loss_curves.png")
         print(f"model saved to {out_dir / 'final'}" + (f"; loss curves in {png}" if png else ""))
@@ -288,11 +324,14 @@ def accumulate_gradients(model, work: list, cfg: TrainConfig, step: int, fb_targ
         batch = {key: v.to(accelerator.device) for key, v in batch.items()}
         mask = None
         if cfg.fcm and stream == "feedback":
-            micro_seed = (cfg.seed * 1_000_003 + step) * 1009 + k  # from (seed, step) alone: exact resume
-            mask = fcm_attention_mask(model, batch["position_ids"], cfg.fcm_min_ratio, cfg.fcm_max_ratio,
+            # From (seed, step, the micro-batch's place in the whole step) alone: exact resume, and the
+            # same masks whatever the split between processes and accumulation.
+            micro = accelerator.process_index * cfg.gradient_accumulation_steps + k
+            micro_seed = (cfg.seed * 1_000_003 + step) * 1009 + micro
+            mask = fcm_attention_mask(accelerator.unwrap_model(model), batch["position_ids"], cfg.fcm_min_ratio, cfg.fcm_max_ratio,
                                       seed=micro_seed, generator=torch.Generator().manual_seed(micro_seed))
-        with accelerator.no_sync(model) if k < len(work) - 1 else contextlib.nullcontext():
-            result = target_loss(model, batch, mask)
+        with gradient_sync(model, accelerator, sync=k == len(work) - 1):
+            result = target_loss(model, batch, mask, chunk=cfg.loss_chunk)
             # DDP averages gradients over processes: scale by the process count to keep sums.
             loss = _scaled_loss(result, stream, cfg, fb_targets, pt_targets, len(work) * world) * world
             accelerator.backward(loss)
@@ -336,10 +375,25 @@ def _account(window: dict, result, stream: str, bin_: list[int] | None, data: To
         window[f"src_n/{src}"] += data.targets(rec_index)
 
 
+def _sum_over_processes(window: dict, accelerator) -> dict:
+    """The logging window summed over processes (keys may differ: sources seen by each)."""
+    if accelerator.num_processes == 1:
+        return window
+    from accelerate.utils import gather_object
+
+    total: dict[str, float] = defaultdict(float)
+    for part in gather_object([dict(window)]):
+        for key, value in part.items():
+            total[key] += value
+    total["steps"] = window["steps"]  # steps are shared, not summed
+    return total
+
+
 def _window_values(window: dict, elapsed: float) -> dict[str, float]:
     values = {
         "train/loss": window["loss_sum"] / max(1, window["targets"]),
         "train/token_accuracy": window["correct"] / max(1, window["targets"]),
+        "perf/tokens": window["tokens"],  # non-padding tokens in the window, all processes
         "perf/tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
         "perf/loss_tokens_per_s": window["targets"] / max(elapsed, 1e-9),
     }
@@ -367,6 +421,14 @@ def _pretrain_streams(cfg: TrainConfig, tokenizer, shard: tuple[int, int]):
 
 
 # -- evaluation --------------------------------------------------------------------------------------
+def _share(bins: list[list[int]], accelerator) -> list[list[int]]:
+    """This process's bins, padded with empty ones so that every process runs as many forwards
+    (FSDP gathers parameters in each)."""
+    world = accelerator.num_processes
+    mine = bins[accelerator.process_index :: world]
+    return mine + [[]] * (-(-len(bins) // world) - len(mine))
+
+
 @dataclass
 class EvalSet:
     """Held-out records and preference pairs, tokenized and packed once for every evaluation.
@@ -398,9 +460,10 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
     totals: dict[str, float] = defaultdict(float)
     data = ev.data
     with torch.no_grad():
-        for b in ev.bins[accelerator.process_index :: accelerator.num_processes]:
-            batch = {k: v.to(device) for k, v in collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b]).items()}
-            r = target_loss(model, batch)
+        for b in _share(ev.bins, accelerator):
+            pieces = [(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])]
+            batch = {k: v.to(device) for k, v in collate_packed(pieces).items()}
+            r = target_loss(model, batch, chunk=cfg.loss_chunk)
             totals["loss_sum"] += float(r.loss_sum)
             totals["targets"] += r.targets
             totals["correct"] += r.correct
@@ -411,16 +474,17 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
             state = pretrain_eval.state_dict()
             for _ in range(pretrain_batches):
                 batch = {k: v.to(device) for k, v in pretrain_eval.next_batch(cfg.micro_batch_tokens).items()}
-                r = target_loss(model, batch)
+                r = target_loss(model, batch, chunk=cfg.loss_chunk)
                 totals["pt_sum"] += float(r.loss_sum)
                 totals["pt_n"] += r.targets
             pretrain_eval.load_state_dict(state)  # the same batches at every evaluation
         if ev.pairs is not None:
             nll = torch.zeros(len(ev.pairs), dtype=torch.float64)
-            for b in ev.pair_bins[accelerator.process_index :: accelerator.num_processes]:
-                batch = collate_packed([(ev.pairs.input_ids[i], ev.pairs.loss_mask[i]) for i in b])
-                r = target_loss(model, {k: v.to(device) for k, v in batch.items()})
-                nll[b] = r.per_record
+            for b in _share(ev.pair_bins, accelerator):
+                batch = collate_packed([(ev.pairs.input_ids[i], ev.pairs.loss_mask[i]) for i in b] or [([0], [0])])
+                r = target_loss(model, {k: v.to(device) for k, v in batch.items()}, chunk=cfg.loss_chunk)
+                if b:
+                    nll[b] = r.per_record
             nll = accelerator.reduce(nll.to(device), "sum").cpu()
             totals["pref_correct"] = float((nll[0::2] < nll[1::2]).sum())
             totals["pref_n"] = len(ev.pairs) // 2

@@ -1,0 +1,240 @@
+"""`coh train` against TRL's SFTTrainer, side by side in one run: non-padding tokens/s and memory.
+
+The same model configuration (a LLaMA built from config), the same tokenizer and the same
+records: the real hh-rlhf sample (../shared/data) built by `coh data build` into CoH records and
+tokenized once; TRL gets those very token ids with their loss masks as a pre-tokenized dataset
+(`input_ids` + `completion_mask`), so both train on identical tokens and targets. Records longer
+than --max-length are left out of both. One epoch each, fp32, AdamW, same lr, no evaluation.
+
+Runs, each in its own process (so memory is its own):
+  coh            `coh train` defaults: packed micro-batches of --micro-batch-tokens, FCM off
+  coh-fcm        the same with random past-token masking (fcm_max_ratio 0.05, the paper's range)
+  trl-default    SFTTrainer in its default settings (batches of 8 padded rows; gradient checkpointing
+                 on, its default) except bf16 off on CPU, where bf16 is emulated and ~25x slower
+  trl-packed     the same with packing=True (its default strategy, bfd, padding-free position ids)
+
+Throughput: non-padding tokens over the wall time of the training loop (first step included,
+model loading and data preparation excluded). Memory: peak resident memory over the run, minus
+the resident memory before the model was loaded (CPU) / peak allocated (GPU).
+
+    python bench/train_throughput.py [--rows 400] [--hidden 256 --layers 4] [--repeats 1] [--plot FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = [REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz",
+           REPO / "src" / "coh" / "data" / "builtin" / "hh-rlhf-harmless-sample.jsonl.gz"]
+RUNS = ("coh", "coh-fcm", "trl-default", "trl-packed")
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled every 10 ms) or peak allocated memory (CUDA), in MB,
+    above what was in use at start."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        self.base = self.peak = self._rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.01)
+
+    def stop(self) -> float:
+        import torch
+
+        if self.cuda:
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        self.running = False
+        self.thread.join()
+        return (max(self.peak, self._rss()) - self.base) / 2**20
+
+
+def prepare(work: Path, args) -> None:
+    """Tokenizer, model and records, once for every run."""
+    import gzip
+
+    from coh.data.build import BuildConfig, SourceSpec, build
+    from coh.data.render import RenderSpec
+    from coh.tiny import make_tiny_model, train_tiny_tokenizer
+
+    sample = next(p for p in SAMPLES if p.exists())
+    with gzip.open(sample, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()][: args.rows]
+    raw = work / "hh.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = train_tiny_tokenizer((r["chosen"] for r in rows), args.vocab, "bpe", work / "tokenizer")
+    make_tiny_model(work / "model", tok, "llama", hidden=args.hidden, layers=args.layers, heads=args.heads)
+    build(BuildConfig([SourceSpec.parse(f"dialogue:train={raw}")], str(work / "data"), skip_invalid=True,
+                      render=RenderSpec(feedback=("p", "n", "pn", "np")), tokenizer=str(work / "tokenizer"),
+                      progress=False, num_proc=1))
+
+
+def run_coh(work: Path, args, fcm: bool) -> dict:
+    from coh.train.config import TrainConfig
+    from coh.train.trainer import train
+
+    out = work / ("coh-fcm" if fcm else "coh")
+    cfg = TrainConfig(model=str(work / "model"), train_data=str(work / "data" / "train.jsonl"), output_dir=str(out),
+                      max_length=args.max_length, overlong="skip", micro_batch_tokens=args.micro_batch_tokens,
+                      lr=args.lr, warmup_steps=0, epochs=1, save_every=10**9, eval_every=10**9, log_every=1,
+                      report_to=["none"], fcm_max_ratio=0.05 if fcm else 0.0, resume=False)
+    memory = PeakMemory()
+    train(cfg)
+    peak = memory.stop()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    windows = [r for r in rows if "perf/tokens" in r]
+    tokens = sum(r["perf/tokens"] for r in windows)
+    seconds = sum(r["perf/tokens"] / r["perf/tokens_per_s"] for r in windows)
+    return {"tokens": tokens, "seconds": seconds, "peak_mb": peak, "final_loss": windows[-1]["train/loss"]}
+
+
+def run_trl(work: Path, args, packing: bool) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    data = datasets.load_from_disk(str(work / "data" / "tokenized" / "train"))
+    data = data.filter(lambda r: r["length"] <= args.max_length)
+    tokens = int(sum(data["length"]))
+    data = data.rename_column("loss_mask", "completion_mask").select_columns(["input_ids", "completion_mask"])
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            self.seconds = time.perf_counter() - self.start
+
+    memory = PeakMemory()
+    tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
+    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
+    cfg = SFTConfig(output_dir=str(work / ("trl-packed" if packing else "trl-default")), packing=packing,
+                    max_length=args.max_length, completion_only_loss=True, learning_rate=args.lr,
+                    lr_scheduler_type="cosine", warmup_steps=0, num_train_epochs=1, save_strategy="no",
+                    report_to="none", logging_steps=10**9, bf16=torch.cuda.is_available(), seed=0,
+                    dataloader_num_workers=0)
+    clock = Clock()
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tokenizer, callbacks=[clock])
+    result = trainer.train()
+    peak = memory.stop()
+    return {"tokens": tokens, "seconds": clock.seconds, "peak_mb": peak, "final_loss": result.training_loss}
+
+
+def child(name: str, work: Path, args) -> None:
+    runners = {"coh": lambda: run_coh(work, args, False), "coh-fcm": lambda: run_coh(work, args, True),
+               "trl-default": lambda: run_trl(work, args, False), "trl-packed": lambda: run_trl(work, args, True)}
+    result = runners[name]()
+    result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    print("RESULT " + json.dumps({"run": name, **result}), flush=True)
+
+
+def plot(results: dict[str, dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "tokens_per_s", "non-padding tokens/s"), (axes[1], "peak_mb", "peak memory (MB)")):
+        values = [results[n][key] for n in names]
+        bars = ax.bar(names, values, color=["#2b6cb0", "#63b3ed", "#c05621", "#ed8936"][: len(names)])
+        ax.bar_label(bars, fmt="%.0f")
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=15)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=400, help="hh-rlhf rows (4 CoH records each)")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--micro-batch-tokens", type=int, default=4096, help="coh train's (its default)")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--repeats", type=int, default=1, help="run every configuration this many times, interleaved; "
+                                                            "the best time counts")
+    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--plot", type=Path, default=None, help="bar chart PNG (tokens/s and memory)")
+    ap.add_argument("--run", help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.run:
+        child(args.run, args.work, args)
+        return 0
+
+    import torch
+
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        prepare(work, args)
+        passthrough = [a for a in sys.argv[1:] if not a.startswith("--plot")]
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        for _ in range(args.repeats):
+            for name in args.runs.split(","):
+                proc = subprocess.run([sys.executable, __file__, *passthrough, "--run", name, "--work", str(work)],
+                                      capture_output=True, text=True, env=env)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"run {name} failed")
+                got = json.loads(line[7:])
+                if name not in results or got["seconds"] < results[name]["seconds"]:
+                    results[name] = got
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    print(f"\n{platform.node()} | {device} | torch {torch.__version__} | LLaMA hidden {args.hidden} x {args.layers} "
+          f"layers, vocab {args.vocab} | {args.rows} hh-rlhf rows, max length {args.max_length}")
+    print(f"{'run':<13}{'tokens':>9}{'seconds':>9}{'tokens/s':>10}{'peak MB':>9}{'final loss':>11}")
+    for name, r in results.items():
+        print(f"{name:<13}{r['tokens']:>9}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.0f}{r['peak_mb']:>9.0f}"
+              f"{r['final_loss']:>11.3f}")
+    if "coh" in results:
+        ours = results["coh"]
+        for peer in ("trl-default", "trl-packed"):
+            if peer in results:
+                print(f"coh / {peer}: speed {ours['tokens_per_s'] / results[peer]['tokens_per_s']:.2f}x, "
+                      f"memory {ours['peak_mb'] / max(results[peer]['peak_mb'], 1e-9):.2f}x")
+        if "coh-fcm" in results:
+            print(f"FCM on / off: time per token {ours['tokens_per_s'] / results['coh-fcm']['tokens_per_s']:.2f}x")
+    if args.plot:
+        plot(results, args.plot, f"{device}, LLaMA {args.hidden}x{args.layers}, {args.rows} hh-rlhf rows")
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""The comparison set: prompts, and each system's output for every prompt.
+
+A system is an OpenAI-compatible server (``coh serve``, vLLM, ...: ``POST {url}/chat/completions``)
+or a prepared file of outputs. Two phrases of one CoH model are two systems on the same server
+with different ``feedback`` (the body field ``coh serve`` reads: ``good``, ``bad``, ``none`` or
+any phrase text).
+
+Files:
+
+- prompts: JSONL / JSON / parquet rows with ``prompt`` (a string or a list of
+  ``{"role", "content"}`` messages ending with a user turn), optional ``id``; or, as
+  ``KIND:FILE``, rows of any ``coh data`` source kind (``dialogue:hh-test.jsonl.gz``), whose
+  shared context becomes the prompt.
+- a system's outputs (``NAME:file=PATH``): rows with ``prompt`` and ``output``, matched to the
+  prompts by prompt text.
+- comparisons (what ``coh judge prepare`` writes and ``coh judge serve`` reads):
+  ``{"id", "prompt": [messages], "outputs": {"SYSTEM": "text", ...}}``, two systems or more;
+  every pair of systems becomes one comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from coh.data.errors import DataError, RowError, describe
+from coh.data.io import atomic_writer, iter_local_rows
+from coh.data.sources import CONVERTERS, Skip, _prompt_turns
+
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as chat messages (``{"role", "content"}``), the last one a user turn."""
+
+    id: str
+    messages: list[dict]
+
+    @property
+    def key(self) -> str:
+        """The prompt's text identity, used to match prepared outputs to prompts."""
+        return json.dumps(self.messages, ensure_ascii=False, sort_keys=True)
+
+
+def _messages(row: dict) -> list[dict]:
+    return [{"role": t.role, "content": t.text} for t in _prompt_turns(row)]
+
+
+def _row_id(row: dict, line: int) -> str:
+    """The row's ``id``, or its line number."""
+    pid = row.get("id", line)
+    if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+        raise RowError("id", f"expected a string or an integer, got {describe(pid)}")
+    return str(pid)
+
+
+def read_prompts(spec: str, limit: int | None = None) -> tuple[list[Prompt], dict[str, int]]:
+    """Prompts from ``FILE`` (rows with ``prompt``) or ``KIND:FILE`` (a ``coh data`` source kind).
+    Returns the prompts and counts of rows left out on purpose (by reason). Bad rows raise
+    DataError with file, line and field."""
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in CONVERTERS:
+        kind, path = "", spec
+    prompts: list[Prompt] = []
+    skipped: dict[str, int] = {}
+    seen: set[str] = set()
+    for line, row in iter_local_rows(path):
+        if limit is not None and len(prompts) >= limit:
+            break
+        try:
+            if not isinstance(row, dict):
+                raise RowError(None, f"expected a JSON object, got {describe(row)}")
+            if kind:
+                ex = CONVERTERS[kind](row, str(line), "eval")
+                if isinstance(ex, Skip):
+                    skipped[ex.reason] = skipped.get(ex.reason, 0) + 1
+                    continue
+                messages = [{"role": t.role, "content": t.text} for t in ex.context]
+            else:
+                messages = _messages(row)
+            pid = _row_id(row, line)
+        except RowError as e:
+            raise e.at(path, line) from None
+        prompt = Prompt(pid, messages)
+        if prompt.id in seen:
+            raise DataError(path, line, "id", f"id '{prompt.id}' appears twice; prompt ids must be unique")
+        seen.add(prompt.id)
+        prompts.append(prompt)
+    if not prompts:
+        raise DataError(path, None, None, "no prompts found")
+    return prompts, skipped
+
+
+@dataclass
+class SystemSpec:
+    """One system under comparison: ``url`` of an OpenAI-compatible API (the part before
+    ``/chat/completions``, e.g. ``http://127.0.0.1:8000/v1``) with an optional ``model`` (default:
+    the server's first), ``feedback`` (sent as the body field of that name) and ``api_key_env``
+    (the environment variable holding the key); or ``file``, prepared outputs."""
+
+    name: str
+    url: str | None = None
+    file: str | None = None
+    model: str | None = None
+    feedback: str | None = None
+    api_key_env: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"system name {self.name!r}: use 1-64 letters, digits and _ . + -")
+        if (self.url is None) == (self.file is None):
+            raise ValueError(f"system '{self.name}': give exactly one of url=URL or file=PATH")
+        if self.file is not None and (self.model or self.feedback or self.api_key_env):
+            raise ValueError(f"system '{self.name}': model, feedback and api_key_env apply to url= systems only")
+
+    @staticmethod
+    def parse(text: str) -> SystemSpec:
+        """``NAME:url=URL[,model=M][,feedback=F][,api_key_env=VAR]`` or ``NAME:file=PATH``."""
+        name, sep, rest = text.partition(":")
+        if not sep:
+            raise ValueError(f"system '{text}': expected NAME:url=URL[,model=..,feedback=..] or NAME:file=PATH")
+        opts: dict[str, str] = {}
+        keys = ("url", "file", "model", "feedback", "api_key_env")
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = part.partition("=")
+            if not eq or key not in keys:
+                raise ValueError(f"system '{text}': unknown option '{part}'; expected {', '.join(k + '=' for k in keys)}")
+            opts[key] = value
+        return SystemSpec(name.strip(), **opts)
+
+    def describe(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v is not None and k not in ("name", "api_key_env")}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Sampling settings sent with every request."""
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int = 0
+    timeout_s: float = 300.0
+    concurrency: int = 4
+
+
+def _headers(system: SystemSpec) -> dict[str, str]:
+    if not system.api_key_env:
+        return {}
+    key = os.environ.get(system.api_key_env)
+    if not key:
+        raise ValueError(f"system '{system.name}': environment variable {system.api_key_env} is not set")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _error(system: SystemSpec, what: str, response) -> ValueError:
+    body = response.text[:300].replace("\n", " ")
+    return ValueError(f"system '{system.name}': {what} {response.request.url} answered HTTP {response.status_code}: {body}")
+
+
+def served_model(client, system: SystemSpec) -> str:
+    """``model`` of the spec, else the first model the server lists at ``GET {url}/models``."""
+    if system.model:
+        return system.model
+    r = client.get(f"{system.url.rstrip('/')}/models", headers=_headers(system))
+    if r.status_code != 200:
+        raise _error(system, "model list (give model=NAME to skip it):", r)
+    data = r.json().get("data") or []
+    if not data or "id" not in data[0]:
+        raise ValueError(f"system '{system.name}': {system.url}/models lists no model; give model=NAME")
+    return data[0]["id"]
+
+
+def generate(system: SystemSpec, prompts: list[Prompt], gen: Generation, progress=None) -> tuple[list[str], int]:
+    """Each prompt's reply from an OpenAI-compatible server, in prompt order, ``gen.concurrency``
+    requests at a time. Returns the replies and how many stopped at ``max_tokens``."""
+    import httpx
+
+    url = f"{system.url.rstrip('/')}/chat/completions"
+    headers = _headers(system)
+    # retries: connection failures only (a request that reached the model is not repeated)
+    with httpx.Client(timeout=gen.timeout_s, transport=httpx.HTTPTransport(retries=2)) as client:
+        model = served_model(client, system)
+
+        def one(prompt: Prompt) -> tuple[str, bool]:
+            body = {"model": model, "messages": prompt.messages, "max_tokens": gen.max_tokens,
+                    "temperature": gen.temperature, "top_p": gen.top_p, "seed": gen.seed}
+            if system.feedback is not None:
+                body["feedback"] = system.feedback
+            try:
+                r = client.post(url, json=body, headers=headers)
+            except httpx.HTTPError as e:
+                raise ValueError(f"system '{system.name}': {url}: {type(e).__name__}: {e}") from None
+            if r.status_code != 200:
+                raise _error(system, f"prompt '{prompt.id}':", r)
+            try:
+                choice = r.json()["choices"][0]
+                text = choice["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise ValueError(f"system '{system.name}': prompt '{prompt.id}': not a chat completion: "
+                                 f"{r.text[:300]}") from None
+            if not isinstance(text, str):
+                raise ValueError(f"system '{system.name}': prompt '{prompt.id}': message.content is {describe(text)}")
+            if progress is not None:
+                progress.update(1)
+            return text.strip(), choice.get("finish_reason") == "length"
+
+        with ThreadPoolExecutor(gen.concurrency) as pool:
+            # Executor.map cancels the queued requests when one raises: the first failure stops the run
+            results = list(pool.map(one, prompts))
+    return [t for t, _ in results], sum(cut for _, cut in results)
+
+
+def read_outputs(system: SystemSpec, prompts: list[Prompt]) -> tuple[list[str], int]:
+    """A prepared file's output for each prompt (matched by prompt text). Returns the outputs and
+    the count of file rows whose prompt is not in the set (unused)."""
+    by_prompt: dict[str, tuple[str, int]] = {}
+    path = system.file
+    for line, row in iter_local_rows(path):
+        try:
+            if not isinstance(row, dict):
+                raise RowError(None, f"expected a JSON object, got {describe(row)}")
+            key = Prompt("", _messages(row)).key
+            output = row.get("output")
+            if not isinstance(output, str):
+                raise RowError("output", f"expected a string, got {describe(output)}")
+        except RowError as e:
+            raise e.at(path, line) from None
+        if key in by_prompt and by_prompt[key][0] != output.strip():
+            raise DataError(path, line, "prompt", f"the same prompt has another output on line {by_prompt[key][1]}")
+        by_prompt[key] = (output.strip(), line)
+    missing = [p.id for p in prompts if p.key not in by_prompt]
+    if missing:
+        raise DataError(path, None, "prompt", f"no output for {len(missing)} of {len(prompts)} prompts "
+                                              f"(first: prompt '{missing[0]}'); rows are matched by prompt text")
+    used = {p.key for p in prompts}
+    return [by_prompt[p.key][0] for p in prompts], sum(k not in used for k in by_prompt)
+
+
+def prepare(prompts: list[Prompt], systems: list[SystemSpec], gen: Generation, output: str | Path,
+            progress: bool = True) -> dict:
+    """Every system's output for every prompt, written to ``output`` as comparisons JSONL.
+    Returns a summary: per system its source, empty outputs and outputs cut at ``max_tokens``;
+    per pair of systems the prompts where both gave the same text (``coh judge serve`` leaves
+    those out)."""
+    from tqdm import tqdm
+
+    names = [s.name for s in systems]
+    if len(systems) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"give two or more systems with distinct names, got {names}")
+    outputs: dict[str, list[str]] = {}
+    summary: dict = {"prompts": len(prompts), "systems": {}}
+    remote = [s for s in systems if s.url]
+    with tqdm(total=len(prompts) * len(remote), desc="generate", unit=" outputs", disable=not progress or not remote,
+              file=sys.stderr) as bar:
+        for system in systems:
+            if system.url:
+                outputs[system.name], cut = generate(system, prompts, gen, bar)
+                info = {**system.describe(), "cut_at_max_tokens": cut}
+            else:
+                outputs[system.name], unused = read_outputs(system, prompts)
+                info = {**system.describe(), "unused_rows": unused}
+            info["empty"] = sum(not o for o in outputs[system.name])
+            summary["systems"][system.name] = info
+    summary["identical"] = {
+        f"{a} / {b}": sum(x == y for x, y in zip(outputs[a], outputs[b]))
+        for i, a in enumerate(names) for b in names[i + 1 :]
+    }
+    with atomic_writer(output) as f:
+        for i, p in enumerate(prompts):
+            row = {"id": p.id, "prompt": p.messages, "outputs": {n: outputs[n][i] for n in names}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return summary
+
+
+def read_comparisons(path: str | Path) -> list[tuple[str, list[dict], dict[str, str]]]:
+    """``(prompt id, prompt messages, {system: output})`` per row of a comparisons file."""
+    rows = []
+    seen: dict[str, int] = {}
+    for line, row in iter_local_rows(path):
+        try:
+            if not isinstance(row, dict):
+                raise RowError(None, f"expected a JSON object, got {describe(row)}")
+            messages = _messages(row)
+            outputs = row.get("outputs")
+            if not isinstance(outputs, dict) or len(outputs) < 2:
+                raise RowError("outputs", f"expected an object of two or more system: output, got {describe(outputs)}")
+            for name, text in outputs.items():
+                if not _NAME.match(name):
+                    raise RowError(f"outputs.{name}", "system names are 1-64 letters, digits and _ . + -")
+                if not isinstance(text, str):
+                    raise RowError(f"outputs.{name}", f"expected a string, got {describe(text)}")
+            pid = _row_id(row, line)
+        except RowError as e:
+            raise e.at(str(path), line) from None
+        if pid in seen:
+            raise DataError(str(path), line, "id", f"id '{pid}' was used on line {seen[pid]} already")
+        seen[pid] = line
+        rows.append((pid, messages, {k: v.strip() for k, v in outputs.items()}))
+    if not rows:
+        raise DataError(str(path), None, None, "no comparisons found")
+    return rows
