@@ -49,15 +49,18 @@ def test_in_process_harness_matches_a_hand_computed_reference(tiny_llama_dir, mc
     assert (tmp_path / "lm_eval_results.json").exists() and (tmp_path / "lm_eval_samples.json").exists()
 
 
-def test_http_model_args_and_errors(tiny_llama_dir, tiny_bpe_dir, mc_task_dir):
+def test_http_model_args_and_errors(tiny_llama_dir, tiny_bpe_dir, mc_task_dir, monkeypatch):
     assert completions_url("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000/v1/completions"
     assert completions_url("http://h/v1/completions") == "http://h/v1/completions"
+    monkeypatch.setenv("MY_KEY", "secret")
     kind, args = lm_eval_model(HarnessConfig(base_url="http://127.0.0.1:8000/v1", served_model="m",
-                                             tokenizer=str(tiny_bpe_dir), api_key="secret"))
+                                             tokenizer=str(tiny_bpe_dir), api_key_env="MY_KEY"))
     assert kind == "local-completions"
     assert args["base_url"] == "http://127.0.0.1:8000/v1/completions" and args["model"] == "m"
     assert args["tokenizer_backend"] == "huggingface" and args["tokenized_requests"] is True
     assert args["add_bos_token"] is False and args["auth_token"] == "secret"  # byte-level BPE adds no BOS
+    with pytest.raises(ValueError, match="NO_SUCH_KEY: the variable is not set"):
+        lm_eval_model(HarnessConfig(base_url="http://h/v1", served_model="m", api_key_env="NO_SUCH_KEY"))
     with pytest.raises(ValueError, match="exactly one of"):
         HarnessConfig(model="x", base_url="http://h/v1")
     with pytest.raises(FileNotFoundError, match="no such folder of task YAMLs"):

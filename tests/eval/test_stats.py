@@ -1,27 +1,9 @@
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
-from coh.eval.stats import wilson_interval, win_rate
-
-
-def textbook_wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
-
-
-@pytest.mark.parametrize(("k", "n"), [(7, 10), (0, 16), (16, 16), (513, 1000)])
-def test_wilson_matches_the_textbook_formula(k, n):
-    assert wilson_interval(k, n) == pytest.approx(textbook_wilson(k, n), abs=1e-9)
-
-
-def test_wilson_without_trials_is_undefined():
-    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+from coh.eval.stats import win_rate
 
 
 def test_win_rate_counts_ties_as_half():

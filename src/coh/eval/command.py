@@ -52,7 +52,7 @@ def _harness_args(p: argparse.ArgumentParser) -> None:
                                        "requests go as token ids; default: the server's tokenizer endpoints")
     p.add_argument("--served-model", help="with --base-url: the model name the server expects "
                                           "(default: the first of its /v1/models)")
-    p.add_argument("--api-key", help="with --base-url: bearer token")
+    p.add_argument("--api-key-env", help="with --base-url: environment variable holding the bearer token")
     p.add_argument("--num-concurrent", type=int, default=1, help="with --base-url: requests in flight (default 1)")
     p.add_argument("--max-length", type=int, help="longest context in tokens (default: lm-eval's)")
     p.add_argument("--log-samples", action="store_true", help="also write every request and answer")
@@ -144,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--a", required=True, help="model folder, server (http://HOST:PORT/v1) or generations file "
                                               "(id, context, reply per line)")
     p.add_argument("--b", required=True, help="model folder, server or generations file")
-    p.add_argument("--api-key", help="bearer token for server sides")
+    p.add_argument("--api-key-env", help="environment variable holding the bearer token of server sides")
     p.add_argument("--data", help="prompts: a file of --kind's schema (default: the prompts of a generations "
                                   "file, else Anthropic/hh-rlhf test from the hub)")
     p.add_argument("--limit", type=int, help="at most this many prompts")
@@ -186,7 +186,7 @@ def _run_harness(args: argparse.Namespace) -> int:
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     cfg = HarnessConfig(model=args.model, base_url=args.base_url, served_model=args.served_model,
-                        tokenizer=args.tokenizer, api_key=args.api_key, tasks=tasks, include_path=args.include_path,
+                        tokenizer=args.tokenizer, api_key_env=args.api_key_env, tasks=tasks, include_path=args.include_path,
                         num_fewshot=args.num_fewshot, limit=args.limit, batch_size=args.batch_size,
                         num_concurrent=args.num_concurrent, device=args.device, seed=args.seed,
                         max_length=args.max_length, log_samples=args.log_samples)
@@ -209,14 +209,14 @@ def _run_feedback(args: argparse.Namespace) -> int:
     judge = None
     if hasattr(args, "judge"):
         judge = load_judge(args.judge, args.device, args.judge_batch_size, progress)
-    hidden = ("func", "eval_func", "command", "eval_command", "no_progress", "api_key")
+    hidden = ("func", "eval_func", "command", "eval_command", "no_progress")
     settings = {k: v for k, v in vars(args).items() if k not in hidden}
     if args.protocol == "pairwise":
         a, b = fb.Side.open(args.a), fb.Side.open(args.b)
         need_prompts = args.data or (a.replies is None and b.replies is None)
         examples, counts = fb.read_examples(kind, args.data, args.limit) if need_prompts else (None, {})
         metrics, ci95, more = fb.eval_pairwise(a, b, judge, examples, sampling, args.feedback, args.device, out,
-                                               progress, args.limit, args.api_key)
+                                               progress, args.limit, args.api_key_env)
         result = EvalResult("pairwise", f"{args.a} vs {args.b}", args.data, metrics, ci95, {**counts, **more}, settings)
         return _finish(result, out)
     examples, counts = fb.read_examples(kind, args.data, args.limit)

@@ -29,7 +29,8 @@ from coh.data.feedback import FeedbackExample, Turn
 from coh.data.phrases import DEFAULT_PHRASES, PhraseSet
 from coh.data.records import FeedbackRecord, Segment
 from coh.eval.judges import Judge, conversation_text
-from coh.eval.stats import wilson_interval, win_rate
+from coh.eval.stats import win_rate
+from coh.judge.stats import wilson_interval
 
 DIALOGUE_PROMPT = "The following is a dialogue: {dialogue}. This dialogue is"
 DIALOGUE_VERDICTS = (" good", " bad")
@@ -404,26 +405,22 @@ def eval_controllability(lm: LoadedModel, examples: Sequence[FeedbackExample], j
 
 
 def generate_http(base_url: str, contexts: Sequence[Sequence[Turn]], feedback: str, sampling: Sampling,
-                  api_key: str | None = None, progress: bool = False, desc: str = "generate") -> list[str]:
-    """Replies from an OpenAI-compatible server's chat completions, one request per conversation,
-    with ``feedback`` in the body (``coh serve`` conditions the reply on that phrase; servers that do
-    not know the field, such as vLLM, ignore it). The model is the server's first ``/v1/models``."""
-    from openai import OpenAI, OpenAIError
+                  api_key_env: str | None = None, progress: bool = False, desc: str = "generate") -> list[str]:
+    """Replies from an OpenAI-compatible server's chat completions (``coh judge``'s client), with
+    ``feedback`` in the body: ``coh serve`` conditions the reply on that phrase; servers that do not
+    know the field, such as vLLM, ignore it. ``api_key_env`` names the variable holding the key."""
     from tqdm import tqdm
 
-    client = OpenAI(base_url=base_url, api_key=api_key or "none")
-    try:
-        model = client.models.list().data[0].id
-        out = []
-        for turns in tqdm(contexts, desc=desc, unit=" prompts", disable=not progress):
-            reply = client.chat.completions.create(
-                model=model, messages=[{"role": t.role, "content": t.text} for t in turns],
-                max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                seed=sampling.seed, extra_body={"feedback": feedback})
-            out.append((reply.choices[0].message.content or "").strip())
-    except OpenAIError as e:
-        raise ValueError(f"{base_url}: {type(e).__name__}: {e}") from None
-    return out
+    from coh.judge.sources import Generation, Prompt, SystemSpec
+    from coh.judge.sources import generate as generate_remote
+
+    system = SystemSpec("server", url=base_url, feedback=feedback, api_key_env=api_key_env)
+    prompts = [Prompt(str(i), [{"role": t.role, "content": t.text} for t in turns]) for i, turns in enumerate(contexts)]
+    gen = Generation(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                     seed=sampling.seed)
+    with tqdm(total=len(prompts), desc=desc, unit=" prompts", disable=not progress) as bar:
+        replies, _ = generate_remote(system, prompts, gen, bar)
+    return replies
 
 
 @dataclass
@@ -446,20 +443,20 @@ class Side:
         return Side(source)
 
     def generate(self, contexts: Sequence[Sequence[Turn]], feedback: str, sampling: Sampling, device: str | None,
-                 api_key: str | None, progress: bool, desc: str) -> list[str]:
+                 api_key_env: str | None, progress: bool, desc: str) -> list[str]:
         if self.is_server:
-            return generate_http(self.source, contexts, feedback, sampling, api_key, progress, desc)
+            return generate_http(self.source, contexts, feedback, sampling, api_key_env, progress, desc)
         lm = load_model(self.source, device)
         return generate(lm, prompt_ids(lm, contexts, feedback), sampling, progress, desc)
 
 
 def eval_pairwise(a: Side, b: Side, judge: Judge, examples: Sequence[FeedbackExample] | None, sampling: Sampling,
                   feedback: str = "good", device: str | None = None, output_dir: Path | None = None,
-                  progress: bool = False, limit: int | None = None, api_key: str | None = None
+                  progress: bool = False, limit: int | None = None, api_key_env: str | None = None
                   ) -> tuple[dict, dict, dict]:
     """Win rate of A over B under ``judge`` on the same prompts, 95 % bootstrap interval. Prompts:
     ``examples`` when given, else the first ``limit`` of a generations file (A's first). Model and
-    server sides generate after ``feedback`` (``api_key`` for servers); prompts without a reply on
+    server sides generate after ``feedback`` (``api_key_env``: the variable holding a server's key); prompts without a reply on
     both sides are counted as missing and left out."""
     if examples is not None:
         prompts = {ex.id: ex.context for ex in unique_contexts(examples)}
@@ -474,7 +471,7 @@ def eval_pairwise(a: Side, b: Side, judge: Judge, examples: Sequence[FeedbackExa
             replies.append({i: r for i, (_, r) in side.replies.items()})
             continue
         ids = list(prompts)
-        texts = side.generate([prompts[i] for i in ids], feedback, sampling, device, api_key, progress,
+        texts = side.generate([prompts[i] for i in ids], feedback, sampling, device, api_key_env, progress,
                               f"generate ({tag})")
         replies.append(dict(zip(ids, texts)))
         if output_dir is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class HarnessConfig:
     base_url: str | None = None
     served_model: str | None = None  # the name the server knows the model by (default: its first /v1/models)
     tokenizer: str | None = None
-    api_key: str | None = None
+    api_key_env: str | None = None  # the environment variable holding the server's key
     tasks: tuple[str, ...] = DEFAULT_TASKS
     include_path: str | None = None
     num_fewshot: int = 0
@@ -59,17 +60,18 @@ def completions_url(base_url: str) -> str:
     return url if url.endswith("/completions") else url + "/completions"
 
 
-def served_model_name(base_url: str, api_key: str | None) -> str:
-    """The first model id the server lists at ``/v1/models``."""
+def served_model_name(base_url: str, api_key_env: str | None) -> str:
+    """The first model id the server lists at ``/v1/models`` (``coh judge``'s lookup)."""
     import httpx
 
+    from coh.judge.sources import SystemSpec, served_model
+
     root = base_url.rstrip("/").removesuffix("/completions")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        models = httpx.get(root + "/models", headers=headers, timeout=30).raise_for_status().json()["data"]
-        return models[0]["id"]
-    except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"{root}/models: cannot read the served model's name ({e}); give --served-model") from None
+    with httpx.Client(timeout=30) as client:
+        try:
+            return served_model(client, SystemSpec("server", url=root, api_key_env=api_key_env))
+        except httpx.HTTPError as e:
+            raise ValueError(f"{root}/models: {type(e).__name__}: {e}; give --served-model") from None
 
 
 def adds_bos(tokenizer_name: str) -> bool:
@@ -93,15 +95,18 @@ def lm_eval_model(cfg: HarnessConfig) -> tuple[str, dict]:
             args["max_length"] = cfg.max_length
         return "hf", {**args, **cfg.extra}
     args = {"base_url": completions_url(cfg.base_url),
-            "model": cfg.served_model or served_model_name(cfg.base_url, cfg.api_key),
+            "model": cfg.served_model or served_model_name(cfg.base_url, cfg.api_key_env),
             "num_concurrent": cfg.num_concurrent, "max_retries": 3, "seed": cfg.seed}
     if cfg.tokenizer:
         args.update(tokenizer_backend="huggingface", tokenizer=cfg.tokenizer, tokenized_requests=True,
                     add_bos_token=adds_bos(cfg.tokenizer))
     else:
         args["tokenizer_backend"] = "auto"  # lm-eval uses the server's tokenizer endpoints when there are any
-    if cfg.api_key:
-        args["auth_token"] = cfg.api_key
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise ValueError(f"--api-key-env {cfg.api_key_env}: the variable is not set")
+        args["auth_token"] = key
     if cfg.max_length:
         args["max_length"] = cfg.max_length
     return "local-completions", {**args, **cfg.extra}

@@ -1,9 +1,7 @@
-"""Confidence intervals for the numbers ``coh eval`` reports (all 95 %, two-sided, from scipy).
-
-- a proportion of independent yes/no outcomes (preference accuracy): the Wilson score interval;
-- a win rate with ties counted as half a win (pairwise, controllability): the percentile
-  bootstrap over prompts, seeded, so the same outcomes always give the same interval.
-"""
+"""Win rates under a judge, with ties counted as half a win (pairwise, controllability), and their
+95 % percentile-bootstrap interval over prompts (scipy), seeded, so the same outcomes always give
+the same interval. (Proportions of yes/no outcomes use ``coh.judge.stats.wilson_interval``; a
+half-win tie makes the win rate no binomial proportion, hence the bootstrap here.)"""
 
 from __future__ import annotations
 
@@ -12,16 +10,6 @@ from dataclasses import dataclass
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
-
-
-def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
-    """95 % Wilson score interval of ``successes / trials``; (nan, nan) without trials."""
-    if trials == 0:
-        return float("nan"), float("nan")
-    from scipy.stats import binomtest
-
-    ci = binomtest(successes, trials).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 @dataclass(frozen=True)
