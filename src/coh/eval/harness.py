@@ -1,0 +1,185 @@
+"""lm-evaluation-harness on a model in this process (lm-eval's ``hf`` model) or on any
+OpenAI-compatible server (``local-completions``: ``coh serve``, vLLM, ...), one command line for both.
+
+The default tasks are the original's alignment-tax check, zero-shot: wsc, piqa, winogrande,
+openbookqa, logiqa. They need their data from the hub; offline, point ``include_path`` at a
+folder of task YAMLs over local files (``dataset_path: json`` with ``dataset_kwargs.data_files``).
+
+Both paths tokenize alike: requests go to the server as token ids encoded by the model's own
+tokenizer, and BOS is added exactly when that tokenizer adds it by itself, in process and over
+HTTP, so the two paths score the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coh.eval.report import EvalResult
+
+DEFAULT_TASKS = ("wsc", "piqa", "winogrande", "openbookqa", "logiqa")
+
+
+@dataclass
+class HarnessConfig:
+    """One harness run. Exactly one of ``model`` (a folder or hub id, evaluated here) and
+    ``base_url`` (an OpenAI-compatible server, ``http://HOST:PORT/v1``) is set. ``tokenizer``: for
+    a server, the tokenizer its model uses (a folder or hub id); without it the server's
+    ``/tokenizer_info``-style endpoints are used when it has them. ``limit``: examples per task."""
+
+    model: str | None = None
+    base_url: str | None = None
+    served_model: str | None = None  # the name the server knows the model by (default: its first /v1/models)
+    tokenizer: str | None = None
+    api_key_env: str | None = None  # the environment variable holding the server's key
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    include_path: str | None = None
+    num_fewshot: int = 0
+    limit: int | None = None
+    batch_size: int = 8
+    num_concurrent: int = 1
+    device: str | None = None
+    seed: int = 0
+    max_length: int | None = None
+    log_samples: bool = False
+    extra: dict = field(default_factory=dict)  # more model_args for lm-eval
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.base_url is None):
+            raise ValueError("give exactly one of a model (--model) or a server (--base-url)")
+        if not self.tasks:
+            raise ValueError("no tasks given")
+
+
+def completions_url(base_url: str) -> str:
+    """lm-eval posts to exactly the URL it is given: ``.../v1`` becomes ``.../v1/completions``."""
+    url = base_url.rstrip("/")
+    return url if url.endswith("/completions") else url + "/completions"
+
+
+def served_model_name(base_url: str, api_key_env: str | None) -> str:
+    """The first model id the server lists at ``/v1/models`` (``coh judge``'s lookup)."""
+    import httpx
+
+    from coh.judge.sources import SystemSpec, served_model
+
+    root = base_url.rstrip("/").removesuffix("/completions")
+    with httpx.Client(timeout=30) as client:
+        try:
+            return served_model(client, SystemSpec("server", url=root, api_key_env=api_key_env))
+        except httpx.HTTPError as e:
+            raise ValueError(f"{root}/models: {type(e).__name__}: {e}; give --served-model") from None
+
+
+def adds_bos(tokenizer_name: str) -> bool:
+    from transformers import AutoTokenizer
+
+    from coh.data.tokenize import tokenizer_adds_bos
+
+    return tokenizer_adds_bos(AutoTokenizer.from_pretrained(tokenizer_name))
+
+
+def lm_eval_model(cfg: HarnessConfig) -> tuple[str, dict]:
+    """lm-eval's model type and ``model_args`` for the configured path."""
+    from coh.eval.feedback import pick_device
+
+    if cfg.model is not None:
+        args = {"pretrained": cfg.model, "device": pick_device(cfg.device), "dtype": "auto",
+                "add_bos_token": adds_bos(cfg.tokenizer or cfg.model)}
+        if cfg.tokenizer:
+            args["tokenizer"] = cfg.tokenizer
+        if cfg.max_length:
+            args["max_length"] = cfg.max_length
+        return "hf", {**args, **cfg.extra}
+    args = {"base_url": completions_url(cfg.base_url),
+            "model": cfg.served_model or served_model_name(cfg.base_url, cfg.api_key_env),
+            "num_concurrent": cfg.num_concurrent, "max_retries": 3, "seed": cfg.seed}
+    if cfg.tokenizer:
+        args.update(tokenizer_backend="huggingface", tokenizer=cfg.tokenizer, tokenized_requests=True,
+                    add_bos_token=adds_bos(cfg.tokenizer))
+    else:
+        args["tokenizer_backend"] = "auto"  # lm-eval uses the server's tokenizer endpoints when there are any
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise ValueError(f"--api-key-env {cfg.api_key_env}: the variable is not set")
+        args["auth_token"] = key
+    if cfg.max_length:
+        args["max_length"] = cfg.max_length
+    return "local-completions", {**args, **cfg.extra}
+
+
+def task_manager(tasks: tuple[str, ...], include_path: str | None):
+    """lm-eval's task index. Indexing the ~15,000 built-in tasks takes seconds, so when every
+    task is found in ``include_path`` the built-in ones are left out."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path:
+        if not Path(include_path).is_dir():
+            raise FileNotFoundError(f"{include_path}: no such folder of task YAMLs")
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    manager = TaskManager(include_path=include_path)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"unknown lm-eval task(s) {unknown}" + (f" (not in {include_path} either)" if include_path
+                                                                 else "; add --include-path for your own YAMLs"))
+    return manager
+
+
+def run_harness(cfg: HarnessConfig, output_dir: Path | None = None) -> tuple[EvalResult, dict]:
+    """Run lm-eval; returns our result (``TASK/METRIC`` keys, 95 % intervals as value +- 1.96
+    lm-eval standard errors, the normal approximation) and lm-eval's own results. ``output_dir`` gets ``lm_eval_results.json``."""
+    from lm_eval import evaluator
+    from lm_eval.utils import handle_non_serializable
+
+    manager = task_manager(cfg.tasks, cfg.include_path)
+    model_type, model_args = lm_eval_model(cfg)
+    raw = evaluator.simple_evaluate(
+        model=model_type, model_args=model_args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
+        batch_size=cfg.batch_size if model_type == "hf" else 1, limit=cfg.limit, task_manager=manager,
+        log_samples=cfg.log_samples, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+        fewshot_random_seed=cfg.seed,
+    )
+    if raw is None:  # lm-eval returns None on non-zero ranks of a distributed run
+        raise RuntimeError("lm-eval returned no results")
+    metrics: dict[str, float] = {}
+    ci95: dict[str, tuple[float, float]] = {}
+    counts: dict[str, int] = {}
+    for task, values in raw["results"].items():
+        for key, value in values.items():
+            name, comma, filt = key.partition(",")  # metric keys are "METRIC,FILTER"; others are bookkeeping
+            if not comma or "_stderr" in name or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            label = f"{task}/{name}" + ("" if filt in ("", "none") else f"[{filt}]")
+            metrics[label] = float(value)
+            stderr = values.get(f"{name}_stderr,{filt}")
+            if isinstance(stderr, (int, float)) and not math.isnan(stderr):
+                ci95[label] = (value - 1.96 * stderr, value + 1.96 * stderr)
+        n = raw.get("n-samples", {}).get(task, {})
+        if "effective" in n:
+            counts[f"{task}/examples"] = int(n["effective"])
+    public_args = {k: v for k, v in model_args.items() if k != "auth_token"}
+    settings = {"model_type": model_type, "model_args": public_args, "tasks": list(cfg.tasks),
+                "num_fewshot": cfg.num_fewshot, "limit": cfg.limit, "include_path": cfg.include_path, "seed": cfg.seed,
+                "lm_eval_version": _lm_eval_version()}
+    result = EvalResult("harness", cfg.model or cfg.base_url, cfg.include_path, metrics, ci95, counts, settings)
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        keep = {k: v for k, v in raw.items() if k != "samples"}
+        (output_dir / "lm_eval_results.json").write_text(
+            json.dumps(keep, indent=2, default=handle_non_serializable, ensure_ascii=False), encoding="utf-8")
+        if cfg.log_samples and "samples" in raw:
+            (output_dir / "lm_eval_samples.json").write_text(
+                json.dumps(raw["samples"], default=handle_non_serializable, ensure_ascii=False), encoding="utf-8")
+    return result, raw
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm-eval")

@@ -1,0 +1,137 @@
+"""Judges score a reply to a conversation with one number (higher is better).
+
+Two kinds, chosen by one ``--judge`` string (``load_judge``):
+
+- ``MODULE:FUNCTION`` or ``FILE.py:FUNCTION``: a Python function ``f(prompt: str, reply: str) ->
+  float``; ``prompt`` is the conversation as text (``conversation_text``);
+- anything else: a Hugging Face sequence-classification model (hub id or folder), a reward
+  model. Its score is the logit when it has one label, else the log-probability of its last
+  label (by convention the positive one). A tokenizer with a chat template gets the
+  conversation as messages; one without gets (prompt, reply) as a text pair, the input format
+  of reward models such as OpenAssistant's DeBERTa ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from coh.data.feedback import Turn
+
+
+class Judge(Protocol):
+    name: str
+
+    def score(self, contexts: Sequence[Sequence[Turn]], replies: Sequence[str]) -> list[float]:
+        """One score per (context, reply); higher is better."""
+        ...
+
+
+def conversation_text(turns: Sequence[Turn]) -> str:
+    """A conversation as plain text: a lone user turn as it is, longer ones in hh-rlhf's
+    ``Human: ... / Assistant: ...`` form (blank line between turns)."""
+    if len(turns) == 1 and turns[0].role == "user":
+        return turns[0].text
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{names[t.role]}: {t.text}" for t in turns)
+
+
+class FunctionJudge:
+    """A Python function ``f(prompt: str, reply: str) -> float``."""
+
+    def __init__(self, fn: Callable[[str, str], float], name: str):
+        self.fn, self.name = fn, name
+
+    def score(self, contexts: Sequence[Sequence[Turn]], replies: Sequence[str]) -> list[float]:
+        out = []
+        for turns, reply in zip(contexts, replies):
+            value = self.fn(conversation_text(turns), reply)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"judge {self.name} returned {type(value).__name__} {value!r}; expected a number")
+            out.append(float(value))
+        return out
+
+
+class RewardModelJudge:
+    """A sequence-classification model scoring (conversation, reply), batched, no gradient."""
+
+    def __init__(self, name_or_path: str, device: str | None = None, batch_size: int = 8, max_length: int = 2048,
+                 progress: bool = False):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name = name_or_path
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"judge '{name_or_path}': cannot load a sequence-classification model ({e}); "
+                             "give a reward model (hub id or folder) or MODULE:FUNCTION") from None
+        if self.tokenizer.pad_token_id is None:  # batches need padding; the model finds the last real token by it
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.batch_size, self.max_length, self.progress = batch_size, max_length, progress
+
+    def _encode(self, contexts: Sequence[Sequence[Turn]], replies: Sequence[str]):
+        tok = self.tokenizer
+        common = {"padding": True, "truncation": True, "max_length": self.max_length, "return_tensors": "pt"}
+        if getattr(tok, "chat_template", None):
+            texts = [tok.apply_chat_template([{"role": t.role, "content": t.text} for t in turns]
+                                             + [{"role": "assistant", "content": reply}], tokenize=False)
+                     for turns, reply in zip(contexts, replies)]
+            # The template writes the special tokens itself (BOS included): add none.
+            return tok(texts, add_special_tokens=False, **common)
+        return tok([conversation_text(t) for t in contexts], list(replies), **common)
+
+    def score(self, contexts: Sequence[Sequence[Turn]], replies: Sequence[str]) -> list[float]:
+        import torch
+        from tqdm import tqdm
+
+        out: list[float] = []
+        for start in tqdm(range(0, len(replies), self.batch_size), desc=f"judge {Path(self.name).name}",
+                          disable=not self.progress):
+            batch = self._encode(contexts[start:start + self.batch_size], replies[start:start + self.batch_size])
+            with torch.no_grad():
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
+            scores = logits[:, 0] if logits.shape[-1] == 1 else torch.log_softmax(logits, -1)[:, -1]
+            out.extend(scores.cpu().tolist())
+        return out
+
+
+def _load_function(spec: str) -> Callable[[str, str], float]:
+    target, _, fn_name = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.exists():
+            raise FileNotFoundError(f"judge '{spec}': no such file {path}")
+        module_spec = importlib.util.spec_from_file_location(f"coh_judge_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ValueError(f"judge '{spec}': cannot import module '{target}' ({e})") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"judge '{spec}': '{target}' has no function '{fn_name}'")
+    return fn
+
+
+def is_function_spec(spec: str) -> bool:
+    """``MODULE:FUNCTION`` or ``FILE.py:FUNCTION`` (hub ids and folders hold no ':' before a name)."""
+    target, sep, fn_name = spec.rpartition(":")
+    return bool(sep and target and fn_name.isidentifier() and not Path(spec).exists())
+
+
+def load_judge(spec: str, device: str | None = None, batch_size: int = 8, progress: bool = False) -> Judge:
+    """A judge from its ``--judge`` string (see the module docstring)."""
+    if is_function_spec(spec):
+        return FunctionJudge(_load_function(spec), spec)
+    return RewardModelJudge(spec, device=device, batch_size=batch_size, progress=progress)
