@@ -208,3 +208,18 @@ def test_lora_trains_adapters_only_resumes_exactly_and_merges(workspace):
 def test_lora_with_unknown_target_modules_is_refused(workspace):
     with pytest.raises(TrainingError, match="cannot add LoRA adapters"):
         train(config(workspace, "lora-bad", lora_r=4, lora_target_modules="no_such_proj"))
+
+
+def test_lora_recipe_runs_on_a_tiny_model(workspace):
+    """The single-GPU LoRA recipe as shipped (bf16, gradient checkpointing, all-linear adapters),
+    with only the model, data and sizes swapped for the tiny ones."""
+    repo = Path(__file__).resolve().parents[2]
+    cfg = TrainConfig.load(repo / "configs" / "train" / "lora-1gpu.yaml", [
+        f"model={workspace / 'llama'}", f"train_data={workspace / 'data'}", f"output_dir={workspace / 'lora-recipe'}",
+        "max_steps=2", "gradient_accumulation_steps=1", "max_length=512", "micro_batch_tokens=1024",
+        "report_to=[none]", "eval_every=2", "save_every=2"])
+    assert (cfg.lora_r, cfg.dtype, cfg.gradient_checkpointing) == (16, "bfloat16", True)
+    metrics = train(cfg)
+    assert metrics["eval/loss"] > 0
+    assert (workspace / "lora-recipe" / "final" / "adapter_config.json").exists()
+    assert (workspace / "lora-recipe" / "final-merged" / "model.safetensors").exists()
