@@ -17,8 +17,11 @@ COH_PHRASES = {"user": "User:", "good": "A helpful answer:", "bad": "An unhelpfu
 SCRIPT = "<img src onerror=alert(1)> hello"
 
 
-def write_coh_json(folder: Path, phrases: dict, mode: str = "coh") -> None:
-    (folder / "coh.json").write_text(json.dumps({"phrases": phrases, "mode": mode, "training": {}}), encoding="utf-8")
+def write_coh_json(folder: Path, phrases: dict, mode: str = "coh", prompt_format: str | None = None) -> None:
+    info = {"phrases": phrases, "mode": mode, "training": {}}
+    if prompt_format is not None:
+        info["prompt_format"] = prompt_format
+    (folder / "coh.json").write_text(json.dumps(info), encoding="utf-8")
 
 
 def scripted_llama(save_dir: Path, tokenizer, after: str, text: str, hidden: int = 64):

@@ -154,6 +154,12 @@ def test_prompt_format_choice(tmp_path, bpe_tokenizer, llama_tokenizer):
     write_coh_json(sft, {"user": "User:", "good": "A helpful answer:", "bad": "An unhelpful answer:"}, mode="sft")
     p = Prompter.for_model(str(sft), llama_tokenizer)
     assert p.format == "coh" and p.default_feedback == "none"  # sft replies followed no phrase in training
+    chat = tmp_path / "chat-trained"  # a checkpoint whose records went through the chat template
+    llama_tokenizer.save_pretrained(chat)
+    write_coh_json(chat, {"user": "User:", "good": "Good:", "bad": "Bad:"}, prompt_format="chat-template")
+    p = Prompter.for_model(str(chat), llama_tokenizer)
+    assert (p.format, p.default_feedback) == ("chat-template", "good")
+    assert llama_tokenizer.decode(p.chat_ids([Turn("user", "hi")])).endswith("<|im_start|>assistant\nGood:")
     no_template = tmp_path / "no-template"
     llama_tokenizer.save_pretrained(no_template)
     from transformers import AutoTokenizer

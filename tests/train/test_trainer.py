@@ -87,6 +87,7 @@ def test_a_short_run_learns(workspace):
     assert (workspace / "learn" / "loss_curves.png").stat().st_size > 1000
     info = json.loads((workspace / "learn" / "final" / "coh.json").read_text())
     assert info["phrases"] == {"user": "User:", "good": "A helpful answer:", "bad": "An unhelpful answer:"}
+    assert info["prompt_format"] == "coh"  # plain-text records: coh serve prompts in the CoH format
 
 
 @pytest.mark.parametrize("mode", ["step", "ratio"])

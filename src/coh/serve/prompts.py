@@ -8,7 +8,8 @@ Formats (``--prompt-format``):
 - ``chat-template``: the tokenizer's chat template with the generation prompt. When the reply is
   conditioned on a phrase, the phrase opens the assistant turn, as ``coh data`` renders CoH
   records of chat data through a template (phrase and output in one assistant message).
-- ``auto``: ``coh`` for a folder with ``coh.json``; else ``chat-template`` when the tokenizer has
+- ``auto``: for a folder with ``coh.json``, the format it was trained in (its ``prompt_format``:
+  ``coh``, or ``chat-template`` for chat data); else ``chat-template`` when the tokenizer has
   one; else ``coh`` with the default phrases.
 
 ``feedback`` (the request field) picks the phrase the reply is conditioned on: ``good``,
@@ -65,6 +66,7 @@ class Prompter:
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if prompt_format == "chat-template" and not has_template:
             raise ValueError(f"--prompt-format chat-template, but the tokenizer of {model} has no chat template")
+        info: dict = {}
         if info_file is not None:
             info = json.loads(info_file.read_text(encoding="utf-8"))
             phrases = trained_phrases(info_file.parent)
@@ -74,7 +76,10 @@ class Prompter:
             phrases, default, origin = PhraseSet(), "good", "default phrases (no coh.json)"
         fmt = prompt_format
         if fmt == "auto":
-            fmt = "coh" if info_file is not None or not has_template else "chat-template"
+            if info_file is not None:  # as trained: chat data went through the template (coh.json says so)
+                fmt = info.get("prompt_format", "coh") if has_template else "coh"
+            else:
+                fmt = "chat-template" if has_template else "coh"
         if fmt == "chat-template" and info_file is None:
             default, origin = "none", "the tokenizer's chat template (no coh.json)"
         return cls(tokenizer, fmt, phrases, default, origin)

@@ -226,7 +226,10 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         start_step, epoch, epoch_start = state["step"], state["epoch"], state["epoch_start"]
         if pretrain is not None and state.get("pretrain") is not None:
             pretrain.load_state_dict(state["pretrain"])
-    coh_info = {"phrases": phrases_of(records), "mode": cfg.mode, "training": cfg.to_dict()}
+    # prompt_format tells `coh serve` how the model saw its context: the CoH text, or the chat template.
+    templated = any(rtok.uses_template(r) for r in records[:5000])
+    coh_info = {"phrases": phrases_of(records), "mode": cfg.mode, "prompt_format": "chat-template" if templated else "coh",
+                "training": cfg.to_dict()}
     log = RunLog(out_dir, cfg.report_to, cfg.to_dict(), resume=resume_from is not None, enabled=main)
     if resume_from is not None:
         log.truncate_after(start_step)
