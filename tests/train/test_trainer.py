@@ -224,3 +224,16 @@ def test_lora_recipe_runs_on_a_tiny_model(workspace):
     assert metrics["eval/loss"] > 0
     assert (workspace / "lora-recipe" / "final" / "adapter_config.json").exists()
     assert (workspace / "lora-recipe" / "final-merged" / "model.safetensors").exists()
+
+
+def test_bfloat16_computes_under_autocast_with_fp32_weights(workspace):
+    from transformers import AutoModelForCausalLM
+
+    from coh.train.trainer import step_loss
+
+    model = AutoModelForCausalLM.from_pretrained(workspace / "llama")
+    batch = collate_packed([(list(range(5, 60)), [0] * 20 + [1] * 35)])
+    full = step_loss(model, batch, config(workspace, "x")).loss_sum.item()
+    half = step_loss(model, batch, config(workspace, "x", dtype="bfloat16")).loss_sum.item()
+    assert half != full and half == pytest.approx(full, rel=2e-2)  # bf16 matmuls: close, not equal
+    assert next(model.parameters()).dtype == torch.float32

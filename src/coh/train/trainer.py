@@ -170,9 +170,9 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     set_seed(cfg.seed)
     fsdp = cfg.distributed == "fsdp"
     # cpu=True on machines without CUDA: accelerate then runs several processes over gloo (MULTI_CPU).
-    # Under FSDP, bf16 is FSDP's own mixed precision (see coh.train.distributed), not autocast.
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.dtype == "bfloat16" and not fsdp else "no",
-                              cpu=not torch.cuda.is_available())
+    # bf16 is autocast in `step_loss` (or FSDP's own mixed precision), not accelerate's setting: that
+    # is process-wide state, and one process may train twice (the demo, tests) with different dtypes.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     if cfg.attention == "flex_attention" and accelerator.device.type == "cpu":
         raise TrainingError("attention flex_attention trains on GPUs only (torch has no CPU backward for it): "
@@ -340,12 +340,21 @@ def accumulate_gradients(model, work: list, cfg: TrainConfig, step: int, fb_targ
             mask = fcm_attention_mask(accelerator.unwrap_model(model), batch["position_ids"], cfg.fcm_min_ratio, cfg.fcm_max_ratio,
                                       seed=micro_seed, generator=torch.Generator().manual_seed(micro_seed))
         with gradient_sync(model, accelerator, sync=k == len(work) - 1):
-            result = target_loss(model, batch, mask, chunk=cfg.loss_chunk)
+            result = step_loss(model, batch, cfg, mask)
             # DDP averages gradients over processes: scale by the process count to keep sums.
             loss = _scaled_loss(result, stream, cfg, fb_targets, pt_targets, len(work) * world) * world
             accelerator.backward(loss)
         out.append((result, stream, bin_, batch))
     return out
+
+
+def step_loss(model, batch: dict, cfg: TrainConfig, attention_mask: object = None):
+    """``target_loss`` as configured: bf16 autocast for ``dtype=bfloat16`` (fp32 weights and
+    optimizer; under FSDP its mixed precision does this instead), the chunked projection."""
+    device_type = batch["input_ids"].device.type
+    autocast = cfg.dtype == "bfloat16" and not is_sharded(model)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+        return target_loss(model, batch, attention_mask, chunk=cfg.loss_chunk)
 
 
 def _ratio_slots(step: int, cfg: TrainConfig) -> int:
@@ -472,7 +481,7 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
         for b in _share(ev.bins, accelerator):
             pieces = [(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])]
             batch = {k: v.to(device) for k, v in collate_packed(pieces).items()}
-            r = target_loss(model, batch, chunk=cfg.loss_chunk)
+            r = step_loss(model, batch, cfg)
             totals["loss_sum"] += float(r.loss_sum)
             totals["targets"] += r.targets
             totals["correct"] += r.correct
@@ -483,7 +492,7 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
             state = pretrain_eval.state_dict()
             for _ in range(pretrain_batches):
                 batch = {k: v.to(device) for k, v in pretrain_eval.next_batch(cfg.micro_batch_tokens).items()}
-                r = target_loss(model, batch, chunk=cfg.loss_chunk)
+                r = step_loss(model, batch, cfg)
                 totals["pt_sum"] += float(r.loss_sum)
                 totals["pt_n"] += r.targets
             pretrain_eval.load_state_dict(state)  # the same batches at every evaluation
@@ -491,7 +500,7 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
             nll = torch.zeros(len(ev.pairs), dtype=torch.float64)
             for b in _share(ev.pair_bins, accelerator):
                 batch = collate_packed([(ev.pairs.input_ids[i], ev.pairs.loss_mask[i]) for i in b] or [([0], [0])])
-                r = target_loss(model, {k: v.to(device) for k, v in batch.items()}, chunk=cfg.loss_chunk)
+                r = step_loss(model, {k: v.to(device) for k, v in batch.items()}, cfg)
                 if b:
                     nll[b] = r.per_record
             nll = accelerator.reduce(nll.to(device), "sum").cpu()
