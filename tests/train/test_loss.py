@@ -38,11 +38,14 @@ def random_records(vocab: int, n: int, seed: int) -> list[tuple[list[int], list[
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gptj])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_loss_equals_unpacked_reference(make, attn):
+@pytest.mark.parametrize("split_rows", [False, True])
+def test_packed_loss_equals_unpacked_reference(make, attn, split_rows):
     model = make(97, attn)
     records = random_records(97, 6, seed=1)
+    batch = collate_packed(records, split_rows)
+    assert (batch["input_ids"].shape[0] > 1) == split_rows  # several rows, with padding
     with torch.no_grad():
-        got = target_loss(model, collate_packed(records))
+        got = target_loss(model, batch)
     want, count = reference_loss(model, records)
     assert got.targets == count
     assert got.loss_sum.item() == pytest.approx(want, rel=1e-5)
@@ -57,18 +60,20 @@ def test_no_targets_gives_zero_with_a_graph():
     assert got.targets == 0 and got.loss_sum.item() == 0.0 and got.loss_sum.requires_grad
 
 
-def test_fcm_mask_composes_with_packing():
+@pytest.mark.parametrize("split_rows", [False, True])
+def test_fcm_mask_composes_with_packing(split_rows):
     from coh.train.masks import fcm_attention_mask
 
     model = tiny_llama(97)
-    batch = collate_packed(random_records(97, 5, seed=2))
+    batch = collate_packed(random_records(97, 5, seed=2), split_rows)
     with torch.no_grad():
         plain = target_loss(model, batch).loss_sum
         g = torch.Generator().manual_seed(0)
         zero = fcm_attention_mask(model, batch["position_ids"], 0.0, 0.0, seed=0, generator=g)
         assert target_loss(model, batch, zero).loss_sum.item() == pytest.approx(plain.item(), rel=1e-6)
         some = fcm_attention_mask(model, batch["position_ids"], 0.3, 0.3, seed=0, generator=g)
-        assert target_loss(model, batch, some).loss_sum.item() != pytest.approx(plain.item(), rel=1e-4)
+        # a random tiny model barely uses attention: the change is small, yet far above the 1e-6 agreement
+        assert target_loss(model, batch, some).loss_sum.item() != pytest.approx(plain.item(), rel=2e-5)
 
 
 def test_flex_attention_block_mask_matches_the_dense_mask():
@@ -91,12 +96,12 @@ def test_flex_attention_block_mask_matches_the_dense_mask():
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gptj])
-@pytest.mark.parametrize("chunk", [1, 7, 10**6])
-def test_chunked_loss_equals_whole_loss_with_bounded_logits(make, chunk):
+@pytest.mark.parametrize(("chunk", "split_rows"), [(1, False), (7, False), (10**6, False), (7, True)])
+def test_chunked_loss_equals_whole_loss_with_bounded_logits(make, chunk, split_rows):
     """Chunked vocabulary projection: the same loss, per-record losses, hits and gradients as the
     whole projection, while the output layer never sees more than ``chunk`` positions at once."""
     model = make(300).train()
-    batch = collate_packed(random_records(300, 6, seed=3))
+    batch = collate_packed(random_records(300, 6, seed=3), split_rows)
     whole = target_loss(model, batch)
     whole.loss_sum.backward()
     grads = [p.grad.clone() for p in model.parameters()]

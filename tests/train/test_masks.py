@@ -64,3 +64,24 @@ def test_reproducible_from_seeds():
 def test_zero_ratio_is_the_plain_record_mask():
     lengths = [30, 20]
     assert torch.equal(make_mask(lengths, 0.0, 0.0), allowed_entries(lengths))
+
+
+def test_rows_layout_masks_each_row_on_its_own():
+    """Several rows (split_rows): FCM stays inside each record of each row, keeps first keys, and
+    draws different patterns in different rows."""
+    records = [(list(range(n)), [1] * n) for n in (120, 120, 80, 40)]
+    batch = collate_packed(records, split_rows=True)
+    g = torch.Generator().manual_seed(0)
+    mask = fcm_attention_mask(tiny_llama(64), batch["position_ids"], 0.2, 0.2, 7, g)[:, 0]
+    assert mask.shape[0] == batch["input_ids"].shape[0] == 3  # [120], [120], [80, 40]
+    for r in range(3):
+        index = batch["record_index"][r]
+        lengths = [int((index == i).sum()) for i in dict.fromkeys(index[index >= 0].tolist())]
+        real = sum(lengths)
+        allowed = allowed_entries(lengths)
+        assert not (mask[r, :real, :real] & ~allowed).any()
+        starts = [sum(lengths[:k]) for k in range(len(lengths))]
+        for s0, n in zip(starts, lengths):
+            assert mask[r, s0:s0 + n, s0].all()
+        assert not mask[r, :real, real:].any()  # no real token sees the padding
+    assert not torch.equal(mask[0, :120, :120], mask[1, :120, :120])

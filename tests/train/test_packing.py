@@ -53,3 +53,26 @@ def test_collate_restarts_positions_and_never_targets_a_record_start():
     # token 5 and token 8 start records: nothing in their record predicts them
     assert batch["target_mask"].tolist() == [[False, True, True, False, True]]
     assert batch["target_mask"].dtype == torch.bool
+
+
+def test_split_rows_lays_records_in_rows_of_the_longest_record():
+    """Reference: each row holds whole records back to back, right-padded to the widest row; the
+    padding is no target, belongs to no record and continues the last record's positions."""
+    records = [([1] * 6, [1] * 6), ([2] * 3, [0, 1, 1]), ([3] * 2, [1, 1]), ([4] * 4, [0, 0, 1, 1]), ([5], [1])]
+    batch = collate_packed(records, split_rows=True)
+    assert batch["input_ids"].shape[1] == 6  # the longest record
+    seen = []
+    for ids, pos, target, index in zip(*(batch[k].tolist() for k in ("input_ids", "position_ids", "target_mask",
+                                                                      "record_index"))):
+        at = 0
+        for i in dict.fromkeys(x for x in index if x >= 0):
+            rec_ids, rec_mask = records[i]
+            n = len(rec_ids)
+            assert ids[at:at + n] == rec_ids and pos[at:at + n] == list(range(n)) and index[at:at + n] == [i] * n
+            assert target[at:at + n] == [False] + [bool(m) for m in rec_mask[1:]]
+            seen.append(i)
+            at += n
+        assert index[at:] == [-1] * (6 - at) and not any(target[at:])
+        assert pos[at:] == list(range(pos[at - 1] + 1, pos[at - 1] + 1 + 6 - at))
+    assert sorted(seen) == list(range(len(records)))
+    assert batch["input_ids"].shape[0] == 3  # 16 tokens in rows of 6: best-fit decreasing needs 3

@@ -147,15 +147,16 @@ def sequence_nll(lm: LoadedModel, records: Sequence[FeedbackRecord], batch_token
 
     from coh.data.tokenize import tokenize_many
     from coh.train.loss import target_loss
-    from coh.train.packing import collate_packed, pack_documents
+    from coh.train.packing import collate_packed, dense_attention, pack_documents
 
     tokenized = tokenize_many(records, lm.record_tokenizer)
     lengths = [len(t.input_ids) for t in tokenized]
     bins = pack_documents(lengths, max(batch_tokens, *lengths)) if lm.packs else [[i] for i in range(len(lengths))]
     nll = [0.0] * len(records)
+    split_rows = dense_attention(lm.model)
     with torch.no_grad():
         for b in tqdm(bins, desc="likelihoods", unit=" rows", disable=not progress):
-            batch = collate_packed([(tokenized[i].input_ids, tokenized[i].loss_mask) for i in b])
+            batch = collate_packed([(tokenized[i].input_ids, tokenized[i].loss_mask) for i in b], split_rows)
             result = target_loss(lm.model, {k: v.to(lm.device) for k, v in batch.items()})
             for i, value in zip(b, result.per_record.tolist()):
                 nll[i] = value

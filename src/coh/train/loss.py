@@ -95,7 +95,7 @@ def chunkable(model: torch.nn.Module) -> bool:
 
 def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attention_mask: object = None,
                 chunk: int | None = None) -> TargetLoss:
-    """Loss of one packed micro-batch (see ``coh.train.packing.collate_packed``).
+    """Loss of one packed micro-batch (see ``coh.train.packing.collate_packed``, either layout).
 
     ``attention_mask``: None (record boundaries come from ``position_ids``) or a prepared 4D mask
     / flex ``BlockMask`` (random past-token masking composed with the boundaries). ``chunk``:
@@ -103,8 +103,7 @@ def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attentio
     models that transform logits after the output layer (see ``chunkable``).
     """
     target_mask = batch["target_mask"]
-    record_of_token = torch.cumsum((batch["position_ids"][0] == 0).long(), 0) - 1
-    per_record = torch.zeros(int(record_of_token[-1]) + 1, dtype=torch.float64)
+    per_record = torch.zeros(int(batch["record_index"].max()) + 1, dtype=torch.float64)
     targets = batch["input_ids"][target_mask]
     if targets.numel() == 0:
         # A real forward with a zero loss: every process of a DDP / FSDP step runs the same
@@ -129,5 +128,5 @@ def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attentio
         logits = out.logits.reshape(-1, out.logits.shape[-1]).float()
         nll = F.cross_entropy(logits, targets, reduction="none")
         correct = int((logits.detach().argmax(-1) == targets).sum())
-    per_record.index_add_(0, record_of_token[target_mask[0]].cpu(), nll.detach().double().cpu())
+    per_record.index_add_(0, batch["record_index"][target_mask].cpu(), nll.detach().double().cpu())
     return TargetLoss(nll.sum(), int(targets.numel()), correct, per_record)

@@ -34,12 +34,13 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 def record_ratios(position_ids: torch.Tensor, min_ratio: float, max_ratio: float, generator: torch.Generator
                   ) -> torch.Tensor:
-    """One drop ratio per record, drawn from U(min_ratio, max_ratio), spread over its tokens: shape ``(T,)``."""
-    starts = position_ids[0] == 0
+    """One drop ratio per record, drawn from U(min_ratio, max_ratio) in row-major order of the
+    records, spread over its tokens: shape ``(R, W)`` like ``position_ids``."""
+    starts = (position_ids == 0).reshape(-1)
     record_of_token = torch.cumsum(starts.long(), 0) - 1
     n_records = int(starts.sum())
     draws = min_ratio + (max_ratio - min_ratio) * torch.rand(n_records, generator=generator)
-    return draws.to(position_ids.device)[record_of_token]
+    return draws.to(position_ids.device)[record_of_token].reshape(position_ids.shape)
 
 
 def fcm_mask_function(position_ids: torch.Tensor, ratios: torch.Tensor, seed: int) -> Callable:
@@ -49,11 +50,12 @@ def fcm_mask_function(position_ids: torch.Tensor, ratios: torch.Tensor, seed: in
     first_key = position_ids == 0
     record = torch.cumsum(first_key.long(), dim=1)
     seed_t = torch.tensor(seed & 0x7FFFFFFF, device=position_ids.device)
+    width = position_ids.shape[1]
 
     def keep(batch_idx, head_idx, q_idx, kv_idx):
-        u = _mix(_mix(seed_t * 0x1000003 + q_idx) + kv_idx) & ((1 << _HASH_BITS) - 1)
+        u = _mix(_mix(seed_t * 0x1000003 + batch_idx * width + q_idx) + kv_idx) & ((1 << _HASH_BITS) - 1)
         same_record = record[batch_idx, q_idx] == record[batch_idx, kv_idx]
-        return same_record & ((u >= threshold[q_idx]) | first_key[batch_idx, kv_idx])
+        return same_record & ((u >= threshold[batch_idx, q_idx]) | first_key[batch_idx, kv_idx])
 
     return keep
 

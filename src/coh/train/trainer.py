@@ -38,7 +38,7 @@ from coh.train.data import (
 from coh.train.distributed import clip_grad_norm, gradient_sync, is_sharded, shard_model
 from coh.train.loss import target_loss
 from coh.train.masks import fcm_attention_mask
-from coh.train.packing import collate_packed, pack_documents
+from coh.train.packing import collate_packed, dense_attention, pack_documents
 
 
 class TrainingError(ValueError):
@@ -198,6 +198,7 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     from_checkpoint = resume_from is not None and not fsdp and not cfg.lora_r
     model = load_model(str(resume_from) if from_checkpoint else cfg.model, cfg)
     check_position_resets(model)
+    split_rows = dense_attention(model)  # see coh.train.packing: rows as long as the longest record
     if cfg.lora_r:
         model = add_lora(model, cfg, resume_from)
     if fsdp:
@@ -259,11 +260,12 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         # An epoch's last step may leave a process short: target-free micro-batches keep every process
         # running the same forwards and backwards, which DDP's and FSDP's collectives need.
         mine += [[]] * (cfg.gradient_accumulation_steps - len(mine))
-        batches = [collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])]) for b in mine]
+        batches = [collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])], split_rows)
+                   for b in mine]
         pt_batches = []
         if pretrain is not None:
             n_pt = 1 if cfg.pretrain_mode == "step" else _ratio_slots(step, cfg)
-            pt_batches = [pretrain.next_batch(cfg.micro_batch_tokens) for _ in range(n_pt)]
+            pt_batches = [pretrain.next_batch(cfg.micro_batch_tokens, split_rows) for _ in range(n_pt)]
         fb_targets = sum(data.targets(i) for b in bins for i in b)  # the whole step, every process
         pt_targets = int(accelerator.reduce(torch.tensor(sum(int(b["target_mask"].sum()) for b in pt_batches),
                                                          device=accelerator.device), "sum")) if pretrain else 0
@@ -382,7 +384,7 @@ def _scaled_loss(result, stream: str, cfg: TrainConfig, fb_targets: int, pt_targ
 
 def _account(window: dict, result, stream: str, bin_: list[int] | None, data: TokenizedSet, batch: dict) -> None:
     """Add one micro-batch to the logging window: losses per stream and per source, token counts."""
-    window["tokens"] += batch["input_ids"].numel()
+    window["tokens"] += int((batch["record_index"] >= 0).sum())  # not the padding of split rows
     if stream == "pretrain":
         window["pretrain_loss_sum"] += float(result.loss_sum.detach())
         window["pretrain_targets"] += result.targets
@@ -478,12 +480,13 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
     output gets a higher likelihood than the dispreferred one, both after the positive phrase."""
     model.eval()
     device = accelerator.device
+    split_rows = dense_attention(model)
     totals: dict[str, float] = defaultdict(float)
     data = ev.data
     with torch.no_grad():
         for b in _share(ev.bins, accelerator):
             pieces = [(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])]
-            batch = {k: v.to(device) for k, v in collate_packed(pieces).items()}
+            batch = {k: v.to(device) for k, v in collate_packed(pieces, split_rows).items()}
             r = step_loss(model, batch, cfg)
             totals["loss_sum"] += float(r.loss_sum)
             totals["targets"] += r.targets
@@ -494,7 +497,7 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
         if pretrain_eval is not None:
             state = pretrain_eval.state_dict()
             for _ in range(pretrain_batches):
-                batch = {k: v.to(device) for k, v in pretrain_eval.next_batch(cfg.micro_batch_tokens).items()}
+                batch = {k: v.to(device) for k, v in pretrain_eval.next_batch(cfg.micro_batch_tokens, split_rows).items()}
                 r = step_loss(model, batch, cfg)
                 totals["pt_sum"] += float(r.loss_sum)
                 totals["pt_n"] += r.targets
@@ -502,7 +505,8 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
         if ev.pairs is not None:
             nll = torch.zeros(len(ev.pairs), dtype=torch.float64)
             for b in _share(ev.pair_bins, accelerator):
-                batch = collate_packed([(ev.pairs.input_ids[i], ev.pairs.loss_mask[i]) for i in b] or [([0], [0])])
+                batch = collate_packed([(ev.pairs.input_ids[i], ev.pairs.loss_mask[i]) for i in b] or [([0], [0])],
+                                       split_rows)
                 r = step_loss(model, {k: v.to(device) for k, v in batch.items()}, cfg)
                 if b:
                     nll[b] = r.per_record
