@@ -9,6 +9,7 @@ than --max-length are left out of both. One epoch each, fp32, AdamW, same lr, no
 Runs, each in its own process (so memory is its own):
   coh            `coh train` defaults: packed micro-batches of --micro-batch-tokens, FCM off
   coh-fcm        the same with random past-token masking (fcm_max_ratio 0.05, the paper's range)
+  coh-gc         the same with gradient checkpointing, as TRL's default has it (memory like for like)
   trl-default    SFTTrainer in its default settings (batches of 8 padded rows; gradient checkpointing
                  on, its default) except bf16 off on CPU, where bf16 is emulated and ~25x slower
   trl-packed     the same with packing=True (its default strategy, bfd, padding-free position ids)
@@ -36,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = [REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz",
            REPO / "src" / "coh" / "data" / "builtin" / "hh-rlhf-harmless-sample.jsonl.gz"]
-RUNS = ("coh", "coh-fcm", "trl-default", "trl-packed")
+RUNS = ("coh", "coh-fcm", "coh-gc", "trl-default", "trl-packed")
 
 
 class PeakMemory:
@@ -96,15 +97,24 @@ def prepare(work: Path, args) -> None:
                       progress=False, num_proc=1))
 
 
-def run_coh(work: Path, args, fcm: bool) -> dict:
+def run_coh(work: Path, args, name: str) -> dict:
     from coh.train.config import TrainConfig
     from coh.train.trainer import train
 
-    out = work / ("coh-fcm" if fcm else "coh")
+    out = work / name
     cfg = TrainConfig(model=str(work / "model"), train_data=str(work / "data" / "train.jsonl"), output_dir=str(out),
                       max_length=args.max_length, overlong="skip", micro_batch_tokens=args.micro_batch_tokens,
                       lr=args.lr, warmup_steps=0, epochs=1, save_every=10**9, eval_every=10**9, log_every=1,
-                      report_to=["none"], fcm_max_ratio=0.05 if fcm else 0.0, resume=False)
+                      report_to=["none"], fcm_max_ratio=0.05 if name == "coh-fcm" else 0.0,
+                      gradient_checkpointing=name == "coh-gc", resume=False)
+    # What train() imports lazily is imported before the baseline, as TRL's run imports trl first:
+    # memory then counts the training alone on both sides.
+    import accelerate  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401  (the loss plot at the end)
+    import transformers  # noqa: F401
+
+    import coh.train.metrics  # noqa: F401
+
     memory = PeakMemory()
     train(cfg)
     peak = memory.stop()
@@ -149,7 +159,8 @@ def run_trl(work: Path, args, packing: bool) -> dict:
 
 
 def child(name: str, work: Path, args) -> None:
-    runners = {"coh": lambda: run_coh(work, args, False), "coh-fcm": lambda: run_coh(work, args, True),
+    runners = {"coh": lambda: run_coh(work, args, "coh"), "coh-fcm": lambda: run_coh(work, args, "coh-fcm"),
+               "coh-gc": lambda: run_coh(work, args, "coh-gc"),
                "trl-default": lambda: run_trl(work, args, False), "trl-packed": lambda: run_trl(work, args, True)}
     result = runners[name]()
     result["tokens_per_s"] = result["tokens"] / result["seconds"]
@@ -166,7 +177,7 @@ def plot(results: dict[str, dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, label in ((axes[0], "tokens_per_s", "non-padding tokens/s"), (axes[1], "peak_mb", "peak memory (MB)")):
         values = [results[n][key] for n in names]
-        bars = ax.bar(names, values, color=["#2b6cb0", "#63b3ed", "#c05621", "#ed8936"][: len(names)])
+        bars = ax.bar(names, values, color=["#2b6cb0", "#63b3ed", "#90cdf4", "#c05621", "#ed8936"][: len(names)])
         ax.bar_label(bars, fmt="%.0f")
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=15)
@@ -228,6 +239,10 @@ def main() -> int:
             if peer in results:
                 print(f"coh / {peer}: speed {ours['tokens_per_s'] / results[peer]['tokens_per_s']:.2f}x, "
                       f"memory {ours['peak_mb'] / max(results[peer]['peak_mb'], 1e-9):.2f}x")
+        if "coh-gc" in results and "trl-default" in results:
+            gc, peer = results["coh-gc"], results["trl-default"]
+            print(f"coh-gc / trl-default (both gradient checkpointing): speed "
+                  f"{gc['tokens_per_s'] / peer['tokens_per_s']:.2f}x, memory {gc['peak_mb'] / max(peer['peak_mb'], 1e-9):.2f}x")
         if "coh-fcm" in results:
             print(f"FCM on / off: time per token {ours['tokens_per_s'] / results['coh-fcm']['tokens_per_s']:.2f}x")
     if args.plot:
