@@ -213,7 +213,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         prepare(work, args)
-        passthrough = [a for a in sys.argv[1:] if not a.startswith("--plot")]
+        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                       if k not in ("plot", "run", "work", "repeats", "runs")]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         for _ in range(args.repeats):
             for name in args.runs.split(","):
