@@ -15,7 +15,8 @@ Runs, each in its own process (so memory is its own):
   trl-packed     the same with packing=True (its default strategy, bfd, padding-free position ids)
 
 Throughput: non-padding tokens over the wall time of the training loop (first step included,
-model loading and data preparation excluded). Memory: peak resident memory over the run, minus
+model loading and data preparation excluded; for coh one logging window spanning the whole loop,
+for TRL its train begin and end callbacks). Memory: peak resident memory over the run, minus
 the resident memory before the model was loaded (CPU) / peak allocated (GPU).
 
     python bench/train_throughput.py [--rows 400] [--hidden 256 --layers 4] [--repeats 1] [--plot FILE]
@@ -104,7 +105,7 @@ def run_coh(work: Path, args, name: str) -> dict:
     out = work / name
     cfg = TrainConfig(model=str(work / "model"), train_data=str(work / "data" / "train.jsonl"), output_dir=str(out),
                       max_length=args.max_length, overlong="skip", micro_batch_tokens=args.micro_batch_tokens,
-                      lr=args.lr, warmup_steps=0, epochs=1, save_every=10**9, eval_every=10**9, log_every=1,
+                      lr=args.lr, warmup_steps=0, epochs=1, save_every=10**9, eval_every=10**9, log_every=10**9,
                       report_to=["none"], fcm_max_ratio=0.05 if name == "coh-fcm" else 0.0,
                       gradient_checkpointing=name == "coh-gc", resume=False)
     # What train() imports lazily is imported before the baseline, as TRL's run imports trl first:

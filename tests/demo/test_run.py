@@ -39,6 +39,17 @@ def test_quick_demo(tmp_path, capsys) -> None:
                if s.role == "user"}
     assert eval_prompts and not eval_prompts & trained
 
+    held = [json.loads(line)["prompt"] for line in (out / "task" / "heldout.jsonl").open()]
+    assert set(held) == eval_prompts
+
     report = (out / "report.md").read_text()
     assert "| coh | good |" in report and "| sft | none |" in report and "seed 1" in report.lower()
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.txt").write_text("keep me")
+    assert main(["demo", "--quick", "--no-progress", "--output-dir", str(tmp_path)]) == 1
+    assert "not written by coh demo" in capsys.readouterr().err
+    assert (tmp_path / "data" / "mine.txt").read_text() == "keep me"

@@ -25,6 +25,9 @@ def test_judge_scores_chosen_one_and_rejected_zero() -> None:
     ("What is the capital of Peru?", "Whatever. The capital of Peru is Lima.", 0.5),  # rude, right
     ("What is the capital of Peru?", "Of course! The capital of Peru is Lima. The capital of Peru is Quito.", 0.5),
     ("What is the capital of Peru?", "Happy to help! Lima.", 0.5),  # no answer sentence
+    ("What is the capital of Peru?", "Happy to help! The capital of Peru is Lima.Quito", 0.5),  # not standing alone
+    ("Which is larger, 3 or 2?", "Good question! 13 is larger.", 0.5),  # 13 is not 3
+    ("Which is larger, 3 or 8?", "Good question! 8 is larger. 8 is larger.", 0.5),  # exactly once
     ("Which is larger, 3 or 8?", "Good question! 8 is larger.", 1.0),
     ("Which is larger, 3 or 8?", "Good question! 3 is larger.", 0.5),
     ("Tell me the letter after q.", "Sure, gladly! After q comes r.", 1.0),

@@ -71,9 +71,9 @@ def test_fcm_mask_composes_with_packing(split_rows):
         g = torch.Generator().manual_seed(0)
         zero = fcm_attention_mask(model, batch["position_ids"], 0.0, 0.0, seed=0, generator=g)
         assert target_loss(model, batch, zero).loss_sum.item() == pytest.approx(plain.item(), rel=1e-6)
-        some = fcm_attention_mask(model, batch["position_ids"], 0.3, 0.3, seed=0, generator=g)
-        # a random tiny model barely uses attention: the change is small, yet far above the 1e-6 agreement
-        assert target_loss(model, batch, some).loss_sum.item() != pytest.approx(plain.item(), rel=2e-5)
+        # A random tiny model barely uses attention: a high ratio makes the change clear (>= 3e-3).
+        some = fcm_attention_mask(model, batch["position_ids"], 0.9, 0.9, seed=0, generator=g)
+        assert target_loss(model, batch, some).loss_sum.item() != pytest.approx(plain.item(), rel=1e-3)
 
 
 def test_flex_attention_block_mask_matches_the_dense_mask():

@@ -84,4 +84,8 @@ def test_rows_layout_masks_each_row_on_its_own():
         for s0, n in zip(starts, lengths):
             assert mask[r, s0:s0 + n, s0].all()
         assert not mask[r, :real, real:].any()  # no real token sees the padding
+        droppable = allowed.clone()
+        droppable[:, starts] = False
+        dropped = 1 - (mask[r, :real, :real] & droppable).sum().item() / droppable.sum().item()
+        assert abs(dropped - 0.2) < 0.03, (r, dropped)
     assert not torch.equal(mask[0, :120, :120], mask[1, :120, :120])

@@ -76,3 +76,18 @@ def test_split_rows_lays_records_in_rows_of_the_longest_record():
         assert pos[at:] == list(range(pos[at - 1] + 1, pos[at - 1] + 1 + 6 - at))
     assert sorted(seen) == list(range(len(records)))
     assert batch["input_ids"].shape[0] == 3  # 16 tokens in rows of 6: best-fit decreasing needs 3
+
+
+def test_only_dense_attention_gets_split_rows():
+    """sdpa and eager compute every pair of a row: split rows. Anything else (flex, flash of any
+    version, hub kernels) keeps one row, where record boundaries are found."""
+    from types import SimpleNamespace
+
+    from coh.train.packing import dense_attention
+
+    from .models import tiny_llama
+
+    assert dense_attention(tiny_llama(50, "sdpa")) and dense_attention(tiny_llama(50, "eager"))
+    assert not dense_attention(tiny_llama(50, "flex_attention"))
+    for name in ("flash_attention_2", "flash_attention_4", "kernels-community/flash-attn", None):
+        assert not dense_attention(SimpleNamespace(config=SimpleNamespace(_attn_implementation=name)))

@@ -28,6 +28,7 @@ from coh.demo import task
 FEEDBACK = ("good", "bad", "none")  # phrase asked for at inference; none: the bare prompt
 MODES = ("coh", "sft")
 STAGE_DIRS = ("task", "base", "data", "coh", "sft", "eval")
+MARKER = ".coh-demo"  # written first: only a folder that has it is cleared on a rerun
 
 
 @dataclass
@@ -83,8 +84,12 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ValueError(f"{out} is not empty and was not written by coh demo: choose another --output-dir")
     for name in STAGE_DIRS:  # a rerun starts afresh: coh train would otherwise resume the old run
         shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by coh demo; a rerun may replace this folder's stages\n", encoding="utf-8")
 
     _stage(1, f"synthetic feedback task: {cfg.rows} preference rows (seed {cfg.seed})", t0)
     rows_file = task.write_rows(out / "task" / "feedback.jsonl", cfg.rows, cfg.seed)
@@ -114,6 +119,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _stage(5, "evaluation: replies to held-out prompts under each phrase, scored by the task's judge", t0)
     prompts = held_out_prompts(rows_file, cfg.seed, cfg.eval_fraction)
+    held = set(prompts)  # their rows, for `coh eval` by hand (see the report)
+    with (out / "task" / "heldout.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if r["prompt"] in held)
     scores = evaluate_models(out, prompts, cfg)
 
     results = {
@@ -228,15 +236,15 @@ def report_markdown(out: Path, results: dict) -> str:
         "",
         "![loss curves and judge scores](demo.png)",
         "",
-        "Files: `task/feedback.jsonl` (the rows), `data/` (CoH records), `coh/` and `sft/` (training runs, "
+        "Files: `task/feedback.jsonl` (the rows; `task/heldout.jsonl` those of the held-out prompts), `data/` (CoH records), `coh/` and `sft/` (training runs, "
         "`final/` models), `eval/*.jsonl` (every reply with its scores), `results.json`.",
         "",
         "Next:",
         "",
         "```bash",
         f"coh serve {out / 'coh' / 'final'}",
-        f"coh eval feedback controllability --model {out / 'coh' / 'final'} --data {out / 'task' / 'feedback.jsonl'} "
-        "--kind preference --judge coh.demo.task:judge",
+        f"coh eval feedback controllability --model {out / 'coh' / 'final'} --data {out / 'task' / 'heldout.jsonl'} "
+        f"--kind preference --judge coh.demo.task:judge --max-new-tokens {cfg['max_new_tokens']}",
         "```",
         "",
     ]

@@ -119,12 +119,12 @@ def is_polite(reply: str) -> bool:
 
 
 def is_correct(prompt: str, reply: str) -> bool:
-    """States the correct answer sentence, and no other answer sentence."""
+    """States the correct answer sentence exactly once, and no other answer sentence."""
     right = right_answer(prompt)
     if right is None:
         raise ValueError(f"not a question of the demo task: {prompt!r}")
-    # Any sentence of an answer's form: "... is X." / "After x comes y."
-    answers = re.findall(r"(?:The capital of \w+ is \w+\.|\d+ is larger\.|After \w comes \w\.)", reply)
+    # Every sentence of an answer's form, standing alone ("... is X." / "After x comes y.").
+    answers = re.findall(r"(?<!\S)(?:The capital of \w+ is \w+\.|\d+ is larger\.|After \w comes \w\.)(?!\S)", reply)
     return answers == [right]
 
 

@@ -11,7 +11,7 @@
   scored by a judge; the positive should win.
 - ``pairwise``: win rate of model A over model B under a judge.
 
-Likelihoods go through the training code (``coh.train.loss.target_loss`` on padding-free packed
+Likelihoods go through the training code (``coh.train.loss.target_loss`` on packed
 rows), so evaluation scores exactly what training optimises. Generation is greedy by default.
 """
 
@@ -140,7 +140,7 @@ def unique_contexts(examples: Sequence[FeedbackExample]) -> list[FeedbackExample
 def sequence_nll(lm: LoadedModel, records: Sequence[FeedbackRecord], batch_tokens: int = 8192,
                  progress: bool = False) -> tuple[list[float], list[int]]:
     """Summed negative log-likelihood of each record's loss tokens, and their count, in order.
-    Records are packed into padding-free rows of at most ``batch_tokens`` tokens (a longer record
+    Records are packed into micro-batches of at most ``batch_tokens`` tokens (a longer record
     gets a row of its own) and scored by the training loss."""
     import torch
     from tqdm import tqdm
@@ -151,7 +151,7 @@ def sequence_nll(lm: LoadedModel, records: Sequence[FeedbackRecord], batch_token
 
     tokenized = tokenize_many(records, lm.record_tokenizer)
     lengths = [len(t.input_ids) for t in tokenized]
-    bins = pack_documents(lengths, max(batch_tokens, *lengths)) if lm.packs else [[i] for i in range(len(lengths))]
+    bins = pack_documents(lengths, max([batch_tokens, *lengths])) if lm.packs else [[i] for i in range(len(lengths))]
     nll = [0.0] * len(records)
     split_rows = dense_attention(lm.model)
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """``coh train``: Chain-of-Hindsight fine-tuning of any Hugging Face causal LM.
 
-Read in this order: ``packing`` (tokenized records into padding-free micro-batches that never
+Read in this order: ``packing`` (tokenized records into packed micro-batches that never
 attend across records), ``masks`` (random past-token masking, composed with the record
 boundaries), ``loss`` (next-token loss on output tokens only, normalised per optimizer step).
 """

@@ -26,7 +26,7 @@ class TrainConfig:
     Loss (``normalization``): ``step_tokens`` (default) divides the summed token losses by the
     number of target tokens in the whole optimizer step (all micro-batches, all processes), so
     gradient accumulation and process count do not change the update; ``row`` is the original's
-    per-row mean (here: per micro-batch), averaged over the step's micro-batches.
+    per-row mean (here: per micro-batch, whatever its layout), averaged over the step's micro-batches.
     """
 
     # model

@@ -385,6 +385,7 @@ def _scaled_loss(result, stream: str, cfg: TrainConfig, fb_targets: int, pt_targ
 def _account(window: dict, result, stream: str, bin_: list[int] | None, data: TokenizedSet, batch: dict) -> None:
     """Add one micro-batch to the logging window: losses per stream and per source, token counts."""
     window["tokens"] += int((batch["record_index"] >= 0).sum())  # not the padding of split rows
+    window["slots"] += batch["input_ids"].numel()
     if stream == "pretrain":
         window["pretrain_loss_sum"] += float(result.loss_sum.detach())
         window["pretrain_targets"] += result.targets
@@ -419,6 +420,7 @@ def _window_values(window: dict, elapsed: float) -> dict[str, float]:
         "perf/tokens": window["tokens"],  # non-padding tokens in the window, all processes
         "perf/tokens_per_s": window["tokens"] / max(elapsed, 1e-9),
         "perf/loss_tokens_per_s": window["targets"] / max(elapsed, 1e-9),
+        "perf/padding": 1 - window["tokens"] / max(1, window["slots"]),  # share of rows that is padding
     }
     if window.get("pretrain_targets"):
         values["train/pretrain_loss"] = window["pretrain_loss_sum"] / window["pretrain_targets"]
