@@ -11,13 +11,13 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Build a synthetic feedback task, train a tiny LLaMA on it with CoH and with plain SFT "
                           "(same budget), and score both under the positive phrase, the negative phrase and none. "
-                          "Nothing is downloaded; about 2.5 minutes on 2 CPU cores.")
+                          "Nothing is downloaded; about 2 minutes on 2 CPU cores.")
     parser.add_argument("--output-dir", "-o", default="runs/demo",
                         help="where the stages, results.json, report.md and demo.png go (default runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task, model, data and training (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="a run of seconds through every stage (for tests; its scores mean nothing)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per model (default 700; --quick 12)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per model (default 1200; --quick 12)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

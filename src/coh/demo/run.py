@@ -34,7 +34,7 @@ MARKER = ".coh-demo"  # written first: only a folder that has it is cleared on a
 @dataclass
 class DemoConfig:
     """Sizes of one demo run. ``steps`` optimizer steps of ``micro_batch_tokens`` tokens each, for
-    both models; the full run takes about 2.5 minutes on 2 CPU cores, ``quick()`` seconds."""
+    both models; the full run takes about 2 minutes on 2 CPU cores, ``quick()`` seconds."""
 
     output_dir: str = "runs/demo"
     seed: int = 0
@@ -43,7 +43,7 @@ class DemoConfig:
     vocab: int = 400
     hidden: int = 128
     layers: int = 2
-    steps: int = 700
+    steps: int = 1200
     micro_batch_tokens: int = 1024
     lr: float = 5e-3  # a random tiny model; real fine-tuning wants 1e-5 to 2e-5
     max_new_tokens: int = 24
