@@ -20,6 +20,11 @@ for TRL its train begin and end callbacks). Memory: peak resident memory over th
 the resident memory before the model was loaded (CPU) / peak allocated (GPU).
 
     python bench/train_throughput.py [--rows 400] [--hidden 256 --layers 4] [--repeats 1] [--plot FILE]
+    python bench/train_throughput.py --preset gpu-1b --rows 2000 --plot FILE   # on a GPU: bf16, MFU
+
+On a GPU both sides train in bf16 autocast over fp32 weights (``--dtype``), and the table adds
+MFU: training FLOPs per token (``coh.train.metrics.flops_per_token``, mean record length as the
+attention span) x tokens/s over the device's bf16 dense peak (989 TFLOP/s for an H100).
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = [REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz",
            REPO / "src" / "coh" / "data" / "builtin" / "hh-rlhf-harmless-sample.jsonl.gz"]
 RUNS = ("coh", "coh-fcm", "coh-gc", "trl-default", "trl-packed")
+# gpu-1b: the issue's GPU setting, a LLaMA of about 1B parameters (16 x 2048, gated MLP 8192,
+# vocabulary up to 32k) at sequence length 2048.
+PRESETS = {"gpu-1b": {"hidden": 2048, "layers": 16, "heads": 16, "vocab": 32000, "max_length": 2048,
+                      "micro_batch_tokens": 16384}}
 
 
 class PeakMemory:
@@ -107,7 +116,8 @@ def run_coh(work: Path, args, name: str) -> dict:
                       max_length=args.max_length, overlong="skip", micro_batch_tokens=args.micro_batch_tokens,
                       lr=args.lr, warmup_steps=0, epochs=1, save_every=10**9, eval_every=10**9, log_every=10**9,
                       report_to=["none"], fcm_max_ratio=0.05 if name == "coh-fcm" else 0.0,
-                      gradient_checkpointing=name == "coh-gc", resume=False)
+                      gradient_checkpointing=name == "coh-gc", resume=False, dtype=args.dtype,
+                      attention=args.attention)
     # What train() imports lazily is imported before the baseline, as TRL's run imports trl first:
     # memory then counts the training alone on both sides.
     import accelerate  # noqa: F401
@@ -146,11 +156,11 @@ def run_trl(work: Path, args, packing: bool) -> dict:
 
     memory = PeakMemory()
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
-    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)  # bf16 by autocast, as coh
     cfg = SFTConfig(output_dir=str(work / ("trl-packed" if packing else "trl-default")), packing=packing,
                     max_length=args.max_length, completion_only_loss=True, learning_rate=args.lr,
                     lr_scheduler_type="cosine", warmup_steps=0, num_train_epochs=1, save_strategy="no",
-                    report_to="none", logging_steps=10**9, bf16=torch.cuda.is_available(), seed=0,
+                    report_to="none", logging_steps=10**9, bf16=args.dtype == "bfloat16", seed=0,
                     dataloader_num_workers=0)
     clock = Clock()
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tokenizer, callbacks=[clock])
@@ -189,6 +199,8 @@ def plot(results: dict[str, dict], path: Path, title: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="model and batch sizes of a named setting "
+                                                            "(flags given explicitly still win)")
     ap.add_argument("--rows", type=int, default=400, help="hh-rlhf rows (4 CoH records each)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -197,6 +209,9 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--micro-batch-tokens", type=int, default=4096, help="coh train's (its default)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                    help="auto: bfloat16 autocast on a GPU, float32 on a CPU (bf16 is emulated there)")
+    ap.add_argument("--attention", default="sdpa", help="coh's attention backend (sdpa, eager, flex_attention)")
     ap.add_argument("--repeats", type=int, default=1, help="run every configuration this many times, interleaved; "
                                                             "the best time counts")
     ap.add_argument("--runs", default=",".join(RUNS))
@@ -204,6 +219,15 @@ def main() -> int:
     ap.add_argument("--run", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.preset:
+        explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+        for key, value in PRESETS[args.preset].items():
+            if key not in explicit:
+                setattr(args, key, value)
+    if args.dtype == "auto":
+        import torch
+
+        args.dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     if args.run:
         child(args.run, args.work, args)
         return 0
@@ -214,8 +238,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         prepare(work, args)
+        import datasets
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(work / "model")
+        lengths = [n for n in datasets.load_from_disk(str(work / "data" / "tokenized" / "train"))["length"]
+                   if n <= args.max_length]
+        mean_length = sum(lengths) / max(1, len(lengths))
         passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                       if k not in ("plot", "run", "work", "repeats", "runs")]
+                       if k not in ("plot", "run", "work", "repeats", "runs", "preset")]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         for _ in range(args.repeats):
             for name in args.runs.split(","):
@@ -228,13 +259,23 @@ def main() -> int:
                 got = json.loads(line[7:])
                 if name not in results or got["seconds"] < results[name]["seconds"]:
                     results[name] = got
+    from coh.train.metrics import device_peak_flops, flops_per_token, mfu
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"\n{platform.node()} | {device} | torch {torch.__version__} | LLaMA hidden {args.hidden} x {args.layers} "
           f"layers, vocab {args.vocab} | {args.rows} hh-rlhf rows, max length {args.max_length}")
-    print(f"{'run':<13}{'tokens':>9}{'seconds':>9}{'tokens/s':>10}{'peak MB':>9}{'final loss':>11}")
+    peak = device_peak_flops()
+    flops = flops_per_token(model_config, mean_length)
+    print(f"{'run':<13}{'tokens':>9}{'seconds':>9}{'tokens/s':>10}{'peak MB':>9}{'final loss':>11}"
+          + (f"{'MFU':>8}" if peak else ""))
     for name, r in results.items():
+        if peak:
+            r["mfu"] = mfu(r["tokens_per_s"], flops, peak)
         print(f"{name:<13}{r['tokens']:>9}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.0f}{r['peak_mb']:>9.0f}"
-              f"{r['final_loss']:>11.3f}")
+              f"{r['final_loss']:>11.3f}" + (f"{r['mfu']:>8.1%}" if peak else ""))
+    if peak:
+        print(f"MFU: {flops / 1e9:.2f} GFLOP per token (mean record {mean_length:.0f} tokens) against "
+              f"{peak / 1e12:.0f} TFLOP/s bf16 dense peak")
     if "coh" in results:
         ours = results["coh"]
         for peer in ("trl-default", "trl-packed"):
