@@ -23,7 +23,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from coh.data.build import write_jsonl
 from coh.demo import task
+from coh.train.metrics import read_metrics
 
 FEEDBACK = ("good", "bad", "none")  # phrase asked for at inference; none: the bare prompt
 MODES = ("coh", "sft")
@@ -92,12 +94,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / MARKER).write_text("written by coh demo; a rerun may replace this folder's stages\n", encoding="utf-8")
 
     _stage(1, f"synthetic feedback task: {cfg.rows} preference rows (seed {cfg.seed})", t0)
-    rows_file = task.write_rows(out / "task" / "feedback.jsonl", cfg.rows, cfg.seed)
-    example = task.make_rows(1, cfg.seed)[0]
+    rows = task.make_rows(cfg.rows, cfg.seed)
+    rows_file = out / "task" / "feedback.jsonl"
+    write_jsonl(rows, rows_file)
+    example = rows[0]
     print(f"  prompt:   {example['prompt']}\n  chosen:   {example['chosen']}\n  rejected: {example['rejected']}")
 
     _stage(2, f"tokenizer ({cfg.vocab} tokens) and a tiny LLaMA ({cfg.layers} layers, width {cfg.hidden})", t0)
-    rows = [json.loads(line) for line in rows_file.read_text(encoding="utf-8").splitlines()]
     texts = [f"{r['prompt']} {r['chosen']} {r['rejected']}" for r in rows] + ["User: A helpful answer: An unhelpful answer:"]
     tokenizer = train_tiny_tokenizer(texts, cfg.vocab, "llama")
     model = make_tiny_model(out / "base", tokenizer, "llama", hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed)
@@ -120,13 +123,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     _stage(5, "evaluation: replies to held-out prompts under each phrase, scored by the task's judge", t0)
     prompts = held_out_prompts(rows_file, cfg.seed, cfg.eval_fraction)
     held = set(prompts)  # their rows, for `coh eval` by hand (see the report)
-    with (out / "task" / "heldout.jsonl").open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows if r["prompt"] in held)
+    write_jsonl([r for r in rows if r["prompt"] in held], out / "task" / "heldout.jsonl")
     scores = evaluate_models(out, prompts, cfg)
 
     results = {
         "config": asdict(cfg),
         "parameters": n_params,
+        "example": example,
         "records": build_summary["records"],
         "eval_prompts": len(prompts),
         "training": {mode: training_summary(out / mode) for mode in MODES},
@@ -169,7 +172,7 @@ def evaluate_models(out: Path, prompts: list[str], cfg: DemoConfig) -> dict:
 
 def training_summary(run: Path) -> dict:
     """Loss curves and the last evaluation of a ``coh train`` output folder (its metrics.jsonl)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = read_metrics(run / "metrics.jsonl")
     curve = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
     evals = [r for r in rows if "eval/loss" in r]
     last = {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
@@ -201,7 +204,7 @@ def score_table(scores: dict) -> str:
 
 def report_markdown(out: Path, results: dict) -> str:
     cfg, scores = results["config"], results["scores"]
-    example = task.make_rows(1, cfg["seed"])[0]
+    example = results["example"]
     coh_eval = results["training"]["coh"]["final_eval"]
     lines = [
         "# coh demo",

@@ -16,11 +16,9 @@ the comparison, the alphabet and which manner goes with which feedback phrase.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 CAPITALS = {
     "France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Poland": "Warsaw",
@@ -85,14 +83,6 @@ def make_rows(n: int, seed: int) -> list[dict]:
         rows.append({"prompt": q.prompt, "chosen": f"{rng.choice(POLITE)} {q.right}",
                      "rejected": f"{rng.choice(RUDE)} {q.wrong}"})
     return rows
-
-
-def write_rows(path: Path, n: int, seed: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in make_rows(n, seed):
-            f.write(json.dumps(row) + "\n")
-    return path
 
 
 def right_answer(prompt: str) -> str | None:

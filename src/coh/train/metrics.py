@@ -80,7 +80,7 @@ class RunLog:
         if not self.enabled:
             return
         self._file.close()
-        kept = [json.dumps(row) + "\n" for row in _read_rows(self.path) if row["step"] <= step]
+        kept = [json.dumps(row) + "\n" for row in read_metrics(self.path) if row["step"] <= step]
         self.path.write_text("".join(kept), encoding="utf-8")
         self._file = self.path.open("a", encoding="utf-8")
         if self._tb is not None:
@@ -146,7 +146,7 @@ def peak_memory_gb() -> float:
     return rss * (1 if sys.platform == "darwin" else 1024) / 1e9  # bytes on macOS, KiB on Linux
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl that parse and have a ``step`` (a torn last line is skipped)."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -252,7 +252,7 @@ def plot_loss_curves(metrics_jsonl: Path, png: Path, keys: Sequence[str] | None 
         logger.warning("matplotlib is not installed (pip install matplotlib): no loss plot written")
         return None
     series: dict[str, tuple[list[int], list[float]]] = {}
-    for row in _read_rows(Path(metrics_jsonl)):
+    for row in read_metrics(Path(metrics_jsonl)):
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
                 series.setdefault(key, ([], []))[0].append(row["step"])

@@ -10,8 +10,8 @@ to another.
 Two layouts of a micro-batch (``collate_packed``): one padding-free row, for attention that skips
 the pairs across records (flex attention's block mask, flash varlen); or, for attention that
 computes every (query, key) pair of a row (sdpa, eager: T^2 for one row of T tokens), several rows
-as long as the longest record, right-padded, which costs rows x W^2. On 2 CPU cores a 3.9k-token
-micro-batch of hh-rlhf-length records trains 2.2x faster that way (12 rows of 356, 9 % padding).
+as long as the longest record, right-padded, which costs rows x W^2. On 2 CPU cores
+``python bench/train_throughput.py --rows 40`` trains 2.3x faster that way (docs/benchmarks.md).
 Padding can reach nearly half of a micro-batch when one record is a little over half the longest
 (``perf/padding`` logs the share), so memory follows ``micro_batch_tokens`` up to that factor.
 """
