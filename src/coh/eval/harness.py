@@ -70,8 +70,8 @@ def served_model_name(base_url: str, api_key_env: str | None) -> str:
     with httpx.Client(timeout=30) as client:
         try:
             return served_model(client, SystemSpec("server", url=root, api_key_env=api_key_env))
-        except httpx.HTTPError as e:
-            raise ValueError(f"{root}/models: {type(e).__name__}: {e}; give --served-model") from None
+        except ValueError as e:
+            raise ValueError(f"--base-url {base_url}: cannot learn the served model: {e}; or give --served-model") from None
 
 
 def adds_bos(tokenizer_name: str) -> bool:
