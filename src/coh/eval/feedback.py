@@ -29,6 +29,7 @@ from coh.data.feedback import FeedbackExample, Turn
 from coh.data.io import JSON_SUFFIXES
 from coh.data.phrases import DEFAULT_PHRASES, PhraseSet
 from coh.data.records import FeedbackRecord, Segment
+from coh.eval.checks import check_model_folder
 from coh.eval.judges import Judge, conversation_text
 from coh.eval.stats import win_rate
 from coh.judge.sources import SetAside
@@ -90,11 +91,13 @@ def load_model(path: str, device: str | None = None, dtype: str = "auto") -> Loa
     device = pick_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    check_model_folder(path, "model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the model '{path}': {e}") from None
+    except (OSError, ValueError, KeyError) as e:
+        where = "" if Path(path).exists() else "no such folder here, and as a hub id: "
+        raise ValueError(f"cannot load the model '{path}': {where}{e}") from None
     model.to(device).eval()
     use_cache, model.config.use_cache = model.config.use_cache, False  # as in scoring: a cache hides the resets
     try:
@@ -124,7 +127,7 @@ def read_examples(kind: str, data: str | None, limit: int | None = None, set_asi
     skipped: dict[str, int] = {}
     rows = 0
     mine = None if set_aside is None else SetAside()  # this file's rows, counted apart from others'
-    for split, where, line, row in read_source(spec):
+    for split, where, line, row in _hinted(read_source(spec), data is None):
         if split == "train":  # a hub dataset's training split: not for evaluation
             continue
         rows += 1
@@ -154,6 +157,16 @@ def read_examples(kind: str, data: str | None, limit: int | None = None, set_asi
         counts["invalid"] = len(mine)
         counts.update({f"invalid: {k}": v for k, v in mine.reasons().items()})
     return examples, counts
+
+
+def _hinted(rows, from_hub: bool):
+    """``rows``, with a hint on a hub dataset that cannot be had (offline, say): give a file."""
+    try:
+        yield from rows
+    except DataError as e:
+        if not from_hub:
+            raise
+        raise DataError(e.where, e.line, e.field, f"{e.problem}; give --data FILE to use a local copy") from None
 
 
 def unique_contexts(examples: Sequence[FeedbackExample]) -> list[FeedbackExample]:
@@ -453,16 +466,18 @@ def eval_controllability(lm: LoadedModel, examples: Sequence[FeedbackExample], j
 
 
 def generate_http(base_url: str, contexts: Sequence[Sequence[Turn]], feedback: str, sampling: Sampling,
-                  api_key_env: str | None = None, progress: bool = False, desc: str = "generate") -> list[str]:
+                  api_key_env: str | None = None, progress: bool = False, desc: str = "generate",
+                  name: str = "server") -> list[str]:
     """Replies from an OpenAI-compatible server's chat completions (``coh judge``'s client), with
     ``feedback`` in the body: ``coh serve`` conditions the reply on that phrase; servers that do not
-    know the field, such as vLLM, ignore it. ``api_key_env`` names the variable holding the key."""
+    know the field, such as vLLM, ignore it. ``api_key_env`` names the variable holding the key;
+    ``name`` the server in error messages."""
     from tqdm import tqdm
 
     from coh.judge.sources import Generation, Prompt, SystemSpec
     from coh.judge.sources import generate as generate_remote
 
-    system = SystemSpec("server", url=base_url, feedback=feedback, api_key_env=api_key_env)
+    system = SystemSpec(name, url=base_url, feedback=feedback, api_key_env=api_key_env)
     prompts = [Prompt(str(i), [{"role": t.role, "content": t.text} for t in turns]) for i, turns in enumerate(contexts)]
     gen = Generation(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                      seed=sampling.seed)
@@ -500,9 +515,9 @@ class Side:
         return Side(source)
 
     def generate(self, contexts: Sequence[Sequence[Turn]], feedback: str, sampling: Sampling, device: str | None,
-                 api_key_env: str | None, progress: bool, desc: str) -> list[str]:
+                 api_key_env: str | None, progress: bool, desc: str, tag: str = "server") -> list[str]:
         if self.is_server:
-            return generate_http(self.source, contexts, feedback, sampling, api_key_env, progress, desc)
+            return generate_http(self.source, contexts, feedback, sampling, api_key_env, progress, desc, tag)
         lm = load_model(self.source, device)
         return generate(lm, prompt_ids(lm, contexts, feedback), sampling, progress, desc)
 
@@ -529,13 +544,16 @@ def eval_pairwise(a: Side, b: Side, judge: Judge, examples: Sequence[FeedbackExa
             continue
         ids = list(prompts)
         texts = side.generate([prompts[i] for i in ids], feedback, sampling, device, api_key_env, progress,
-                              f"generate ({tag})")
+                              f"generate ({tag})", tag)
         replies.append(dict(zip(ids, texts)))
         if output_dir is not None:
             write_generations(output_dir / f"generations_{tag}.jsonl", ids, [prompts[i] for i in ids], feedback, texts)
     shared = [i for i in prompts if i in replies[0] and i in replies[1]]
     if not shared:
-        raise ValueError("pairwise: A and B have no prompt id in common")
+        have = {tag: len(r) for tag, r in zip("ab", replies)}
+        raise ValueError(f"pairwise: --a {a.source} ({have['a']} replies) and --b {b.source} ({have['b']} replies) "
+                         f"share no prompt id among the {len(prompts)} prompts; a generations file's ids must be "
+                         "those of the prompts (--data) or of the other side's file")
     contexts = [prompts[i] for i in shared]
     score_a = judge.score(contexts, [replies[0][i] for i in shared])
     score_b = judge.score(contexts, [replies[1][i] for i in shared])

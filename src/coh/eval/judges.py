@@ -79,7 +79,10 @@ class RewardModelJudge:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from coh.eval.checks import check_model_folder
+
         self.name = name_or_path
+        check_model_folder(name_or_path, "judge")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             self.model, info = AutoModelForSequenceClassification.from_pretrained(
