@@ -36,7 +36,7 @@ def files(tmp_path_factory):
          "broken": tmp_path / "broken.jsonl", "broken_cmp": tmp_path / "broken_cmp.jsonl",
          "cmp": write_jsonl(tmp_path / "cmp.jsonl", comparison_rows(3)),
          "one_output": write_jsonl(tmp_path / "one.jsonl", [{"prompt": "a", "outputs": {"x": "1"}}]),
-         "not_sqlite": tmp_path / "votes.sqlite", "foreign": tmp_path / "other.db", "corrupt": tmp_path / "corrupt.sqlite",
+         "not_sqlite": tmp_path / "votes.sqlite", "same": tmp_path / "same.jsonl", "foreign": tmp_path / "other.db", "corrupt": tmp_path / "corrupt.sqlite",
          "truncated_gz": tmp_path / "p.jsonl.gz", "hh": HH_ROWS_81_92}
     f["dir"].mkdir()
     f["text"].write_text("just some notes\n")
@@ -45,6 +45,7 @@ def files(tmp_path_factory):
     good = json.dumps(comparison_rows(1)[0])
     f["broken_cmp"].write_text(good + "\n" + good[:20] + "\n")
     f["not_sqlite"].write_text("this is not a database\n")
+    write_jsonl(f["same"], [{"prompt": f"q{i}", "outputs": {"x": "same", "y": "same"}} for i in range(2)])
     with sqlite3.connect(f["foreign"]) as db:
         db.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
     f["truncated_gz"].write_bytes(gzip.compress(b'{"prompt": "hi"}\n' * 1000)[:60])
@@ -119,11 +120,15 @@ CASES = [
      "an SQLite database, but not one of coh judge (its tables: customers)"),
     ("serve --db a folder", ["serve", "{cmp}", "--db", "{dir}"], 1, "a folder, not a votes database"),
     ("serve --db under a file", ["serve", "{cmp}", "--db", "{text}/v.sqlite"], 1, "is a file, not a folder"),
+    ("serve identical outputs only", ["serve", "{same}"], 1, "in every comparison the outputs are identical (2 pair"),
     ("serve --db corrupt", ["serve", "--db", "{corrupt}"], 1, "malformed"),
     ("serve --port 70000", ["serve", "{cmp}", "--port", "70000"], 2, "argument --port: expected a port"),
     ("serve --port abc", ["serve", "{cmp}", "--port", "abc"], 2, "argument --port: expected a port"),
     ("serve --max-votes 0", ["serve", "{cmp}", "--max-votes", "0"], 2, "argument --max-votes: expected"),
     ("serve --host junk", ["serve", "{cmp}", "--host", "no such host..local"], 1, "--host no such host..local"),
+    ("serve --host of another machine", ["serve", "{cmp}", "--host", "192.0.2.1"], 1, "cannot listen on 192.0.2.1"),
+    ("serve --port 0", ["serve", "{cmp}", "--port", "0"], 2, "argument --port: expected a port from 1"),
+    ("serve --port in use", ["serve", "{cmp}", "--port", "{busy_port}"], 1, "Address already in use; choose another --port"),
     # results and export
     *[(f"{cmd} {what}", [cmd, f"{{{key}}}", *extra], 1, message)
       for cmd, extra in (("results", []), ("export", ["-o", "{out}"]))
@@ -140,6 +145,15 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def busy_port():
+    """A loopback port another program listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
 @pytest.fixture
 def no_serving(monkeypatch):
     import uvicorn
@@ -148,10 +162,12 @@ def no_serving(monkeypatch):
 
 
 @pytest.mark.parametrize("argv,status,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_a_clear_error(files, tmp_path, capsys, no_serving, monkeypatch, argv, status, message):
+def test_bad_input_is_a_clear_error(files, busy_port, tmp_path, capsys, no_serving, monkeypatch, argv, status,
+                                    message):
     monkeypatch.delenv("COH_TEST_NO_SUCH_VAR", raising=False)
     db = JudgeStore(tmp_path / "good.sqlite")
-    names = {k: str(v) for k, v in files.items()} | {"out": str(tmp_path / "out.jsonl"), "db": str(db.path)}
+    names = {k: str(v) for k, v in files.items()} | {"out": str(tmp_path / "out.jsonl"), "db": str(db.path),
+                                                      "busy_port": str(busy_port)}
     argv = ["judge", *(a.format(**names) for a in argv)]
     if status == 2:
         with pytest.raises(SystemExit) as stop:
@@ -199,3 +215,13 @@ def test_the_docs_example_runs_on_the_real_test_split(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "prompts: 200" in out and "line 87, field 'chosen': empty reply" in out
     assert len((tmp_path / "cmp.jsonl").read_text().splitlines()) == 200
+
+
+def test_export_without_votes_says_there_is_nothing_to_train_on(tmp_path, capsys):
+    store = JudgeStore(tmp_path / "v.sqlite")
+    from coh.judge.sources import read_comparisons
+
+    store.add_comparisons(read_comparisons(write_jsonl(tmp_path / "c.jsonl", comparison_rows(2))))
+    assert main(["judge", "export", str(store.path), "-o", str(tmp_path / "p.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "no decisive vote yet" in out and "coh data build" not in out

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "hand); may be left out when --db already holds them")
     p.add_argument("--db", help="votes database (default: the comparisons file with suffix .sqlite)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port, 0 to 65535 (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port, 1 to 65535 (default {DEFAULT_PORT})")
     p.add_argument("--password", default=None, help=f"shared password for voters (or set ${PASSWORD_ENV})")
     p.add_argument("--max-votes", type=positive_int, default=None,
                    help="stop showing a comparison once it has this many votes (default: everyone judges all)")
@@ -94,8 +94,8 @@ def port_number(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text}")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text}")
     return value
 
 
@@ -157,6 +157,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """The address can be listened on now, so the page's URL is not printed for a server that cannot
+    start (uvicorn would only log the error after it)."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as e:
+        raise ValueError(f"--host {host}: not an address of this machine ({e})") from None
+    with socket.socket(family, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port or --host") from None
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -164,20 +179,20 @@ def _run_serve(args: argparse.Namespace) -> int:
     from coh.judge.sources import read_comparisons
     from coh.judge.store import JudgeStore
 
-    try:
-        socket.getaddrinfo(args.host, args.port)
-    except (OSError, UnicodeError) as e:
-        raise ValueError(f"--host {args.host}: not an address of this machine ({e})") from None
+    _check_bindable(args.host, args.port)
     if not args.comparisons and not args.db:
         raise ValueError("give a comparisons file (from `coh judge prepare`) or --db with comparisons in it")
     db = args.db or str(Path(args.comparisons).with_suffix(".sqlite"))
     rows = read_comparisons(args.comparisons) if args.comparisons else []
     store = JudgeStore(db)
+    n = {"identical": 0}
     if rows:
         n = store.add_comparisons(rows)
         print(f"comparisons: {n['added']} added, {n['existing']} already in {db}"
               + (f"; {n['identical']} pair(s) with identical outputs left out" if n["identical"] else ""))
     total = store.count_comparisons()
+    if total == 0 and n["identical"]:
+        raise ValueError(f"nothing to judge: in every comparison the outputs are identical ({n['identical']} pair(s))")
     if total == 0:
         raise ValueError(f"{db}: no comparisons to judge; give the comparisons file")
     password = args.password or os.environ.get(PASSWORD_ENV) or None
@@ -228,5 +243,8 @@ def _run_export(args: argparse.Namespace) -> int:
           + (f", comparisons split evenly {s['split_evenly']}" if "split_evenly" in s else ""))
     print(f"comments written: {s['comments']}, left out (on ties, 'neither' or the losing side): "
           f"{s['comments_left_out']}")
-    print(f"next: coh data build -s preference:{args.output} -o DIR")
+    if s["rows"]:
+        print(f"next: coh data build -s preference:{args.output} -o DIR")
+    else:
+        print("no decisive vote yet, so no preference row: nothing to build training data from")
     return 0
