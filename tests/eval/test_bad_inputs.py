@@ -97,6 +97,8 @@ CASES = [
       for flag, value in (("--max-new-tokens", "0"), ("--temperature", "nan"), ("--temperature", "-0.5"),
                           ("--temperature", "inf"), ("--top-p", "0"), ("--top-p", "1.01"), ("--batch-size", "0"),
                           ("--judge-batch-size", "0"))],
+    ("feedback blank", ["feedback", "summarization", "--model", "{model}", "--data", "{hh}", "--feedback", " "], 2,
+     "argument --feedback: expected good, bad, none or a phrase"),
     ("device not here", [*DIALOGUE, "--data", "{hh}", "--device", "cuda:3"], 1, "--device cuda:3: there is no cuda"),
     ("device junk", [*DIALOGUE, "--data", "{hh}", "--device", "gpu0"], 1, "--device gpu0: not a device name"),
     ("output a file", [*DIALOGUE, "--data", "{hh}", "-o", "{text}"], 1, "notes.txt is a file, not a folder"),

@@ -92,6 +92,8 @@ CASES = [
     ("system server down, model given", ["prepare", "--prompts", "{prompts}", "--system", f"a:url={DOWN},model=m",
                                          "--system", f"b:url={DOWN},model=m", "-o", "{out}"], 1,
      "/chat/completions: nothing answers there"),
+    ("system feedback blank", ["prepare", "--prompts", "{prompts}", "--system", f"a:url={DOWN},feedback=",
+                               "--system", f"b:url={DOWN}", "-o", "{out}"], 1, "feedback= is blank"),
     ("system file missing", ["prepare", "--prompts", "{prompts}", "--system", "a:file={dir}/x.jsonl",
                              "--system", "b:file={prompts}", "-o", "{out}"], 1, "x.jsonl: file not found"),
     ("system file empty name", ["prepare", "--prompts", "{prompts}", "--system", "a:file=", "--system", "b:file={prompts}",

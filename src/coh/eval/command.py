@@ -26,6 +26,13 @@ from coh.cli import non_negative_float, non_negative_int, positive_int, probabil
 PROTOCOLS = ("dialogue", "summarization", "controllability", "pairwise")
 
 
+def feedback_phrase(text: str) -> str:
+    """good, bad, none or a phrase; not blank (a blank phrase would silently mean none)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected good, bad, none or a phrase, got a blank one")
+    return text
+
+
 def _output_dir(args: argparse.Namespace, name: str) -> Path:
     """The run's folder, made now, so that a path that cannot be a folder fails before any work."""
     out = Path(args.output_dir or f"coh-eval/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -139,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "phrase; ROUGE-1/2/L F1 against the post's preferred summaries.")
     _model_args(p, "summarize_from_feedback comparisons file (info.post, summaries, choice); default: "
                    "openai/summarize_from_feedback validation from the hub")
-    p.add_argument("--feedback", default="good",
+    p.add_argument("--feedback", default="good", type=feedback_phrase,
                    help="phrase the summary follows: good (default), bad, none (an sft-mode model), or literal "
                         "text such as 'a good summary is:'")
     p.add_argument("--task-phrase", help="instruction before the post (default: the first training task phrase, "
@@ -170,7 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=positive_int, help="at most this many prompts")
     _strict_arg(p)
     _kind_arg(p, "dialogue")
-    p.add_argument("--feedback", default="good",
+    p.add_argument("--feedback", default="good", type=feedback_phrase,
                    help="phrase model and server sides generate after: good (default), bad, none, or literal text")
     _judge_arg(p)
     _sampling_args(p, 128)

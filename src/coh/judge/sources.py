@@ -171,6 +171,8 @@ class SystemSpec:
                              "http://127.0.0.1:8000/v1")
         if self.file == "":
             raise ValueError(f"system '{self.name}': file= names no file")
+        if self.feedback is not None and not self.feedback.strip():
+            raise ValueError(f"system '{self.name}': feedback= is blank; give good, bad, none or a phrase")
 
     @staticmethod
     def parse(text: str) -> SystemSpec:
