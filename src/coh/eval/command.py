@@ -11,7 +11,9 @@
 
 Every run writes results.json and results.md to --output-dir (default coh-eval/PROTOCOL-TIME)
 and prints the table. Data are local files in each dataset's raw schema; without --data the
-paper's dataset is read from the hub (test / validation split).
+paper's dataset is read from the hub (test / validation split). Rows that cannot be evaluated
+(an empty reply, a missing field) are skipped, counted in results.md and listed in
+invalid_rows.jsonl; --strict stops at the first instead.
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:  # FileNotFoundError included: a file named on the command line, or a disk that is full
         if isinstance(e, FileNotFoundError) and not e.filename:
             raise
-        raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from None
+        raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from e
 
 
 def _progress(args: argparse.Namespace) -> bool:

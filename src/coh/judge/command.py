@@ -103,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         return args.judge_func(args)
     except sqlite3.DatabaseError as e:  # a database that broke while in use (corrupt, disk full, locked)
-        raise ValueError(f"votes database: {e}") from None
+        raise ValueError(f"votes database: {e}") from e
     except OSError as e:  # a file named on the command line, or a disk that is full
         if isinstance(e, FileNotFoundError) and not e.filename:
             raise
-        raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from None
+        raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from e
 
 
 def _output_file(path: str, flag: str = "--output") -> None:

@@ -13,6 +13,8 @@ Files:
   shared context becomes the prompt.
 - a system's outputs (``NAME:file=PATH``): rows with ``prompt`` and ``output``, matched to the
   prompts by prompt text.
+- rows that cannot be used are recorded in a ``SetAside`` (file, line, field, problem) when the
+  caller gives one, and stop the reading with a ``DataError`` when it does not.
 - comparisons (what ``coh judge prepare`` writes and ``coh judge serve`` reads):
   ``{"id", "prompt": [messages], "outputs": {"SYSTEM": "text", ...}}``, two systems or more;
   every pair of systems becomes one comparison.
