@@ -262,6 +262,14 @@ def test_outputs_of_an_earlier_build_do_not_linger(hh_file, tmp_path, bpe_tokeni
     build(BuildConfig(spec, str(tmp_path / "o"), skip_invalid=True, tokenizer=str(tok_dir), progress=False,
                       render=RenderSpec(feedback=("pn", "np"), resample=True)))
     assert (tmp_path / "o" / "tokenized").exists() and (tmp_path / "o" / "examples").exists()
+    # folders of an earlier build are replaced whole by the new ones
+    more = [SourceSpec.parse(f"dialogue:eval={hh_file},limit=20")]
+    summary = build(BuildConfig(more, str(tmp_path / "o"), skip_invalid=True, tokenizer=str(tok_dir),
+                                progress=False, render=RenderSpec(feedback=("pn", "np"), resample=True)))
+    import datasets
+
+    assert len(datasets.load_from_disk(str(tmp_path / "o" / "tokenized" / "eval"))) == summary["records"]["eval"]
+    assert len((tmp_path / "o" / "examples" / "eval.jsonl").read_text().splitlines()) == 20
     build(BuildConfig(spec, str(tmp_path / "o"), skip_invalid=True, progress=False))
     assert not (tmp_path / "o" / "tokenized").exists() and not (tmp_path / "o" / "examples").exists()
 

@@ -7,9 +7,10 @@ The whole flow, top to bottom:
    raises one.
 2. ``_work`` (in ``num_proc`` worker processes, chunk by chunk): rows into ``FeedbackExample`` s
    (``coh.data.sources``); bad rows raise a ``DataError`` naming file, line and field, or with
-   ``skip_invalid`` go to ``rejects.jsonl`` with their raw text (``reject_entry``). The dataset's own train/eval split, or a seeded
-   held-out split (``held_out``). Examples into records under the feedback types
-   (``coh.data.render``), serialised, and tokenized when a tokenizer is given.
+   ``skip_invalid`` go to ``rejects.jsonl`` with their raw text (``reject_entry``). The
+   dataset's own train/eval split, or a seeded held-out split (``held_out``). Examples into
+   records under the feedback types (``coh.data.render``), serialised, and tokenized when a
+   tokenizer is given.
 3. ``build_source`` collects the workers' results in file order and counts everything.
 4. ``build``: all sources mixed into one seeded shuffle per split.
 5. writing: all sources mixed into ``train.jsonl`` / ``eval.jsonl`` (seeded shuffle),
@@ -460,9 +461,9 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
 def reject_entry(err: DataError, source: str, raw: str | bytes | None, row: object) -> dict:
     """A line of rejects.jsonl: where and why (``file``, ``line``, ``field``, ``problem``), the
     source's name, and the row exactly as it was: ``raw``, the line's text without its line
-    ending (or the JSON array item's), or ``raw_base64``, its bytes when they are not UTF-8; for parquet and hub rows, which have no
-    text, ``row``, the row as read (non-finite numbers as the strings "NaN", "Infinity",
-    "-Infinity", so the file stays standard JSON)."""
+    ending (or the JSON array item's), or ``raw_base64``, its bytes when they are not UTF-8; for
+    parquet and hub rows, which have no text, ``row``, the row as read (non-finite numbers as the
+    strings "NaN", "Infinity", "-Infinity", so the file stays standard JSON)."""
     out = {**err.as_dict(), "source": source}
     if isinstance(raw, bytes):
         out["raw_base64"] = base64.b64encode(raw.removesuffix(b"\n").removesuffix(b"\r")).decode("ascii")

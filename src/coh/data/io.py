@@ -53,13 +53,17 @@ def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def _too_deep(value: object, limit: int = MAX_DEPTH) -> bool:
-    """Whether lists and objects nest more than ``limit`` levels (iteratively: no recursion)."""
+def _too_deep(value: object, text: str) -> bool:
+    """Whether lists and objects in ``value`` (parsed from ``text``) nest more than ``MAX_DEPTH``
+    levels. Counting brackets in the text first keeps this cheap for the usual flat rows; the walk
+    itself is iterative (a recursive one would overflow on the very rows it looks for)."""
+    if not isinstance(value, (dict, list)) or text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
     stack = [(value, 1)]
     while stack:
         v, depth = stack.pop()
         children = v.values() if isinstance(v, dict) else v
-        if depth > limit:
+        if depth > MAX_DEPTH:
             return True
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
     return False
@@ -92,7 +96,7 @@ def _parse_line(raw: bytes, where: str, line: int) -> RawRow | None:
         return RawRow(line, DataError(where, line, None, _malformed(e)), text)
     except RecursionError:
         return RawRow(line, _nested_too_deeply(where, line), text)
-    if isinstance(value, (dict, list)) and (text.count("[") + text.count("{") > MAX_DEPTH) and _too_deep(value):
+    if _too_deep(value, text):
         return RawRow(line, _nested_too_deeply(where, line), text)
     return RawRow(line, value, text)
 
@@ -129,7 +133,7 @@ def iter_json_rows(path: str | Path) -> Iterator[RawRow]:
                     if row is not None:
                         yield row
                     continue
-                if type(value) in (dict, list) and text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
+                if _too_deep(value, text):
                     value = _nested_too_deeply(where, line_no)
                 yield RawRow(line_no, value, text)
     except (OSError, EOFError, zlib.error) as e:  # a .gz file that is not gzip, a truncated one, ...
@@ -189,16 +193,15 @@ def _iter_json_file(data: bytes, where: str) -> Iterator[RawRow]:
             raise broken(start, f"malformed JSON in the item starting on this line ({e.msg}{found}, column "
                                 f"{e.colno})") from None
         except RecursionError:
-            raise broken(start, f"JSON nested too deeply (more than {MAX_DEPTH} levels)") from None
+            raise broken(start, _nested_too_deeply(where, line).problem) from None
         item = text[start:pos]
         if has_bad_bytes and (m := _ESCAPED_BYTE.search(item)):
             raw = item.encode("utf-8", "surrogateescape")
             at = len(item[: m.start()].encode("utf-8", "surrogateescape"))
             yield RawRow(line, DataError(where, line, None, f"bytes that are not UTF-8 ({raw[at : at + 4]!r} at byte "
                                                             f"{at} of the item)"), raw)
-        elif isinstance(obj, (dict, list)) and _too_deep(obj):
-            yield RawRow(line, DataError(where, line, None, f"JSON nested too deeply (more than {MAX_DEPTH} levels)"),
-                         item)
+        elif _too_deep(obj, item):
+            yield RawRow(line, _nested_too_deeply(where, line), item)
         else:
             yield RawRow(line, obj, item)
         pos = skip_ws(pos)
