@@ -219,3 +219,20 @@ def test_heads_that_do_not_divide(tmp_path, llama_dir, capsys):
     (tmp_path / "c.json").write_text(json.dumps({**config, "num_attention_heads": 3}))
     assert main(["convert", "easylm", str(stream), str(tmp_path / "hf"), "--config", str(tmp_path / "c.json")]) == 1
     assert "no valid LLaMA config" in capsys.readouterr().err
+
+
+def test_easylm_base_model_names_as_config(tmp_path):
+    """EasyLM HEAD's --llama.base_model names carry eps, context, KV heads and rope_theta; checked
+    against the weights' shapes (a stream's shapes only: nothing is read)."""
+    stream = EasyLMStream.__new__(EasyLMStream)
+    stream.path = tmp_path / "s"
+    h, i, v = 4096, 11008, 32000
+    stream.shapes = {("transformer", "wte", "embedding"): (v, h),
+                     ("transformer", "h", "0", "feed_forward", "w1", "kernel"): (h, i),
+                     ("transformer", "h", "0", "attention", "wk", "kernel"): (h, h),
+                     **{("transformer", "h", str(n), "attention_norm", "kernel"): (h,) for n in range(32)}}
+    shape, config = easylm.llama_config_for(stream, "llama2_7b", None, None, None)
+    assert (shape.norm_eps, config.max_position_embeddings, shape.n_kv_heads) == (1e-5, 4096, 32)
+    with pytest.raises(ValueError, match="intermediate_size 14336 in the config, 11008 in the checkpoint") as e:
+        easylm.llama_config_for(stream, "llama3_8b", None, None, None)
+    assert "num_key_value_heads 8 in the config, 32" in str(e.value)

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "An EasyLM streaming checkpoint (streaming_params or streaming_train_state; LLaMA or GPT-J, "
                     "the format of the authors' released CoH weights) -> HF folder.",
                     ("stream", "the streaming_params (or streaming_train_state) file"))
-    p.add_argument("--config", help="model size (1b 3b 7b 13b 30b 65b for LLaMA, 6b for GPT-J), an EasyLM or HF "
+    p.add_argument("--config", help="model size (1b 3b 7b 13b 30b 65b for LLaMA, 6b for GPT-J; or EasyLM's "
+                                    "--llama.base_model names: llama_7b llama2_7b llama3_8b ...), an EasyLM or HF "
                                     "config JSON, or a folder with config.json (default: the standard size whose "
                                     "shapes match)")
     p.add_argument("--tokenizer", help="LLaMA: a SentencePiece tokenizer.model; GPT-J: an HF tokenizer folder")

@@ -44,10 +44,25 @@ STREAM_NAME = "streaming_params"
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "int32": torch.int32, "int64": torch.int64}
 
-# EasyLM's standard sizes (EasyLM/models/llama/llama_model.py, gptj_model.py): (hidden, layers) -> shape
+# The original's and EasyLM-2023's standard LLaMA sizes (LLAMA_STANDARD_CONFIGS): name -> (hidden, layers, heads, eps)
 LLAMA_SIZES = {
     "1b": (2048, 22, 16, 1e-6), "3b": (3200, 26, 32, 1e-6), "7b": (4096, 32, 32, 1e-6),
     "13b": (5120, 40, 40, 1e-6), "30b": (6656, 60, 52, 1e-6), "65b": (8192, 80, 64, 1e-5),
+}
+# EasyLM HEAD's (LLaMAConfigurator.get_standard_llama_config, the names of --llama.base_model):
+# name -> (hidden, intermediate, layers, heads, KV heads, rms_norm_eps, max positions, vocab, rope_theta)
+EASYLM_STANDARD = {
+    "llama_1b": (2048, 5504, 22, 16, 16, 1e-6, 2048, 32000, 1e4),
+    "llama_3b": (3200, 8640, 26, 32, 32, 1e-6, 2048, 32000, 1e4),
+    "llama_7b": (4096, 11008, 32, 32, 32, 1e-6, 2048, 32000, 1e4),
+    "llama_13b": (5120, 13824, 40, 40, 40, 1e-6, 2048, 32000, 1e4),
+    "llama_30b": (6656, 17920, 60, 52, 52, 1e-6, 2048, 32000, 1e4),
+    "llama_65b": (8192, 22016, 80, 64, 64, 1e-5, 2048, 32000, 1e4),
+    "llama2_7b": (4096, 11008, 32, 32, 32, 1e-5, 4096, 32000, 1e4),
+    "llama2_13b": (5120, 13824, 40, 40, 40, 1e-5, 4096, 32000, 1e4),
+    "llama2_70b": (8192, 28672, 80, 64, 8, 1e-5, 4096, 32000, 1e4),
+    "llama3_8b": (4096, 14336, 32, 32, 8, 1e-5, 8192, 128256, 5e5),
+    "llama3_70b": (8192, 28672, 80, 64, 8, 1e-5, 8192, 128256, 5e5),
 }
 GPTJ_SIZES = {"6b": {"n_embd": 4096, "n_layer": 28, "n_head": 16, "rotary_dim": 64, "n_positions": 2048,
                      "layer_norm_epsilon": 1e-5, "bos_token_id": 50256, "eos_token_id": 50256}}
@@ -291,7 +306,8 @@ def _config_dict(spec: str) -> dict:
     if p.is_dir():
         p = p / "config.json"
     if not p.is_file():
-        raise FileNotFoundError(f"--config {spec}: not a standard size ({', '.join([*LLAMA_SIZES, *GPTJ_SIZES])}), "
+        raise FileNotFoundError(f"--config {spec}: not a standard size ({', '.join([*LLAMA_SIZES, *GPTJ_SIZES])}, "
+                                f"or EasyLM's {', '.join(EASYLM_STANDARD)}), "
                                 "a JSON file or a folder with config.json")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
@@ -328,9 +344,14 @@ def llama_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eo
     if spec in LLAMA_SIZES:
         want_hidden, want_layers, n_heads, eps = LLAMA_SIZES[spec]
         want = {"hidden_size": want_hidden, "num_hidden_layers": want_layers}
+    elif spec in EASYLM_STANDARD:
+        h, i, layers, n_heads, kv, eps, positions, v, theta = EASYLM_STANDARD[spec]
+        want = {"hidden_size": h, "intermediate_size": i, "num_hidden_layers": layers, "vocab_size": v,
+                "num_key_value_heads": kv}
     else:
         c = _config_dict(spec)
-        want = {k: c[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size") if k in c}
+        want = {k: c[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size",
+                                  "num_key_value_heads") if c.get(k) is not None}
         if "num_attention_heads" not in c:
             raise ValueError(f"--config {spec}: no num_attention_heads (the weights do not show it)")
         n_heads, eps = int(c["num_attention_heads"]), float(c.get("rms_norm_eps", 1e-6))
@@ -339,7 +360,8 @@ def llama_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eo
         bos = c.get("bos_token_id", bos) if bos is None else bos
         eos = c.get("eos_token_id", eos) if eos is None else eos
         pad = _pad_id(c, pad)
-    got = {"hidden_size": hidden, "num_hidden_layers": n_layers, "intermediate_size": intermediate, "vocab_size": vocab}
+    got = {"hidden_size": hidden, "num_hidden_layers": n_layers, "intermediate_size": intermediate, "vocab_size": vocab,
+           "num_key_value_heads": n_heads * kv_dim // hidden}
     wrong = {k: (v, got[k]) for k, v in want.items() if v != got[k]}
     if wrong:
         raise ValueError(f"--config {spec} does not match {stream.path}: " +
@@ -447,7 +469,7 @@ def open_easylm(path: str | Path, config: str | None = None, bos: int | None = N
     if arch == "llama":
         no_head = ("lm_head", "kernel") not in stream.index
         lm_head_tied = not no_head and _lm_head_is_embedding(stream)
-        if lm_head_tied and config is not None and config not in LLAMA_SIZES and \
+        if lm_head_tied and config is not None and config not in LLAMA_SIZES and config not in EASYLM_STANDARD and \
                 _config_dict(config).get("tie_word_embeddings") is False:
             lm_head_tied = False  # the config says untied: keep both copies
         shape, hf_config = llama_config_for(stream, config, bos, eos, dtype or stream.dtype,
@@ -515,13 +537,6 @@ TARGETS = {
     "coh": "the original Chain-of-Hindsight code (lhao499/chain-of-hindsight 9f55cea) and EasyLM before b2e2a78: "
            "--load_llama_config / --load_gptj_config 'json::FILE'",
 }
-# EasyLM HEAD's standard LLaMA configs (LLaMAConfigurator.get_standard_llama_config), to name --llama.base_model
-EASYLM_BASE_MODELS = {
-    "llama_1b": (2048, 22, 16, 16), "llama_3b": (3200, 26, 32, 32), "llama_7b": (4096, 32, 32, 32),
-    "llama_13b": (5120, 40, 40, 40), "llama_30b": (6656, 60, 52, 52), "llama_65b": (8192, 80, 64, 64),
-    "llama2_70b": (8192, 80, 64, 8), "llama3_8b": (4096, 32, 32, 8),
-}
-
 
 def target_problems(config, arch: str) -> dict[str, str | None]:
     """Per target code base: why it cannot run this model as HF does, or None when it can."""
@@ -552,8 +567,8 @@ def easylm_commands(config, arch: str, stream: Path, config_json: Path, model_di
     ckpt = f"--load_checkpoint='params::{stream}'"
     if arch == "llama" and problems["easylm"] is None:
         shape = llama_shape_of(config)
-        dims = (config.hidden_size, shape.n_layers, shape.n_heads, shape.n_kv_heads)
-        base = next((name for name, d in EASYLM_BASE_MODELS.items() if d == dims), "llama_7b")
+        dims = (config.hidden_size, config.intermediate_size, shape.n_layers, shape.n_heads, shape.n_kv_heads)
+        base = next((name for name, d in EASYLM_STANDARD.items() if d[:5] == dims), "llama_7b")
         flags = [f"--llama.base_model={base}", f"--llama.vocab_size={config.vocab_size}",
                  f"--llama.hidden_size={config.hidden_size}", f"--llama.intermediate_size={config.intermediate_size}",
                  f"--llama.num_hidden_layers={shape.n_layers}", f"--llama.num_attention_heads={shape.n_heads}",
@@ -563,8 +578,10 @@ def easylm_commands(config, arch: str, stream: Path, config_json: Path, model_di
                               + " ".join(flags))
     if problems["coh"] is None:
         if arch == "llama":
+            vocab_file = stream.parent / "tokenizer.model"
+            vocab_file = f"'{vocab_file}'" if vocab_file.is_file() else "PATH/TO/tokenizer.model"
             commands["coh"] = (f"python -m coh.coh_serve_llama --load_llama_config='json::{config_json}' {ckpt} "
-                               f"--tokenizer.vocab_file='{stream.parent / 'tokenizer.model'}'")
+                               f"--tokenizer.vocab_file={vocab_file}")
         else:
             commands["coh"] = (f"python -m coh.coh_serve_gptj --load_gptj_config='json::{config_json}' {ckpt} "
                                f"--tokenizer.name='{model_dir}'")
