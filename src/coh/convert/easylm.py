@@ -2,14 +2,16 @@
 
 The format (EasyLM ``checkpoint.py``, ``StreamingCheckpointer``): a file of consecutive msgpack
 objects, one per tensor, each the pair ``(key path, flax.serialization.to_bytes(array))``; the
-key path is the flattened flax parameter tree, ``("params", "transformer", "h", "0", "attention",
-"wq", "kernel")``. ``to_bytes`` is itself msgpack: a flax ndarray extension (type 1) holding
+key path is the flattened flax parameter tree from its root, ``("transformer", "h", "0", "attention",
+"wq", "kernel")``, with no ``params`` level (``save_all`` saves ``train_state.params['params']``;
+the loaders wrap the ``params`` level back on). ``to_bytes`` is itself msgpack: a flax ndarray extension (type 1) holding
 ``(shape, dtype name, raw C-order bytes)``, or for arrays over 2**30 bytes a
 ``{"__msgpack_chunked_array__", "shape", "chunks"}`` map of flat pieces. flax and JAX are not
 installed here (and not needed to read bytes), so that extension is decoded directly below.
 A train-state stream (``streaming_train_state``) holds ``("params", "params", ...)`` keys beside
-the optimizer state, which is skipped and counted. A whole-tree flax msgpack file
-(EasyLM's ``flax_params::``) is read too, though necessarily whole.
+the optimizer state, which is skipped and counted; a stream with one ``params`` level is read too.
+A whole-tree flax msgpack file (EasyLM's ``flax_params::``) is read too, though necessarily whole.
+Writing follows EasyLM's own ``convert_hf_to_easylm.py`` byte for byte (``export_easylm``).
 
 Layouts: dense kernels are (in, out), so they are transposed; EasyLM's LLaMA is Meta's layout
 (``wq``, ``w1``..., interleaved rotary), so the Meta mapping applies; EasyLM's GPT-J is HF's Flax
