@@ -84,7 +84,8 @@ def _data_build_args(p: argparse.ArgumentParser) -> None:
                    help="a dataset, repeatable: KIND (paper sets by hub name), KIND:FILE, KIND:train=FILE,eval=FILE, "
                         "or KIND:hub=NAME[@CONFIG]; add name=LABEL or limit=N to the comma list. KIND is one of "
                         "dialogue, webgpt, summary, preference, unpaired, rated")
-    p.add_argument("--output-dir", "-o", help="where train.jsonl, eval.jsonl and summary.json go")
+    p.add_argument("--output-dir", "-o", help="where train.jsonl, eval.jsonl and summary.json go (moved into "
+                                              "place at the end: a failed build leaves the folder as it was)")
     p.add_argument("--feedback", default=None,
                    help="feedback types, comma list of p, n, pn, np, aux, chain (default: p,n,pn,np)")
     p.add_argument("--shared-prefix", choices=["context", "original"], default=None,
@@ -97,7 +98,9 @@ def _data_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-fraction", type=float, default=None,
                    help="held-out share for datasets without an eval split (default 0.05)")
     p.add_argument("--skip-invalid", action="store_true", default=None,
-                   help="write invalid rows to rejects.jsonl and go on, instead of stopping at the first")
+                   help="set invalid rows aside in rejects.jsonl (lines that are not JSON included, kept byte "
+                        "for byte) and go on, instead of stopping at the first; a file that cannot be read at "
+                        "all still stops the build")
     p.add_argument("--num-proc", type=int, default=None,
                    help="worker processes that convert, render and tokenize rows (default: the CPU count, at most 8)")
     p.add_argument("--tokenizer", help="tokenizer (path or hub id): also write token ids and loss masks")
@@ -109,20 +112,57 @@ def _data_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", default=None, help="no progress bars")
 
 
+# Types of the options a `coh data build` YAML recipe may give (argparse checks the flags' own).
+_RECIPE_TYPES: dict[str, tuple[type, ...]] = {
+    "source": (list, str), "output_dir": (str,), "feedback": (str, list), "shared_prefix": (str,),
+    "resample": (bool,), "phrases": (str,), "seed": (int,), "eval_fraction": (int, float),
+    "skip_invalid": (bool,), "num_proc": (int,), "tokenizer": (str,), "chat_template": (str,),
+    "output_format": (str,), "no_progress": (bool,),
+}
+
+
+def _load_data_recipe(path: str, known: set[str]) -> dict:
+    """The options of a `coh data build` YAML recipe, checked: parse errors with their line,
+    unknown keys, and values of the wrong type are refused naming the file and the key."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the recipe: {e}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else path
+        raise ValueError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values, got {type(loaded).__name__}")
+    opts = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    unknown = sorted(k for k in opts if k not in known)
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {unknown}; expected some of {sorted(known)}")
+    for key, value in opts.items():
+        types = _RECIPE_TYPES.get(key, (object,))
+        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            names = " or ".join({"str": "a string", "list": "a list", "bool": "true or false", "int": "a whole number",
+                                 "float": "a number"}.get(t.__name__, t.__name__) for t in types)
+            raise ValueError(f"{path}: option '{key}': expected {names}, got {type(value).__name__} {value!r}")
+    if isinstance(opts.get("source"), str):  # one source given as a string, not as a list of one
+        opts["source"] = [opts["source"]]
+    return opts
+
+
 def _run_data_build(args: argparse.Namespace) -> int:
     from coh.data.build import BuildConfig, SourceSpec, build
     from coh.data.render import RenderSpec
 
     opts = {}
     if args.config:
-        import yaml
-
-        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
         known = set(vars(args)) - {"config", "func", "command", "data_command"}
-        unknown = sorted(k for k in loaded if k.replace("-", "_") not in known)
-        if unknown:
-            raise ValueError(f"{args.config}: unknown option(s) {unknown}; expected some of {sorted(known)}")
-        opts.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        opts.update({k: v for k, v in _load_data_recipe(args.config, known).items() if v is not None})
     opts.update({k: v for k, v in vars(args).items() if v is not None and k not in ("config", "func", "command")})
     if not opts.get("source"):
         print("coh data build: give at least one --source (see --help)", file=sys.stderr)
@@ -130,8 +170,11 @@ def _run_data_build(args: argparse.Namespace) -> int:
     if not opts.get("output_dir"):
         print("coh data build: give --output-dir", file=sys.stderr)
         return 2
-    specs = [SourceSpec(**s) if isinstance(s, dict) else SourceSpec.parse(s) for s in opts["source"]]
+    origin = "--source" if args.source else args.config
+    specs = [SourceSpec.from_config(s, f"{origin}: source {i + 1}") for i, s in enumerate(opts["source"])]
     feedback = opts.get("feedback", "p,n,pn,np")
+    if isinstance(feedback, list) and not all(isinstance(f, str) for f in feedback):
+        raise ValueError(f"{args.config}: option 'feedback': expected a list of strings, got {feedback!r}")
     render = RenderSpec(
         feedback=RenderSpec.parse_feedback(feedback) if isinstance(feedback, str) else tuple(feedback),
         shared_prefix=opts.get("shared_prefix", "context"),
@@ -139,8 +182,8 @@ def _run_data_build(args: argparse.Namespace) -> int:
     )
     cfg = BuildConfig(
         sources=specs, output_dir=opts["output_dir"], render=render, phrases_file=opts.get("phrases"),
-        seed=int(opts.get("seed", 0)), eval_fraction=float(opts.get("eval_fraction", 0.05)),
-        skip_invalid=bool(opts.get("skip_invalid", False)), num_proc=int(opts.get("num_proc", min(8, os.cpu_count() or 1))),
+        seed=opts.get("seed", 0), eval_fraction=opts.get("eval_fraction", 0.05),
+        skip_invalid=bool(opts.get("skip_invalid", False)), num_proc=opts.get("num_proc", min(8, os.cpu_count() or 1)),
         progress=not opts.get("no_progress", False) and sys.stderr.isatty(),
         tokenizer=opts.get("tokenizer"), chat_template=opts.get("chat_template", "auto"),
         output_format=opts.get("output_format", "coh"),
@@ -178,6 +221,11 @@ def _data_inspect_args(p: argparse.ArgumentParser) -> None:
 
 def _run_data_inspect(args: argparse.Namespace) -> int:
     from coh.data.inspect import run_inspect
+
+    if args.record < 0:
+        raise ValueError(f"--record must be 0 or more, got {args.record}")
+    if args.max_length is not None and args.max_length < 1:
+        raise ValueError(f"--max-length must be at least 1, got {args.max_length}")
 
     return run_inspect(args.file, tokenizer=args.tokenizer, record_index=args.record, max_length=args.max_length)
 

@@ -154,16 +154,16 @@ def read_easylm_stream(path: Path) -> dict[tuple[str, ...], np.ndarray]:
 
 
 def easylm_llama_params(model) -> dict[tuple[str, ...], np.ndarray]:
-    """EasyLM's convert_hf_to_easylm.py: inverse-permuted q/k, every kernel transposed to (in, out)."""
+    """EasyLM's convert_hf_to_easylm.py: keys from transformer/lm_head (no params level), inverse-
+    permuted q/k, every kernel transposed to (in, out), lm_head always (a tied model's is the
+    embedding, as the HF state dict holds it)."""
     cfg, sd = model.config, {k: v.numpy() for k, v in model.state_dict().items()}
-    out = {("params", "transformer", "wte", "embedding"): sd["model.embed_tokens.weight"],
-           ("params", "transformer", "ln_f", "kernel"): sd["model.norm.weight"]}
-    if not cfg.tie_word_embeddings:
-        out[("params", "lm_head", "kernel")] = sd["lm_head.weight"].T
+    out = {("transformer", "wte", "embedding"): sd["model.embed_tokens.weight"],
+           ("transformer", "ln_f", "kernel"): sd["model.norm.weight"]}
     names = {"attention/wv": "self_attn.v_proj", "attention/wo": "self_attn.o_proj", "feed_forward/w1": "mlp.gate_proj",
              "feed_forward/w2": "mlp.down_proj", "feed_forward/w3": "mlp.up_proj"}
     for i in range(cfg.num_hidden_layers):
-        h, p = ("params", "transformer", "h", str(i)), f"model.layers.{i}."
+        h, p = ("transformer", "h", str(i)), f"model.layers.{i}."
         q = unpermute(torch.from_numpy(sd[p + "self_attn.q_proj.weight"]), cfg.num_attention_heads).numpy()
         k = unpermute(torch.from_numpy(sd[p + "self_attn.k_proj.weight"]), cfg.num_key_value_heads).numpy()
         out[(*h, "attention", "wq", "kernel")] = q.T
@@ -172,19 +172,20 @@ def easylm_llama_params(model) -> dict[tuple[str, ...], np.ndarray]:
             out[(*h, *ez.split("/"), "kernel")] = sd[p + hf + ".weight"].T
         out[(*h, "attention_norm", "kernel")] = sd[p + "input_layernorm.weight"]
         out[(*h, "ffn_norm", "kernel")] = sd[p + "post_attention_layernorm.weight"]
+    out[("lm_head", "kernel")] = sd["lm_head.weight"].T
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
 def easylm_gptj_params(model) -> dict[tuple[str, ...], np.ndarray]:
-    """HF's Flax GPT-J parameter tree (what EasyLM's GPT-J trains): kernels (in, out), LayerNorm
-    ``scale``, embedding ``embedding``."""
+    """HF's Flax GPT-J parameter tree (what EasyLM's GPT-J and the original train): kernels (in, out),
+    LayerNorm ``scale``, embedding ``embedding``; keys with no params level, as save_all writes them."""
     out = {}
     for name, t in model.state_dict().items():
         *parents, leaf = name.split(".")
         a = t.numpy()
         if leaf == "weight":
             leaf, a = ("embedding", a) if parents[-1] == "wte" else ("scale", a) if a.ndim == 1 else ("kernel", a.T)
-        out[("params", *parents, leaf)] = np.ascontiguousarray(a)
+        out[(*parents, leaf)] = np.ascontiguousarray(a)
     return out
 
 

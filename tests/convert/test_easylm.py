@@ -69,11 +69,15 @@ def _config_json(path, model) -> str:
     return str(path)
 
 
+@pytest.mark.parametrize("levels", [0, 1])
 @pytest.mark.parametrize("arch", ["llama", "tied_llama", "gptj"])
-def test_independent_stream_to_hf(tmp_path, arch, llama_dir, tied_llama_dir, gptj_dir, capsys):
+def test_independent_stream_to_hf(tmp_path, arch, levels, llama_dir, tied_llama_dir, gptj_dir, capsys):
+    """EasyLM's layout (no params level) and one with a params level; a tied LLaMA's lm_head, equal
+    to the embedding, becomes a tied HF model again."""
     folder = {"llama": llama_dir, "tied_llama": tied_llama_dir, "gptj": gptj_dir}[arch]
     model = _load(folder)
     params = easylm_gptj_params(model) if arch == "gptj" else easylm_llama_params(model)
+    params = {("params",) * levels + k: v for k, v in params.items()}
     stream = write_easylm_stream(tmp_path / "streaming_params", params)
     out = tmp_path / "hf"
     argv = ["convert", "easylm", str(stream), str(out), "--config", _config_json(tmp_path / "c.json", model),
@@ -90,8 +94,8 @@ def test_independent_stream_to_hf(tmp_path, arch, llama_dir, tied_llama_dir, gpt
 def test_train_state_stream_skips_optimizer_state(tmp_path, llama_dir, capsys):
     """A streaming_train_state: parameters under params/params, optimizer moments beside them."""
     model = _load(llama_dir)
-    params = {("params", *k): v for k, v in easylm_llama_params(model).items()}
-    moments = {("opt_state", "1", "0", "mu", *k[1:]): np.zeros_like(v) for k, v in params.items()}
+    params = {("params", "params", *k): v for k, v in easylm_llama_params(model).items()}
+    moments = {("opt_state", "1", "0", "mu", "params", *k[2:]): np.zeros_like(v) for k, v in params.items()}
     stream = write_easylm_stream(tmp_path / "streaming_train_state", params,
                                  {("step",): np.array(7, dtype=np.int32), **moments})
     out = tmp_path / "hf"
@@ -151,7 +155,7 @@ def test_bfloat16_stream_read_independently(tmp_path, gptj_dir):
     out = tmp_path / "ez"
     assert main(["convert", "to-easylm", str(gptj_dir), str(out), "--dtype", "bfloat16", "--no-progress"]) == 0
     ours = read_easylm_stream(out / "streaming_params")
-    arr, dtype = ours[("params", "transformer", "h", "0", "attn", "q_proj", "kernel")]
+    arr, dtype = ours[("transformer", "h", "0", "attn", "q_proj", "kernel")]
     assert dtype == "bfloat16"
     want = model.transformer.h[0].attn.q_proj.weight.detach().to(torch.bfloat16).t().contiguous()
     assert np.array_equal(arr, want.view(torch.int16).numpy().view(np.uint16))
@@ -181,7 +185,7 @@ def test_config_needed_and_checked(tmp_path, llama_dir, capsys):
 
 def test_truncated_stream_missing_layer(tmp_path, llama_dir, capsys):
     model = _load(llama_dir)
-    params = {k: v for k, v in easylm_llama_params(model).items() if k[3:4] != ("1",) or k[4] != "feed_forward"}
+    params = {k: v for k, v in easylm_llama_params(model).items() if k[2:3] != ("1",) or k[3] != "feed_forward"}
     stream = write_easylm_stream(tmp_path / "s", params)
     assert main(["convert", "easylm", str(stream), str(tmp_path / "hf"), "--config",
                  _config_json(tmp_path / "c.json", model)]) == 1
@@ -195,7 +199,7 @@ def test_whole_tree_flax_file(tmp_path, gptj_dir):
     tree: dict = {}
     for key, arr in easylm_gptj_params(model).items():
         node = tree
-        for k in key[1:-1]:  # no "params" level: EasyLM wraps it on loading
+        for k in key[:-1]:  # no "params" level, as convert_hf_to_easylm.py --streaming=False writes it
             node = node.setdefault(k, {})
         payload = msgpack.packb((arr.shape, arr.dtype.name, arr.tobytes("C")), use_bin_type=True)
         node[key[-1]] = msgpack.ExtType(1, payload)
@@ -215,3 +219,20 @@ def test_heads_that_do_not_divide(tmp_path, llama_dir, capsys):
     (tmp_path / "c.json").write_text(json.dumps({**config, "num_attention_heads": 3}))
     assert main(["convert", "easylm", str(stream), str(tmp_path / "hf"), "--config", str(tmp_path / "c.json")]) == 1
     assert "no valid LLaMA config" in capsys.readouterr().err
+
+
+def test_easylm_base_model_names_as_config(tmp_path):
+    """EasyLM HEAD's --llama.base_model names carry eps, context, KV heads and rope_theta; checked
+    against the weights' shapes (a stream's shapes only: nothing is read)."""
+    stream = EasyLMStream.__new__(EasyLMStream)
+    stream.path = tmp_path / "s"
+    h, i, v = 4096, 11008, 32000
+    stream.shapes = {("transformer", "wte", "embedding"): (v, h),
+                     ("transformer", "h", "0", "feed_forward", "w1", "kernel"): (h, i),
+                     ("transformer", "h", "0", "attention", "wk", "kernel"): (h, h),
+                     **{("transformer", "h", str(n), "attention_norm", "kernel"): (h,) for n in range(32)}}
+    shape, config = easylm.llama_config_for(stream, "llama2_7b", None, None, None)
+    assert (shape.norm_eps, config.max_position_embeddings, shape.n_kv_heads) == (1e-5, 4096, 32)
+    with pytest.raises(ValueError, match="intermediate_size 14336 in the config, 11008 in the checkpoint") as e:
+        easylm.llama_config_for(stream, "llama3_8b", None, None, None)
+    assert "num_key_value_heads 8 in the config, 32" in str(e.value)

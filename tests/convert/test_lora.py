@@ -64,3 +64,30 @@ def test_not_an_adapter(tmp_path, adapter, capsys):
     (orphan / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
     assert main(["convert", "lora-merge", str(orphan), str(tmp_path / "merged")]) == 1
     assert "no base_model_name_or_path; give --base" in capsys.readouterr().err
+
+
+def test_relative_base_path_from_another_directory(tmp_path, adapter, monkeypatch, capsys):
+    """peft records the base path as training saw it (relative to its working directory); merging
+    from elsewhere finds it from the adapter's folders, and a base found nowhere is said clearly."""
+    import shutil
+
+    root, _ = adapter
+    project = tmp_path / "project"
+    shutil.copytree(root / "base", project / "runs" / "base")
+    shutil.copytree(root / "adapter", project / "runs" / "lora" / "final")
+    config_path = project / "runs" / "lora" / "final" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "runs/base"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["convert", "lora-merge", str(project / "runs" / "lora" / "final"), str(tmp_path / "merged"),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "runs/missing"}))
+    assert main(["convert", "lora-merge", str(project / "runs" / "lora" / "final"), str(tmp_path / "m2")]) == 1
+    err = capsys.readouterr().err
+    assert "base model 'runs/missing'" in err and "give --base" in err and "Traceback" not in err
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "./runs/missing"}))
+    assert main(["convert", "lora-merge", str(project / "runs" / "lora" / "final"), str(tmp_path / "m3")]) == 1
+    assert "is a relative path found from none of" in capsys.readouterr().err

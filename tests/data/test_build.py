@@ -39,7 +39,9 @@ def test_cli_build_counts_and_rejects(hh_file, tmp_path, capsys):
     rejects = [json.loads(line) for line in (tmp_path / "a" / "rejects.jsonl").read_text().splitlines()]
     assert src["rows"] == 200 == src["examples"]["eval"] + src["invalid"]
     assert src["invalid"] == len(rejects) == summary["invalid_rows"] >= 1
-    assert rejects[0]["line"] == 87 and rejects[0]["field"] == "chosen" and "row" in rejects[0]
+    assert rejects[0]["line"] == 87 and rejects[0]["field"] == "chosen"
+    with gzip.open(hh_file, "rt", encoding="utf-8") as f:  # the line as it was, byte for byte
+        assert rejects[0]["raw"] == f.read().split("\n")[86]
     assert src["records"]["eval"] == {"p": src["examples"]["eval"], "pn": src["examples"]["eval"]}
     records = list(read_records(tmp_path / "a" / "eval.jsonl"))
     assert len(records) == summary["records"]["eval"] == 2 * src["examples"]["eval"]
@@ -191,7 +193,8 @@ def test_yaml_recipes(tmp_path, monkeypatch):
                                                ("summary", "openai/summarize_from_feedback")]
 
 
-BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+BAD = FIXTURES / "bad"
 
 
 @pytest.mark.parametrize(
@@ -213,19 +216,19 @@ def test_bad_input_names_file_line_field(kind, name, line, field, problem, tmp_p
     assert f"{path}, line {line}" in err and problem in err
     if field:
         assert f"field '{field}'" in err
-    if problem in ("malformed JSON", "not UTF-8"):
-        return  # the file cannot be read past this line: nothing to skip to
-    # --skip-invalid: the row is set aside, counted, and the rest is built
-    assert main(["data", "build", "-s", f"{kind}:{path}", "-o", str(tmp_path / "y"), "--no-progress",
-                 "--skip-invalid", "--eval-fraction", "0"]) in (0, 1)
-    rejects = [json.loads(r) for r in (tmp_path / "y" / "rejects.jsonl").read_text().splitlines()]
-    assert rejects[0]["line"] == line and rejects[0]["field"] == field
-    if (tmp_path / "y" / "summary.json").exists():
+    # --skip-invalid: the row (even a line that is not JSON) is set aside, counted, and the rest is built
+    code = main(["data", "build", "-s", f"{kind}:{path}", "-o", str(tmp_path / "y"), "--no-progress",
+                 "--skip-invalid", "--eval-fraction", "0"])
+    if code == 0:
+        rejects = [json.loads(r) for r in (tmp_path / "y" / "rejects.jsonl").read_text().splitlines()]
+        assert rejects[0]["line"] == line and rejects[0]["field"] == field
         summary = json.loads((tmp_path / "y" / "summary.json").read_text())
         assert summary["invalid_rows"] == len(rejects)
         assert summary["sources"][kind]["rows"] == summary["sources"][kind]["examples"]["train"] + len(rejects)
-    else:  # every row was invalid: the build says so
-        assert f"{len(rejects)} invalid" in capsys.readouterr().err
+    else:  # every row was invalid: the build says so, listing them, and leaves no half-written folder
+        err = capsys.readouterr().err
+        assert code == 1 and "invalid" in err and f"{path}, line {line}" in err
+        assert not list((tmp_path / "y").glob("*"))
 
 
 def test_held_out_split_follows_the_prompt_not_the_row_order(hh_file, tmp_path):
@@ -259,6 +262,14 @@ def test_outputs_of_an_earlier_build_do_not_linger(hh_file, tmp_path, bpe_tokeni
     build(BuildConfig(spec, str(tmp_path / "o"), skip_invalid=True, tokenizer=str(tok_dir), progress=False,
                       render=RenderSpec(feedback=("pn", "np"), resample=True)))
     assert (tmp_path / "o" / "tokenized").exists() and (tmp_path / "o" / "examples").exists()
+    # folders of an earlier build are replaced whole by the new ones
+    more = [SourceSpec.parse(f"dialogue:eval={hh_file},limit=20")]
+    summary = build(BuildConfig(more, str(tmp_path / "o"), skip_invalid=True, tokenizer=str(tok_dir),
+                                progress=False, render=RenderSpec(feedback=("pn", "np"), resample=True)))
+    import datasets
+
+    assert len(datasets.load_from_disk(str(tmp_path / "o" / "tokenized" / "eval"))) == summary["records"]["eval"]
+    assert len((tmp_path / "o" / "examples" / "eval.jsonl").read_text().splitlines()) == 20
     build(BuildConfig(spec, str(tmp_path / "o"), skip_invalid=True, progress=False))
     assert not (tmp_path / "o" / "tokenized").exists() and not (tmp_path / "o" / "examples").exists()
 
@@ -270,3 +281,37 @@ def test_json_lines_with_unicode_line_separators(tmp_path):
     summary = build(BuildConfig([SourceSpec.parse(f"preference:eval={path}")], str(tmp_path / "o"),
                                 render=RenderSpec(feedback=("p",)), progress=False))
     assert summary["records"]["eval"] == 3
+
+
+def test_a_failed_build_leaves_the_previous_one_whole(hh_file, tmp_path, monkeypatch, bpe_tokenizer):
+    """Outputs are staged and moved into place at the end: a folder holds one build or none."""
+    import coh.data.build as build_module
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "raw.jsonl").write_text("mine\n")  # not an output of the build: never touched
+    good = f"dialogue:{hh_file},limit=100"
+    assert main(["data", "build", "-s", good, "-o", str(out), "--no-progress", "--skip-invalid"]) == 0
+    first = files_of(out)
+    assert {"train.jsonl", "eval.jsonl", "summary.json", "rejects.jsonl", "raw.jsonl"} <= set(first)
+    # fails while reading (a second source that cannot be read) ...
+    assert main(["data", "build", "-s", good, "-s", f"preference:{BAD / 'preference_truncated.jsonl.gz'}",
+                 "-o", str(out), "--no-progress", "--skip-invalid", "--feedback", "p"]) == 1
+    assert files_of(out) == first
+    # ... or while writing, after train.jsonl and eval.jsonl were written
+    bpe_tokenizer.save_pretrained(tmp_path / "tok")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(build_module, "write_tokenized", broken)
+    with pytest.raises(OSError, match="disk full"):
+        build(BuildConfig([SourceSpec.parse(good)], str(out), tokenizer=str(tmp_path / "tok"), progress=False,
+                          skip_invalid=True, render=RenderSpec(feedback=("p",))))
+    assert files_of(out) == first and not list(out.glob(".staging-*"))
+    # a build that succeeds replaces every output, and removes those it does not make
+    assert main(["data", "build", "-s", f"preference:{FIXTURES / 'preference_strings.jsonl'}", "-o", str(out),
+                 "--no-progress"]) == 0
+    assert not (out / "rejects.jsonl").exists() and (out / "raw.jsonl").read_text() == "mine\n"
+    assert json.loads((out / "summary.json").read_text())["sources"].keys() == {"preference"}
+    assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "raw.jsonl", "summary.json", "train.jsonl"]

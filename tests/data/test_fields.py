@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,124 @@ def test_conflicting_marker_texts_raise() -> None:
     segs.insert(1, Segment(" Human:", role="marker"))
     with pytest.raises(ValueError, match="marker_user"):
         record_to_fields(FeedbackRecord("x", "s", "p", tuple(segs)))
+
+
+# -- the original's own pack_hf output (tests/fixtures/reference/coh/pack_hf, made by its process_dialogue) ----
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "coh" / "pack_hf"
+ORIGINAL_ORDER = ("p", "n", "np", "pn")  # the order process_dialogue writes, whatever --include_feedback says
+
+
+def assembled(obj: dict) -> list[list]:
+    """An original-format object as the original's ``TextProcessor`` assembles it: per comma piece of
+    ``fields``, [its text (keys joined by one space) or the token name, loss 0/1]."""
+    out = []
+    for piece in obj["fields"].split(","):
+        loss = 0 if piece.startswith("[") and piece.endswith("]") else 1
+        inner = piece[1:-1] if not loss else piece
+        out.append([inner if inner in ("<|bos|>", "<|eos|>") else " ".join(obj[k] for k in inner.split("+")), loss])
+    return out
+
+
+def digest(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(assembled(obj), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def inline_marker(row: dict) -> bool:
+    """A ``Human:`` or ``Assistant:`` without the blank line before it, which the original splits on."""
+    return any(len(re.findall(r"Human:|Assistant:", row[k])) != len(re.findall(r"\n\n(?:Human|Assistant):", row[k]))
+               for k in ("chosen", "rejected"))
+
+
+def assistant_twice(row: dict) -> bool:
+    """Two ``Assistant:`` turns in a row: the original keeps only the first of them."""
+    return any(re.search(r"\n\nAssistant:(?:(?!\n\nHuman:).)*\n\nAssistant:", row[k], flags=re.S)
+               for k in ("chosen", "rejected"))
+
+
+def ours_original_mode(tmp_path: Path, rows_file: Path, feedback: str) -> dict[int, dict[str, dict]]:
+    """``python -m coh.data.pack_hf --shared_prefix=original`` on ``rows_file``: row -> record key -> object."""
+    from coh.data.pack_hf import main
+
+    out = tmp_path / "packed"
+    assert main([f"--output_dir={out}", f"--dataset=dialogue:train={rows_file}", f"--include_feedback={feedback}",
+                 "--shared_prefix=original"]) == 0
+    found: dict[int, dict[str, dict]] = {}
+    for split in ("train", "eval"):
+        for line in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            obj = json.loads(line)
+            _, row, kind, *aux = obj["id"].split("/")
+            found.setdefault(int(row) - 1, {})["/".join([kind, *aux])] = obj
+    return found
+
+
+def _their_keys(feedback: str) -> list[str]:
+    if "aux" not in feedback:
+        return list(ORIGINAL_ORDER)
+    return [f"{kind}/aux{i}" for i in range(len(DEFAULT_PHRASES["dialogue"].aux)) for kind in ORIGINAL_ORDER]
+
+
+def _compare(rows: list[dict], theirs: list[list[str]], ours: dict[int, dict[str, dict]], feedback: str) -> dict:
+    """Rows by outcome: equal (every record), set aside by us (no record), differing; and which differing
+    rows hold the documented irregularities."""
+    keys = _their_keys(feedback)
+    outcome: dict[str, list[int]] = {"equal": [], "set_aside": [], "inline": [], "assistant_twice": [], "other": []}
+    for i, (row, digests) in enumerate(zip(rows, theirs)):
+        assert len(digests) == len(keys), i
+        if i not in ours:
+            outcome["set_aside"].append(i)
+        elif all(digest(ours[i][k]) == d for k, d in zip(keys, digests)):
+            outcome["equal"].append(i)
+        else:
+            outcome["inline" if inline_marker(row) else "assistant_twice" if assistant_twice(row) else "other"].append(i)
+    return outcome
+
+
+def _rows(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_original_pack_hf_on_the_slice(tmp_path: Path) -> None:
+    """Rows 0-119: the objects the original wrote, piece for piece, against ours in original mode."""
+    rows = _rows(REFERENCE / "hh_slice.jsonl.gz")
+    theirs = [r["outputs"] for r in _rows(REFERENCE / "original_p_n_pn_np.jsonl.gz")]
+    ours = ours_original_mode(tmp_path, REFERENCE / "hh_slice.jsonl.gz", "p,n,pn,np")
+    equal, differing, set_aside = 0, [], []
+    for i, (row, objects) in enumerate(zip(rows, theirs)):
+        if i not in ours:
+            set_aside.append(i)
+            continue
+        same = [assembled(ours[i][k]) == assembled(o) for k, o in zip(ORIGINAL_ORDER, objects)]
+        if all(same):
+            equal += 1
+            assert not inline_marker(row) and not assistant_twice(row), i
+        else:
+            differing.append(i)
+            assert inline_marker(row) or assistant_twice(row), f"row {i} differs without a documented reason"
+    assert (equal, differing, set_aside) == (117, [29, 105], [86])
+    # what differs in row 29: the original splits on an inline "Human:" the transcript quotes
+    assert "Human:" in rows[29]["chosen"].replace("\n\nHuman:", "")
+
+
+def test_original_pack_hf_on_every_row(tmp_path: Path) -> None:
+    """All 2,312 rows of the sample against the original's digests: the counts docs/data.md gives."""
+    if not HH.exists():
+        pytest.skip(f"shared data file {HH} not available")
+    rows = _rows(HH)
+    with gzip.open(REFERENCE / "digests_p_n_pn_np.json.gz", "rt") as f:
+        theirs = json.load(f)["digests"]
+    outcome = _compare(rows, theirs, ours_original_mode(tmp_path, HH, "p,n,pn,np"), "p,n,pn,np")
+    counts = {k: len(v) for k, v in outcome.items()}
+    assert counts == {"equal": 2255, "set_aside": 4, "inline": 49, "assistant_twice": 4, "other": 0}, counts
+    assert outcome["set_aside"] == [86, 516, 925, 1103] and outcome["assistant_twice"] == [763, 1319, 1849, 1952]
+
+
+def test_original_pack_hf_with_aux_on_the_slice(tmp_path: Path) -> None:
+    """With ``aux``: 12 phrase pairs x 4 records a row, the original's pairs in the original's order."""
+    rows = _rows(REFERENCE / "hh_slice.jsonl.gz")
+    with gzip.open(REFERENCE / "digests_p_n_pn_np_aux.json.gz", "rt") as f:
+        theirs = json.load(f)["digests"]
+    outcome = _compare(rows, theirs, ours_original_mode(tmp_path, REFERENCE / "hh_slice.jsonl.gz", "p,n,pn,np,aux"),
+                       "p,n,pn,np,aux")
+    assert {k: len(v) for k, v in outcome.items()} == {"equal": 117, "set_aside": 1, "inline": 2,
+                                                       "assistant_twice": 0, "other": 0}

@@ -175,4 +175,4 @@ def test_empty_and_missing_files(tmp_path, capsys) -> None:
     assert inspect_records(empty).problems == {"empty": 1}
     assert main(["data", "inspect", str(empty)]) == 1
     assert main(["data", "inspect", str(tmp_path / "missing.jsonl")]) == 1
-    assert "cannot read" in capsys.readouterr().err
+    assert f"{tmp_path / 'missing.jsonl'}: file not found" in capsys.readouterr().err

@@ -1,4 +1,9 @@
-"""``--check``: the converted model's logits against the source's, on one CoH prompt.
+"""``--check``: the converted model's logits against the source's, on two prompts: one CoH prompt
+(tokenized as training does) and one that holds every token id of a seeded sample of the
+vocabulary (the first and last ids included), so a wrong or shifted embedding row cannot pass.
+
+The source side is always computed apart from the converter (``reference``: a plain-torch forward
+over the source's own layout), never by reading back what the converter wrote with its own reader.
 
 The rule: ``max |logit difference| <= tolerance * max(1, max |source logit|)``, both sides in
 float32 (default tolerance 1e-4; conversions only move, transpose and re-dtype weights, so the
@@ -14,6 +19,7 @@ import torch
 
 TOLERANCE = 1e-4
 CHECK_PROMPT = "How do I bake bread at home?"
+VOCAB_SAMPLE = 512  # token ids in the vocabulary prompt (all of them for a smaller vocabulary)
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class CheckResult:
     argmax_agreement: float  # share of positions whose top token is the same
     tolerance: float
     tokens: int
+    vocab_ids: int = 0  # distinct token ids the prompts covered
 
     @property
     def ok(self) -> bool:
@@ -32,7 +39,8 @@ class CheckResult:
         verdict = "OK" if self.ok else "FAILED"
         return (f"logits check {verdict}: max |diff| {self.max_abs_diff:.3g} over {self.tokens} tokens "
                 f"(allowed {self.tolerance:g} x max(1, max |logit| {self.max_abs_logit:.3g})), "
-                f"argmax agreement {self.argmax_agreement:.1%}")
+                f"argmax agreement {self.argmax_agreement:.1%}"
+                + (f", {self.vocab_ids} distinct token ids" if self.vocab_ids else ""))
 
 
 def compare_logits(source: torch.Tensor, converted: torch.Tensor, tolerance: float = TOLERANCE) -> CheckResult:
@@ -44,6 +52,31 @@ def compare_logits(source: torch.Tensor, converted: torch.Tensor, tolerance: flo
         argmax_agreement=(source.argmax(-1) == converted.argmax(-1)).float().mean().item(),
         tolerance=tolerance, tokens=source.shape[0],
     )
+
+
+def combine(results: list[CheckResult], vocab_ids: int) -> CheckResult:
+    """One verdict over several prompts: the worst difference, the argmax agreement over all tokens."""
+    tokens = sum(r.tokens for r in results)
+    return CheckResult(max(r.max_abs_diff for r in results), max(r.max_abs_logit for r in results),
+                       sum(r.argmax_agreement * r.tokens for r in results) / tokens, results[0].tolerance, tokens,
+                       vocab_ids)
+
+
+def vocab_sample_ids(vocab_size: int, max_positions: int | None = None, n: int = VOCAB_SAMPLE,
+                     seed: int = 0) -> torch.Tensor:
+    """Distinct token ids in a seeded order: the whole vocabulary when it has at most ``n`` ids,
+    else ``n`` of them drawn with a fixed seed, always with id 0 and the last id."""
+    n = min(n, vocab_size, max_positions or n)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randperm(vocab_size, generator=g)
+    if n < vocab_size:
+        ids = torch.cat([torch.tensor([0, vocab_size - 1]), ids[(ids != 0) & (ids != vocab_size - 1)][: n - 2]])
+    return ids[:n][torch.randperm(n, generator=g)]
+
+
+def check_prompts(model_dir: str | Path, vocab_size: int, max_positions: int | None = None) -> list[torch.Tensor]:
+    """The prompts of ``--check``: the CoH prompt (``check_ids``) and the vocabulary sample."""
+    return [check_ids(model_dir, vocab_size), vocab_sample_ids(vocab_size, max_positions)]
 
 
 def check_ids(model_dir: str | Path, vocab_size: int, seed: int = 0) -> torch.Tensor:

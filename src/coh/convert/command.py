@@ -7,7 +7,8 @@ comparing the converted model's logits with the source's:
   coh convert lora-merge ADAPTER OUT     a peft LoRA adapter merged into its base model
   coh convert sharded CKPT OUT           a sharded (torch.distributed.checkpoint) training checkpoint -> HF
 
-The check runs both models in float32 on one CoH prompt and passes when
+The check runs both models in float32 on a CoH prompt and on a prompt holding every token id of a
+sampled subset of the vocabulary, the source side computed apart from the converter, and passes when
 max |logit difference| <= tolerance x max(1, max |source logit|) (default tolerance 1e-4)."""
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "An EasyLM streaming checkpoint (streaming_params or streaming_train_state; LLaMA or GPT-J, "
                     "the format of the authors' released CoH weights) -> HF folder.",
                     ("stream", "the streaming_params (or streaming_train_state) file"))
-    p.add_argument("--config", help="model size (1b 3b 7b 13b 30b 65b for LLaMA, 6b for GPT-J), an EasyLM or HF "
+    p.add_argument("--config", help="model size (1b 3b 7b 13b 30b 65b for LLaMA, 6b for GPT-J; or EasyLM's "
+                                    "--llama.base_model names: llama_7b llama2_7b llama3_8b ...), an EasyLM or HF "
                                     "config JSON, or a folder with config.json (default: the standard size whose "
                                     "shapes match)")
     p.add_argument("--tokenizer", help="LLaMA: a SentencePiece tokenizer.model; GPT-J: an HF tokenizer folder")
@@ -69,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "An HF LLaMA or GPT-J folder -> OUTPUT/streaming_params and OUTPUT/easylm_config.json "
                     "(and tokenizer.model), for the original JAX code.",
                     ("model_dir", "HF model folder (safetensors)"), "folder for streaming_params and easylm_config.json")
+    p.add_argument("--target", choices=["all", "easylm", "coh"], default="all",
+                   help="the code base that will load the files: easylm (EasyLM since May 2024, --llama.* flags, "
+                        "LLaMA only), coh (the original CoH code and older EasyLM, json:: configs; no GQA, no "
+                        "rope_theta); all (default) prints the command for every one that can run the model. "
+                        "A named target that cannot run the model is refused before anything is written")
     _common(p, shards=False)
 
     p = _subcommand(sub, "lora-merge", _run_lora, "LoRA adapter + base -> merged HF folder",
@@ -89,22 +96,32 @@ def _progress(args: argparse.Namespace) -> bool | None:
     return False if args.no_progress else None
 
 
-def _report_check(ids, source_logits, model_dir: str | Path, args: argparse.Namespace) -> int:
-    """Compare ``source_logits`` with those of the HF model in ``model_dir`` (float32); print the verdict."""
-    from coh.convert.check import TOLERANCE, compare_logits, load_float32, model_logits
+def _report_check(prompts, source_logits, converted_logits, args: argparse.Namespace) -> int:
+    """Compare ``source_logits(ids)`` with ``converted_logits(ids)`` on every prompt; print the verdict."""
+    from coh.convert.check import TOLERANCE, combine, compare_logits
 
-    converted = model_logits(load_float32(model_dir), ids)
-    result = compare_logits(source_logits, converted, args.tolerance or TOLERANCE)
+    results = [compare_logits(source_logits(ids), converted_logits(ids), args.tolerance or TOLERANCE)
+               for ids in prompts]
+    result = combine(results, len(set(int(i) for ids in prompts for i in ids)))
     print(result.describe())
     return 0 if result.ok else 1
 
 
-def _ids_for(output_dir: str | Path):
+def _hf_logits(model_dir: str | Path):
+    """``ids -> logits`` of the HF model in ``model_dir``, loaded once in float32."""
+    from coh.convert.check import load_float32, model_logits
+
+    model = load_float32(model_dir)
+    return lambda ids: model_logits(model, ids)
+
+
+def _prompts_for(model_dir: str | Path):
     from transformers import AutoConfig
 
-    from coh.convert.check import check_ids
+    from coh.convert.check import check_prompts
 
-    return check_ids(output_dir, AutoConfig.from_pretrained(str(output_dir)).vocab_size)
+    config = AutoConfig.from_pretrained(str(model_dir))
+    return check_prompts(model_dir, config.vocab_size, getattr(config, "max_position_embeddings", None))
 
 
 def _run_llama(args: argparse.Namespace) -> int:
@@ -118,8 +135,7 @@ def _run_llama(args: argparse.Namespace) -> int:
     if not args.check:
         return 0
     ckpt = MetaCheckpoint(args.meta_dir)
-    ids = _ids_for(out)
-    return _report_check(ids, llama_logits(ckpt.get, ckpt.shape, ids), out, args)
+    return _report_check(_prompts_for(out), lambda ids: llama_logits(ckpt.get, ckpt.shape, ids), _hf_logits(out), args)
 
 
 def _run_easylm(args: argparse.Namespace) -> int:
@@ -131,25 +147,37 @@ def _run_easylm(args: argparse.Namespace) -> int:
     print(f"HF {source.arch} model written to {args.output_dir}")
     if not args.check:
         return 0
-    ids = _ids_for(args.output_dir)
-    return _report_check(ids, source.reference_logits(ids), args.output_dir, args)
+    return _report_check(_prompts_for(args.output_dir), source.reference_logits, _hf_logits(args.output_dir), args)
 
 
 def _run_to_easylm(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
-    from coh.convert.easylm import export_easylm, open_easylm
+    from coh.convert.easylm import (
+        TARGETS,
+        easylm_commands,
+        export_easylm,
+        read_back_for_check,
+        target_problems,
+    )
 
-    stream = export_easylm(args.model_dir, args.output_dir, dtype=args.dtype, progress=_progress(args))
-    arch_flag = AutoConfig.from_pretrained(args.model_dir).model_type
-    print(f"EasyLM checkpoint written to {stream}; load it in EasyLM with "
-          f"--load_checkpoint='params::{stream}' --load_{arch_flag}_config='json::{stream.parent / 'easylm_config.json'}'")
+    stream = export_easylm(args.model_dir, args.output_dir, dtype=args.dtype, target=args.target,
+                           progress=_progress(args))
+    config = AutoConfig.from_pretrained(args.model_dir)
+    arch = config.model_type
+    print(f"EasyLM checkpoint written to {stream} (config for the json:: loaders: {stream.parent / 'easylm_config.json'})")
+    commands = easylm_commands(config, arch, stream, stream.parent / "easylm_config.json", Path(args.model_dir))
+    for target, problem in target_problems(config, arch).items():
+        if args.target not in ("all", target):
+            continue
+        print(f"\n{TARGETS[target]}:")
+        print(f"  cannot run this model: {problem}" if problem else f"  {commands[target]}")
     if not args.check:
         return 0
-    source = open_easylm(stream, str(stream.parent / "easylm_config.json"))
-    ids = _ids_for(args.model_dir)
-    # here the HF folder is the source and the written stream (read back through the reference) the result
-    return _report_check(ids, source.reference_logits(ids), args.model_dir, args)
+    # the written file, read as EasyLM's params:: loader hands it to its model, through the reference
+    # forward; the HF folder (transformers) is the source
+    stream_logits = read_back_for_check(stream, config)
+    return _report_check(_prompts_for(args.model_dir), _hf_logits(args.model_dir), stream_logits, args)
 
 
 def _run_lora(args: argparse.Namespace) -> int:
@@ -164,8 +192,7 @@ def _run_lora(args: argparse.Namespace) -> int:
     if not args.check:
         return 0
     unmerged, _ = load_unmerged(args.adapter_dir, args.base, torch.float32)
-    ids = _ids_for(out)
-    return _report_check(ids, model_logits(unmerged, ids), out, args)
+    return _report_check(_prompts_for(out), lambda ids: model_logits(unmerged, ids), _hf_logits(out), args)
 
 
 def _run_sharded(args: argparse.Namespace) -> int:
@@ -177,8 +204,8 @@ def _run_sharded(args: argparse.Namespace) -> int:
     print(f"HF model written to {out}")
     if not args.check:
         return 0
-    ids = _ids_for(out)
-    return _report_check(ids, model_logits(load_sharded_into_model(args.checkpoint_dir), ids), out, args)
+    source = load_sharded_into_model(args.checkpoint_dir)
+    return _report_check(_prompts_for(out), lambda ids: model_logits(source, ids), _hf_logits(out), args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,14 +2,16 @@
 
 The format (EasyLM ``checkpoint.py``, ``StreamingCheckpointer``): a file of consecutive msgpack
 objects, one per tensor, each the pair ``(key path, flax.serialization.to_bytes(array))``; the
-key path is the flattened flax parameter tree, ``("params", "transformer", "h", "0", "attention",
-"wq", "kernel")``. ``to_bytes`` is itself msgpack: a flax ndarray extension (type 1) holding
+key path is the flattened flax parameter tree from its root, ``("transformer", "h", "0", "attention",
+"wq", "kernel")``, with no ``params`` level (``save_all`` saves ``train_state.params['params']``;
+the loaders wrap the ``params`` level back on). ``to_bytes`` is itself msgpack: a flax ndarray extension (type 1) holding
 ``(shape, dtype name, raw C-order bytes)``, or for arrays over 2**30 bytes a
 ``{"__msgpack_chunked_array__", "shape", "chunks"}`` map of flat pieces. flax and JAX are not
 installed here (and not needed to read bytes), so that extension is decoded directly below.
 A train-state stream (``streaming_train_state``) holds ``("params", "params", ...)`` keys beside
-the optimizer state, which is skipped and counted. A whole-tree flax msgpack file
-(EasyLM's ``flax_params::``) is read too, though necessarily whole.
+the optimizer state, which is skipped and counted; a stream with one ``params`` level is read too.
+A whole-tree flax msgpack file (EasyLM's ``flax_params::``) is read too, though necessarily whole.
+Writing follows EasyLM's own ``convert_hf_to_easylm.py`` byte for byte (``export_easylm``).
 
 Layouts: dense kernels are (in, out), so they are transposed; EasyLM's LLaMA is Meta's layout
 (``wq``, ``w1``..., interleaved rotary), so the Meta mapping applies; EasyLM's GPT-J is HF's Flax
@@ -35,7 +37,7 @@ from coh.convert.meta_llama import (
     load_tokenizer,
     meta_to_hf,
 )
-from coh.convert.reference import GPTJShape, LlamaShape
+from coh.convert.reference import EasyLMLayout, GPTJShape, LlamaShape, easylm_layout
 
 NDARRAY_EXT = 1  # flax.serialization._MsgpackExtType.ndarray
 CHUNKED = "__msgpack_chunked_array__"
@@ -44,10 +46,25 @@ STREAM_NAME = "streaming_params"
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "int32": torch.int32, "int64": torch.int64}
 
-# EasyLM's standard sizes (EasyLM/models/llama/llama_model.py, gptj_model.py): (hidden, layers) -> shape
+# The original's and EasyLM-2023's standard LLaMA sizes (LLAMA_STANDARD_CONFIGS): name -> (hidden, layers, heads, eps)
 LLAMA_SIZES = {
     "1b": (2048, 22, 16, 1e-6), "3b": (3200, 26, 32, 1e-6), "7b": (4096, 32, 32, 1e-6),
     "13b": (5120, 40, 40, 1e-6), "30b": (6656, 60, 52, 1e-6), "65b": (8192, 80, 64, 1e-5),
+}
+# EasyLM HEAD's (LLaMAConfigurator.get_standard_llama_config, the names of --llama.base_model):
+# name -> (hidden, intermediate, layers, heads, KV heads, rms_norm_eps, max positions, vocab, rope_theta)
+EASYLM_STANDARD = {
+    "llama_1b": (2048, 5504, 22, 16, 16, 1e-6, 2048, 32000, 1e4),
+    "llama_3b": (3200, 8640, 26, 32, 32, 1e-6, 2048, 32000, 1e4),
+    "llama_7b": (4096, 11008, 32, 32, 32, 1e-6, 2048, 32000, 1e4),
+    "llama_13b": (5120, 13824, 40, 40, 40, 1e-6, 2048, 32000, 1e4),
+    "llama_30b": (6656, 17920, 60, 52, 52, 1e-6, 2048, 32000, 1e4),
+    "llama_65b": (8192, 22016, 80, 64, 64, 1e-5, 2048, 32000, 1e4),
+    "llama2_7b": (4096, 11008, 32, 32, 32, 1e-5, 4096, 32000, 1e4),
+    "llama2_13b": (5120, 13824, 40, 40, 40, 1e-5, 4096, 32000, 1e4),
+    "llama2_70b": (8192, 28672, 80, 64, 8, 1e-5, 4096, 32000, 1e4),
+    "llama3_8b": (4096, 14336, 32, 32, 8, 1e-5, 8192, 128256, 5e5),
+    "llama3_70b": (8192, 28672, 80, 64, 8, 1e-5, 8192, 128256, 5e5),
 }
 GPTJ_SIZES = {"6b": {"n_embd": 4096, "n_layer": 28, "n_head": 16, "rotary_dim": 64, "n_positions": 2048,
                      "layer_norm_epsilon": 1e-5, "bos_token_id": 50256, "eos_token_id": 50256}}
@@ -106,12 +123,23 @@ def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[s
             yield (*prefix, str(k)), v
 
 
-def model_key(key: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The parameter path below ``params`` (streaming_params) or ``params/params`` (a train
-    state), or None for anything else (optimizer state, step counter)."""
-    for depth in (1, 2):
-        if len(key) > depth and all(k == "params" for k in key[:depth]) and key[depth] in ("transformer", "lm_head"):
-            return key[depth:]
+PARAM_ROOTS = ("transformer", "lm_head")
+# how many "params" levels stand above transformer/lm_head, and who writes that layout
+LAYOUTS = {
+    0: "no params level (EasyLM's StreamingCheckpointer.save_all streaming_params, convert_hf_to_easylm.py, "
+       "the original's convert_checkpoint.py)",
+    1: "one params level",
+    2: "params/params (a streaming_train_state)",
+}
+
+
+def model_key(key: tuple[str, ...]) -> tuple[int, tuple[str, ...]] | None:
+    """(number of ``params`` levels, parameter path from ``transformer`` / ``lm_head``) of a stream
+    key, or None for anything else (optimizer state, step counter). EasyLM's ``streaming_params``
+    have no ``params`` level; a train state holds the parameters under ``params/params``."""
+    for depth in (0, 1, 2):
+        if len(key) > depth and all(k == "params" for k in key[:depth]) and key[depth] in PARAM_ROOTS:
+            return depth, key[depth:]
     return None
 
 
@@ -125,6 +153,7 @@ class EasyLMStream:
     shapes: dict[tuple[str, ...], tuple[int, ...]] = field(default_factory=dict)
     dtype: torch.dtype | None = None  # of the first parameter
     skipped: int = 0  # non-parameter entries (optimizer state, step)
+    depth: int | None = None  # params levels above transformer/lm_head (see LAYOUTS)
     whole_tree: dict[tuple[str, ...], torch.Tensor] | None = None  # a non-streaming flax file, decoded
 
     def __post_init__(self) -> None:
@@ -132,8 +161,12 @@ class EasyLMStream:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file (an EasyLM streaming_params / streaming_train_state file)")
 
+    @property
+    def layout(self) -> str:
+        return ("whole-tree flax msgpack, " if self.whole_tree is not None else "stream, ") + LAYOUTS.get(self.depth, "?")
+
     def _entries(self) -> Iterator[tuple[tuple[str, ...], object, int, int]]:
-        """(key, payload bytes or decoded array, start, end) for every entry of the file."""
+        """(key, payload bytes or decoded value, start, end) for every entry of the file."""
         with self.path.open("rb") as f:
             unpacker = msgpack.Unpacker(f, read_size=64 << 20, max_buffer_size=0, raw=False,
                                         ext_hook=_ext_hook, strict_map_key=False)
@@ -142,9 +175,8 @@ class EasyLMStream:
                 for item in unpacker:
                     end = unpacker.tell()
                     if n == 0 and isinstance(item, dict):  # flax's whole-tree format (EasyLM flax_params::)
-                        tree = item if "params" in item else {"params": item}
-                        self.whole_tree = {k: _unchunk(v) for k, v in _flatten(tree)}
-                        for key, value in self.whole_tree.items():
+                        self.whole_tree = {}
+                        for key, value in _flatten(item):
                             yield key, value, -1, -1
                         return
                     if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (list, tuple))
@@ -160,16 +192,25 @@ class EasyLMStream:
 
     def _params(self) -> Iterator[tuple[tuple[str, ...], torch.Tensor, int, int]]:
         """(parameter path, tensor, start, end) of the model's parameters; the rest is counted in ``skipped``."""
-        self.skipped = 0
+        self.skipped, self.depth = 0, None
         for key, payload, start, end in self._entries():
-            path = model_key(key)
-            if path is None:
+            found = model_key(key)
+            if found is None:
                 self.skipped += 1
                 continue
+            depth, path = found
+            if self.depth is None:
+                self.depth = depth
+            elif depth != self.depth:
+                raise ValueError(f"{self.path}: entry {'/'.join(key)} has {depth} params level(s), earlier ones "
+                                 f"{self.depth}: two layouts in one file")
             try:
-                yield path, decode_array(payload) if isinstance(payload, bytes) else payload, start, end
+                tensor = decode_array(payload) if isinstance(payload, bytes) else _unchunk(payload)
             except (ValueError, msgpack.UnpackException) as e:
                 raise ValueError(f"{self.path}: entry {'/'.join(key)}: {e}") from e
+            if self.whole_tree is not None:
+                self.whole_tree[path] = tensor
+            yield path, tensor, start, end
 
     def tensors(self) -> Iterator[tuple[tuple[str, ...], torch.Tensor]]:
         """(parameter path, tensor) in file order, one at a time."""
@@ -181,19 +222,21 @@ class EasyLMStream:
         self.index.clear()
         self.shapes.clear()
         for path, tensor, start, end in self._params():
+            if path in self.index:
+                raise ValueError(f"{self.path}: parameter {'/'.join(path)} stored twice")
             self.index[path] = (start, end)
             self.shapes[path] = tuple(tensor.shape)
             self.dtype = self.dtype or tensor.dtype
         if not self.index:
-            raise ValueError(f"{self.path}: no model parameters found (expected keys under params/transformer "
-                             f"and params/lm_head; {self.skipped} other entries)")
+            raise ValueError(f"{self.path}: no model parameters found (expected keys transformer/... and lm_head/..., "
+                             f"with no params level, under params/ or under params/params/; {self.skipped} other entries)")
         return self
 
     def get(self, path: tuple[str, ...]) -> torch.Tensor:
         if path not in self.index:
             raise KeyError(f"{self.path}: no tensor {'/'.join(path)}")
         if self.whole_tree is not None:
-            return self.whole_tree[("params", *path)]
+            return self.whole_tree[path]
         start, end = self.index[path]
         with self.path.open("rb") as f:
             f.seek(start)
@@ -202,13 +245,14 @@ class EasyLMStream:
 
 
 def write_stream(path: str | Path, tensors: Iterator[tuple[tuple[str, ...], torch.Tensor]]) -> int:
-    """Write ``(parameter path, tensor)`` pairs as EasyLM's ``streaming_params`` (keys under
-    ``params``, as ``StreamingCheckpointer.save_all`` writes them); the number written."""
+    """Write ``(parameter path, tensor)`` pairs as EasyLM's ``streaming_params``: keys from
+    ``transformer`` / ``lm_head`` with no ``params`` level, one ``packer.pack((key, to_bytes(array)))``
+    each, as ``StreamingCheckpointer.save_train_state_to_file`` writes them; the number written."""
     packer = msgpack.Packer(use_bin_type=True)
     n = 0
     with Path(path).open("wb") as f:
         for key, tensor in tensors:
-            f.write(packer.pack((["params", *key], encode_array(tensor))))
+            f.write(packer.pack((list(key), encode_array(tensor))))
             n += 1
     return n
 
@@ -264,7 +308,8 @@ def _config_dict(spec: str) -> dict:
     if p.is_dir():
         p = p / "config.json"
     if not p.is_file():
-        raise FileNotFoundError(f"--config {spec}: not a standard size ({', '.join([*LLAMA_SIZES, *GPTJ_SIZES])}), "
+        raise FileNotFoundError(f"--config {spec}: not a standard size ({', '.join([*LLAMA_SIZES, *GPTJ_SIZES])}, "
+                                f"or EasyLM's {', '.join(EASYLM_STANDARD)}), "
                                 "a JSON file or a folder with config.json")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
@@ -276,16 +321,20 @@ def _layers(shapes, pattern: str) -> int:
     return len({int(m.group(1)) for p in shapes if (m := re.fullmatch(pattern, "/".join(p)))})
 
 
+def _pad_id(config: dict, pad: int | None) -> int | None:
+    return pad if pad is not None else config.get("pad_token_id")
+
+
 def llama_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eos: int | None,
-                     dtype: torch.dtype | None):
+                     dtype: torch.dtype | None, tied: bool = False, pad: int | None = None):
     """The HF LlamaConfig of a scanned EasyLM LLaMA stream, from ``spec`` or its standard size,
-    checked against the tensor shapes."""
+    checked against the tensor shapes. ``tied``: write a tied-embedding model (no ``lm_head``, or
+    an ``lm_head`` equal to the transposed embedding)."""
     shapes = stream.shapes
     vocab, hidden = shapes[("transformer", "wte", "embedding")]
     n_layers = _layers(shapes, r"transformer/h/(\d+)/.*")
     intermediate = shapes[("transformer", "h", "0", "feed_forward", "w1", "kernel")][1]
     kv_dim = shapes[("transformer", "h", "0", "attention", "wk", "kernel")][1]
-    tied = ("lm_head", "kernel") not in shapes
     found = f"hidden {hidden}, {n_layers} layers, intermediate {intermediate}, vocab {vocab}"
     positions, theta = 2048, 10000.0
     if spec is None:
@@ -297,23 +346,34 @@ def llama_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eo
     if spec in LLAMA_SIZES:
         want_hidden, want_layers, n_heads, eps = LLAMA_SIZES[spec]
         want = {"hidden_size": want_hidden, "num_hidden_layers": want_layers}
+    elif spec in EASYLM_STANDARD:
+        h, i, layers, n_heads, kv, eps, positions, v, theta = EASYLM_STANDARD[spec]
+        want = {"hidden_size": h, "intermediate_size": i, "num_hidden_layers": layers, "vocab_size": v,
+                "num_key_value_heads": kv}
     else:
         c = _config_dict(spec)
-        want = {k: c[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size") if k in c}
+        want = {k: c[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size",
+                                  "num_key_value_heads") if c.get(k) is not None}
+        if "num_attention_heads" not in c:
+            raise ValueError(f"--config {spec}: no num_attention_heads (the weights do not show it)")
         n_heads, eps = int(c["num_attention_heads"]), float(c.get("rms_norm_eps", 1e-6))
         positions = int(c.get("max_sequence_length") or c.get("max_position_embeddings") or 2048)
         theta = float(c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta") or 10000.0)
         bos = c.get("bos_token_id", bos) if bos is None else bos
         eos = c.get("eos_token_id", eos) if eos is None else eos
-    got = {"hidden_size": hidden, "num_hidden_layers": n_layers, "intermediate_size": intermediate, "vocab_size": vocab}
+        pad = _pad_id(c, pad)
+    got = {"hidden_size": hidden, "num_hidden_layers": n_layers, "intermediate_size": intermediate, "vocab_size": vocab,
+           "num_key_value_heads": n_heads * kv_dim // hidden}
     wrong = {k: (v, got[k]) for k, v in want.items() if v != got[k]}
     if wrong:
         raise ValueError(f"--config {spec} does not match {stream.path}: " +
                          ", ".join(f"{k} {a} in the config, {b} in the checkpoint" for k, (a, b) in wrong.items()))
     shape = LlamaShape(n_layers, n_heads, n_heads * kv_dim // hidden, eps, theta)
-    return shape, llama_hf_config(shape, hidden, intermediate, vocab, positions, tied=tied,
-                                  bos_token_id=1 if bos is None else bos, eos_token_id=2 if eos is None else eos,
-                                  dtype=dtype)
+    config = llama_hf_config(shape, hidden, intermediate, vocab, positions, tied=tied,
+                             bos_token_id=1 if bos is None else bos, eos_token_id=2 if eos is None else eos,
+                             dtype=dtype)
+    config.pad_token_id = pad
+    return shape, config
 
 
 def _gpt2_id(config: dict, which: str, vocab: int) -> int | None:
@@ -323,7 +383,7 @@ def _gpt2_id(config: dict, which: str, vocab: int) -> int | None:
 
 
 def gptj_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eos: int | None,
-                    dtype: torch.dtype | None):
+                    dtype: torch.dtype | None, pad: int | None = None):
     from transformers import GPTJConfig
 
     shapes = stream.shapes
@@ -338,6 +398,8 @@ def gptj_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eos
     c = dict(GPTJ_SIZES[spec]) if spec in GPTJ_SIZES else _config_dict(spec)
     if c.get("activation_function", "gelu_new") != "gelu_new":
         raise ValueError(f"--config {spec}: activation {c['activation_function']!r}; only GPT-J's gelu_new is supported")
+    if "n_head" not in c:
+        raise ValueError(f"--config {spec}: no n_head (the weights do not show it)")
     wrong = [f"{k} {c[k]} in the config, {v} in the checkpoint" for k, v in
              (("n_embd", hidden), ("n_layer", n_layers), ("vocab_size", vocab)) if k in c and c[k] != v]
     if wrong:
@@ -347,59 +409,82 @@ def gptj_config_for(stream: EasyLMStream, spec: str | None, bos: int | None, eos
                         rotary_dim=shape.rotary_dim or None, n_inner=inner if inner != 4 * hidden else None,
                         n_positions=int(c.get("n_positions", 2048)), layer_norm_epsilon=shape.layer_norm_eps,
                         tie_word_embeddings=False, bos_token_id=bos if bos is not None else _gpt2_id(c, "bos", vocab),
-                        eos_token_id=eos if eos is not None else _gpt2_id(c, "eos", vocab))
+                        eos_token_id=eos if eos is not None else _gpt2_id(c, "eos", vocab),
+                        pad_token_id=_pad_id(c, pad))
     if dtype is not None:
         config.dtype = dtype
     return shape, config
 
 
+def layout_of(arch: str, config) -> EasyLMLayout:
+    """EasyLM's parameter tree for an HF LLaMA / GPT-J config (``reference.easylm_layout``)."""
+    if arch == "llama":
+        shape = llama_shape_of(config)
+        head_dim = config.hidden_size // shape.n_heads
+        return easylm_layout("llama", shape.n_layers, config.hidden_size, config.vocab_size,
+                             shape.n_heads * head_dim, shape.n_kv_heads * head_dim, config.intermediate_size)
+    return easylm_layout("gptj", config.n_layer, config.n_embd, config.vocab_size, config.n_embd, config.n_embd,
+                         config.n_inner or 4 * config.n_embd)
+
+
 # -- conversions -----------------------------------------------------------------------------------
 @dataclass
 class EasyLMSource:
-    """A scanned EasyLM checkpoint with its architecture and HF config."""
+    """A scanned EasyLM checkpoint with its architecture and HF config. ``lm_head_tied``: the
+    file holds an ``lm_head`` equal to the transposed embedding (EasyLM always writes one), which
+    the HF folder does not repeat (``tie_word_embeddings``)."""
 
     stream: EasyLMStream
     arch: str
     shape: LlamaShape | GPTJShape
     config: object
+    lm_head_tied: bool = False
 
     def torch_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(torch-orientation name, tensor) in file order: Meta names for LLaMA, HF names for GPT-J."""
         for path, tensor in self.stream.tensors():
+            if self.lm_head_tied and path == ("lm_head", "kernel"):
+                continue
             yield easylm_to_torch(path, tensor, self.arch)
 
-    def get(self, name: str) -> torch.Tensor:
-        """One tensor by torch-orientation name (what ``reference`` asks for)."""
-        key, _ = torch_to_easylm(name, torch.empty(0, 0), self.arch)  # a 2-D stand-in: the leaf may be "scale"
-        for leaf in (key[-1], "scale"):
-            if (*key[:-1], leaf) in self.stream.index:
-                path = (*key[:-1], leaf)
-                return easylm_to_torch(path, self.stream.get(path), self.arch)[1]
-        raise KeyError(f"{self.stream.path}: no tensor for {name}")
-
     def reference_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        from coh.convert.reference import gptj_logits, llama_logits
+        """The source's logits: the plain-torch reference forward over the file's tensors, looked up
+        through EasyLM's parameter tree (``reference.easylm_layout``), not the converter's mapping."""
+        from coh.convert.reference import easylm_getter, gptj_logits, llama_logits
 
-        if self.arch == "llama":
-            tied = ("lm_head", "kernel") not in self.stream.index
+        tied = ("lm_head", "kernel") not in self.stream.index
+        get = easylm_getter(layout_of(self.arch, self.config), self.stream.get, tied=tied)
+        return llama_logits(get, self.shape, ids) if self.arch == "llama" else gptj_logits(get, self.shape, ids)
 
-            def get(name: str) -> torch.Tensor:
-                return self.get("tok_embeddings.weight" if tied and name == "output.weight" else name)
 
-            return llama_logits(get, self.shape, ids)
-        return gptj_logits(self.get, self.shape, ids)
+def _lm_head_is_embedding(stream: EasyLMStream) -> bool:
+    head = stream.index.get(("lm_head", "kernel"))
+    if head is None or ("lm_head", "bias") in stream.index:
+        return False
+    return torch.equal(stream.get(("lm_head", "kernel")).t(), stream.get(("transformer", "wte", "embedding")))
 
 
 def open_easylm(path: str | Path, config: str | None = None, bos: int | None = None, eos: int | None = None,
-                dtype: torch.dtype | None = None) -> EasyLMSource:
+                dtype: torch.dtype | None = None, pad: int | None = None) -> EasyLMSource:
     stream = EasyLMStream(Path(path)).scan()
     arch = detect_arch(stream.index)
-    make = llama_config_for if arch == "llama" else gptj_config_for
-    shape, hf_config = make(stream, config, bos, eos, dtype or stream.dtype)
-    source = EasyLMSource(stream, arch, shape, hf_config)
+    if arch == "llama":
+        no_head = ("lm_head", "kernel") not in stream.index
+        lm_head_tied = not no_head and _lm_head_is_embedding(stream)
+        if lm_head_tied and config is not None and config not in LLAMA_SIZES and config not in EASYLM_STANDARD and \
+                _config_dict(config).get("tie_word_embeddings") is False:
+            lm_head_tied = False  # the config says untied: keep both copies
+        shape, hf_config = llama_config_for(stream, config, bos, eos, dtype or stream.dtype,
+                                            tied=no_head or lm_head_tied, pad=pad)
+    else:
+        lm_head_tied = False
+        shape, hf_config = gptj_config_for(stream, config, bos, eos, dtype or stream.dtype, pad=pad)
+    source = EasyLMSource(stream, arch, shape, hf_config, lm_head_tied)
     # names and shapes as they will be written, worked out on meta tensors (no memory), against the config
     found = {}
     for key, size in stream.shapes.items():
+        if lm_head_tied and key == ("lm_head", "kernel"):
+            continue
         name, t = easylm_to_torch(key, torch.empty(size, device="meta"), arch)
         if arch == "llama":
             try:
@@ -421,13 +506,13 @@ def convert_easylm(path: str | Path, output_dir: str | Path, config: str | None 
     tok = load_tokenizer(tokenizer) if tokenizer is not None else None
     target_dtype = safetensors_io.resolve_dtype(dtype)
     source = open_easylm(path, config, tok.bos_token_id if tok else None, tok.eos_token_id if tok else None,
-                         target_dtype)
+                         target_dtype, pad=tok.pad_token_id if tok else None)
     if tok is not None and len(tok) > source.config.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but the checkpoint's embeddings only {source.config.vocab_size}")
     out = safetensors_io.prepare_output_dir(output_dir)
     writer = safetensors_io.ShardWriter(out, safetensors_io.parse_size(max_shard_size), target_dtype)
-    bar = tqdm(total=len(source.stream.index), desc=f"easylm {source.arch} -> hf", unit="tensor",
-               disable=None if progress is None else not progress)
+    bar = tqdm(total=len(source.stream.index) - source.lm_head_tied, desc=f"easylm {source.arch} -> hf",
+               unit="tensor", disable=None if progress is None else not progress)
     for name, tensor in source.torch_tensors():
         writer.add(*(meta_to_hf(name, tensor, source.shape) if source.arch == "llama" else (name, tensor)))
         bar.update()
@@ -435,15 +520,81 @@ def convert_easylm(path: str | Path, output_dir: str | Path, config: str | None 
     writer.close()
     info = safetensors_io.converted_coh_info("easylm", path) if coh_phrases else None
     safetensors_io.finish_hf_folder(out, source.config, tok, tokenizer, info)
+    print(f"read {source.stream.path}: {source.stream.layout}, {len(source.stream.index)} tensors, {source.stream.dtype}")
     if tok is None:
         print("no --tokenizer given: the folder has no tokenizer (coh train and coh serve need one)")
+    if source.lm_head_tied:
+        print("lm_head/kernel equals the transposed embedding: written as a tied model (tie_word_embeddings)")
     if source.stream.skipped:
         print(f"skipped {source.stream.skipped} non-parameter entries (optimizer state, step)")
     return source
 
 
+# -- HF -> EasyLM ----------------------------------------------------------------------------------
+# The code bases that read these files, and what each reads. EasyLM's LLaMA config moved from a
+# JSON file (--load_llama_config='json::...', LLaMAConfig.load_config) to --llama.* flags
+# (LLaMAConfigurator) in b2e2a78 (May 2024), which also dropped GPT-J.
+TARGETS = {
+    "easylm": "EasyLM since b2e2a78 (May 2024; young-geng/EasyLM HEAD fe5b2c3): --llama.* flags, LLaMA only",
+    "coh": "the original Chain-of-Hindsight code (lhao499/chain-of-hindsight 9f55cea) and EasyLM before b2e2a78: "
+           "--load_llama_config / --load_gptj_config 'json::FILE'",
+}
+
+def target_problems(config, arch: str) -> dict[str, str | None]:
+    """Per target code base: why it cannot run this model as HF does, or None when it can."""
+    problems: dict[str, str | None] = {}
+    if arch == "gptj":
+        problems["easylm"] = "EasyLM dropped GPT-J in b2e2a78 (May 2024); use --target coh"
+        problems["coh"] = None
+        return problems
+    shape = llama_shape_of(config)
+    theta = None if shape.rope_theta == 10000.0 else (
+        f"rope_theta {shape.rope_theta:g}: this code's rotary embedding always uses 10000")
+    problems["easylm"] = theta and theta.replace(
+        "this code's rotary embedding always uses 10000",
+        "EasyLM's FlaxLLaMAAttention calls apply_rotary_emb without the config's rope_theta, so it runs 10000")
+    gqa = None if shape.n_kv_heads == shape.n_heads else (
+        f"{shape.n_kv_heads} KV heads for {shape.n_heads} attention heads (grouped-query attention): this "
+        "LLaMAConfig has no num_key_value_heads")
+    problems["coh"] = "; ".join(p for p in (gqa, theta) if p) or None
+    return problems
+
+
+def easylm_commands(config, arch: str, stream: Path, config_json: Path, model_dir: Path) -> dict[str, str]:
+    """Per target code base that can run the model: the command line that loads the written files,
+    with only the flags that version reads."""
+    stream, config_json, model_dir = stream.resolve(), config_json.resolve(), model_dir.resolve()
+    commands = {}
+    problems = target_problems(config, arch)
+    ckpt = f"--load_checkpoint='params::{stream}'"
+    if arch == "llama" and problems["easylm"] is None:
+        shape = llama_shape_of(config)
+        dims = (config.hidden_size, config.intermediate_size, shape.n_layers, shape.n_heads, shape.n_kv_heads)
+        base = next((name for name, d in EASYLM_STANDARD.items() if d[:5] == dims), "llama_7b")
+        flags = [f"--llama.base_model={base}", f"--llama.vocab_size={config.vocab_size}",
+                 f"--llama.hidden_size={config.hidden_size}", f"--llama.intermediate_size={config.intermediate_size}",
+                 f"--llama.num_hidden_layers={shape.n_layers}", f"--llama.num_attention_heads={shape.n_heads}",
+                 f"--llama.num_key_value_heads={shape.n_kv_heads}", f"--llama.rms_norm_eps={shape.norm_eps:g}",
+                 f"--llama.max_position_embeddings={config.max_position_embeddings}"]
+        commands["easylm"] = (f"python -m EasyLM.models.llama.llama_serve {ckpt} --tokenizer='{model_dir}' "
+                              + " ".join(flags))
+    if problems["coh"] is None:
+        if arch == "llama":
+            vocab_file = stream.parent / "tokenizer.model"
+            vocab_file = f"'{vocab_file}'" if vocab_file.is_file() else "PATH/TO/tokenizer.model"
+            commands["coh"] = (f"python -m coh.coh_serve_llama --load_llama_config='json::{config_json}' {ckpt} "
+                               f"--tokenizer.vocab_file={vocab_file}")
+        else:
+            commands["coh"] = (f"python -m coh.coh_serve_gptj --load_gptj_config='json::{config_json}' {ckpt} "
+                               f"--tokenizer.name='{model_dir}'")
+    return commands
+
+
 def easylm_config_json(config, arch: str) -> dict:
-    """EasyLM's config for ``--load_llama_config`` / ``--load_gptj_config`` ``json::PATH``."""
+    """The config JSON that ``--load_llama_config`` / ``--load_gptj_config 'json::PATH'`` read
+    (the original's and EasyLM-before-b2e2a78's ``LLaMAConfig`` / ``GPTJConfig``), plus, for
+    LLaMA, ``num_key_value_heads`` and ``rope_theta`` when not the defaults (those versions
+    ignore them; ``coh convert easylm --config`` reads them)."""
     if arch == "llama":
         shape = llama_shape_of(config)
         out = {"vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
@@ -455,29 +606,73 @@ def easylm_config_json(config, arch: str) -> dict:
             out["num_key_value_heads"] = shape.n_kv_heads
         if shape.rope_theta != 10000.0:
             out["rope_theta"] = shape.rope_theta
-        return out
-    return {k: getattr(config, k) for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "rotary_dim",
-                                           "n_inner", "activation_function", "layer_norm_epsilon",
-                                           "tie_word_embeddings", "bos_token_id", "eos_token_id")}
+    else:
+        out = {k: getattr(config, k) for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "rotary_dim",
+                                              "n_inner", "activation_function", "layer_norm_epsilon",
+                                              "tie_word_embeddings", "bos_token_id", "eos_token_id")}
+    if config.pad_token_id is not None:
+        out["pad_token_id"] = config.pad_token_id
+    return out
 
 
-def hf_model_tensors(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of an HF folder's safetensors files, one tensor at a time."""
-    from safetensors import safe_open
+class HFTensors:
+    """Random access to the tensors of an HF folder's safetensors files, one at a time."""
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{model_dir}: no *.safetensors files (save the model with safe_serialization)")
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():  # noqa: SIM118 (safe_open is not a dict)
-                yield name, st.get_tensor(name)
+    def __init__(self, model_dir: str | Path):
+        from safetensors import safe_open
+
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{model_dir}: no *.safetensors files (save the model with safe_serialization)")
+        self.where: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    self.where[name] = f
+                    self.shapes[name] = tuple(st.get_slice(name).get_shape())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if name not in self.where:
+            raise KeyError(f"no tensor {name} in the model's safetensors files")
+        with safe_open(str(self.where[name]), framework="pt") as st:
+            return st.get_tensor(name)
 
 
-def export_easylm(model_dir: str | Path, output_dir: str | Path, dtype: str | None = None,
+def easylm_order(arch: str, paths: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The order the reference code writes: EasyLM's convert_hf_to_easylm.py (embedding, final norm,
+    each layer's wq wk wv wo w1 w2 w3 attention_norm ffn_norm, lm_head) for LLaMA; for GPT-J the
+    original's save_all of a flax tree, whose keys are sorted (as strings) at every level."""
+    if arch == "gptj":
+        return sorted(paths)
+    parts = ["attention/wq", "attention/wk", "attention/wv", "attention/wo", "feed_forward/w1", "feed_forward/w2",
+             "feed_forward/w3", "attention_norm", "ffn_norm"]
+
+    def rank(p: tuple[str, ...]) -> tuple:
+        if p[:2] == ("transformer", "wte"):
+            return (0,)
+        if p[:2] == ("transformer", "ln_f"):
+            return (1,)
+        if p[:2] == ("transformer", "h"):
+            return (2, int(p[2]), parts.index("/".join(p[3:-1])))
+        return (3,)
+
+    return sorted(paths, key=rank)
+
+
+def export_easylm(model_dir: str | Path, output_dir: str | Path, dtype: str | None = None, target: str = "all",
                   progress: bool | None = None) -> Path:
     """An HF LLaMA or GPT-J folder as ``OUTPUT/streaming_params`` + ``OUTPUT/easylm_config.json``
-    (+ ``tokenizer.model`` when the folder has one). Returns the stream's path."""
+    (+ ``tokenizer.model`` when the folder has one), as EasyLM's own converter writes them: keys
+    with no ``params`` level, ``lm_head`` always (a tied model's is the transposed embedding),
+    the reference code's order, ``dtype`` as asked (default: the source's). ``target``: ``all``,
+    or a code base of ``TARGETS`` that must be able to run the model (refused before anything is
+    written otherwise). Returns the stream's path."""
     from tqdm.auto import tqdm
     from transformers import AutoConfig
 
@@ -485,26 +680,42 @@ def export_easylm(model_dir: str | Path, output_dir: str | Path, dtype: str | No
     arch = {"llama": "llama", "gptj": "gptj"}.get(config.model_type)
     if arch is None:
         raise ValueError(f"{model_dir}: model type {config.model_type!r}; EasyLM holds llama and gptj")
+    if target != "all":
+        if target not in TARGETS:
+            raise ValueError(f"--target {target!r}: expected all or one of {sorted(TARGETS)}")
+        problem = target_problems(config, arch)[target]
+        if problem:
+            raise ValueError(f"{model_dir}: {TARGETS[target]} cannot run this model: {problem}")
     shape = llama_shape_of(config) if arch == "llama" else None
-    target = safetensors_io.resolve_dtype(dtype)
+    target_dtype = safetensors_io.resolve_dtype(dtype)
     out = Path(output_dir)
     if (out / STREAM_NAME).exists():
         raise ValueError(f"{out / STREAM_NAME}: exists already; choose an empty folder")
+    hf = HFTensors(model_dir)
+    head, embedding = "lm_head.weight", "model.embed_tokens.weight" if arch == "llama" else "transformer.wte.weight"
+    names = {n for n in hf.where if not n.endswith("rotary_emb.inv_freq")}
+    if head not in hf and not config.tie_word_embeddings:
+        raise ValueError(f"{model_dir}: no {head} and tie_word_embeddings is false")
+    # EasyLM path -> the HF tensor it is made from; a tied model's lm_head is its embedding
+    sources: dict[tuple[str, ...], str] = {}
+    for name in sorted(names | {head}):
+        hf_name = embedding if name == head and head not in hf else name
+        t = torch.empty(hf.shapes[hf_name], device="meta")  # names and orientation only: no data read
+        if arch == "llama":
+            meta_name, t = hf_to_meta(name, t, shape)
+        sources[torch_to_easylm(meta_name if arch == "llama" else name, t, arch)[0]] = hf_name
     out.mkdir(parents=True, exist_ok=True)
-    tied = bool(config.tie_word_embeddings)
-    skipped: list[str] = []
 
     def converted() -> Iterator[tuple[tuple[str, ...], torch.Tensor]]:
-        for name, tensor in tqdm(hf_model_tensors(model_dir), desc=f"hf {arch} -> easylm", unit="tensor",
-                                 disable=None if progress is None else not progress):
-            if tied and name == "lm_head.weight":
-                skipped.append(name)
-                continue
-            if target is not None and tensor.is_floating_point():
-                tensor = tensor.to(target)
+        for path in tqdm(easylm_order(arch, list(sources)), desc=f"hf {arch} -> easylm", unit="tensor",
+                         disable=None if progress is None else not progress):
+            tensor = hf.get(sources[path])
+            if target_dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(target_dtype)
+            hf_name = head if path == ("lm_head", "kernel") else sources[path]
             if arch == "llama":
-                name, tensor = hf_to_meta(name, tensor, shape)
-            yield torch_to_easylm(name, tensor, arch)
+                hf_name, tensor = hf_to_meta(hf_name, tensor, shape)
+            yield path, torch_to_easylm(hf_name, tensor, arch)[1].contiguous()
 
     write_stream(out / STREAM_NAME, converted())
     (out / "easylm_config.json").write_text(json.dumps(easylm_config_json(config, arch), indent=2) + "\n",
@@ -512,8 +723,30 @@ def export_easylm(model_dir: str | Path, output_dir: str | Path, dtype: str | No
     if (Path(model_dir) / "tokenizer.model").is_file():
         (out / "tokenizer.model").write_bytes((Path(model_dir) / "tokenizer.model").read_bytes())
     elif arch == "llama":
-        print(f"{model_dir} has no tokenizer.model: EasyLM's LLaMA tokenizer needs the SentencePiece file the "
-              "model was trained with (e.g. the original Meta one)")
-    if skipped:
-        print(f"not written: {', '.join(skipped)} (tied to the embeddings; EasyLM reads tie_word_embeddings)")
+        print(f"{model_dir} has no tokenizer.model: the original's LLaMA tokenizer (--tokenizer.vocab_file) needs "
+              "the SentencePiece file the model was trained with (e.g. the original Meta one)")
+    if head not in hf:
+        print(f"{head}: written as the transposed embedding (a tied model; EasyLM's model always has an lm_head)")
     return out / STREAM_NAME
+
+
+def read_back_for_check(stream_path: str | Path, config):
+    """``ids -> logits`` of a written ``streaming_params`` as EasyLM would run it: the file's keys
+    exactly as ``StreamingCheckpointer.load_checkpoint`` returns them for ``params::`` (no
+    ``params`` level stripped), required to be the model's parameter tree (``lm_head`` included),
+    then the reference forward over EasyLM's layout (not the converter's mapping)."""
+    from coh.convert.reference import check_easylm_tree, easylm_getter, gptj_logits, llama_logits
+
+    arch = config.model_type
+    stream = EasyLMStream(Path(stream_path)).scan()
+    if stream.whole_tree is not None or stream.depth != 0:
+        raise ValueError(f"{stream_path}: {stream.layout}; EasyLM's params:: loader needs a stream with no params "
+                         "level")
+    layout = layout_of(arch, config)
+    check_easylm_tree(layout, stream.shapes, str(stream_path))
+    get = easylm_getter(layout, stream.get)
+    if arch == "llama":
+        shape = llama_shape_of(config)
+        return lambda ids: llama_logits(get, shape, ids)
+    shape = GPTJShape(config.n_layer, config.n_head, config.rotary_dim or 0, config.layer_norm_epsilon)
+    return lambda ids: gptj_logits(get, shape, ids)

@@ -18,10 +18,31 @@ def adapter_base(adapter_dir: str | Path, base: str | None) -> str:
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r}; only LoRA adapters can be merged")
-    found = base or cfg.get("base_model_name_or_path")
+    if base:
+        return base
+    found = cfg.get("base_model_name_or_path")
     if not found:
         raise ValueError(f"{cfg_path}: no base_model_name_or_path; give --base")
-    return found
+    return resolve_base(found, Path(adapter_dir), cfg_path)
+
+
+def resolve_base(recorded: str, adapter_dir: Path, cfg_path: Path) -> str:
+    """``base_model_name_or_path`` as a folder that exists: peft records the path the base was
+    loaded from, relative to the directory training ran in. Tried as given (relative to the current
+    directory), then relative to the adapter folder and each folder above it; a hub id when none
+    exists and it has a hub id's form (``name`` or ``org/name``)."""
+    p = Path(recorded)
+    if p.is_absolute():
+        return recorded
+    candidates = [Path.cwd(), adapter_dir.resolve(), *adapter_dir.resolve().parents]
+    for root in candidates:
+        if (root / p / "config.json").is_file():
+            return str(root / p)
+    if recorded.startswith(".") or recorded.count("/") > 1 or "\\" in recorded:
+        raise FileNotFoundError(f"{cfg_path}: base_model_name_or_path {recorded!r} is a relative path found from none "
+                                f"of {', '.join(str(c) for c in candidates[:3])} (or the folders above the adapter); "
+                                "give --base")
+    return recorded
 
 
 def load_unmerged(adapter_dir: str | Path, base: str | None = None, dtype: torch.dtype | None = None):
@@ -30,7 +51,13 @@ def load_unmerged(adapter_dir: str | Path, base: str | None = None, dtype: torch
     from transformers import AutoModelForCausalLM
 
     base_path = adapter_base(adapter_dir, base)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype or "auto")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype or "auto")
+    except OSError as e:  # not a folder here, and not loadable as a hub id (offline, or no such repository)
+        given = "--base" if base else f"{Path(adapter_dir) / 'adapter_config.json'}'s base_model_name_or_path"
+        raise FileNotFoundError(f"base model {base_path!r} ({given}): not a model folder here (looked from "
+                                f"{Path.cwd()} and above {Path(adapter_dir).resolve()}), and not loadable as a "
+                                f"hub id ({str(e).splitlines()[0]}); give --base PATH") from e
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), base_path
     except (RuntimeError, KeyError, ValueError) as e:  # shapes or target modules that do not fit this base

@@ -20,6 +20,7 @@ import torch
 
 from coh.convert.reference import LlamaShape
 from coh.convert.safetensors_io import (
+    TOKENIZER_FILES,
     ShardWriter,
     converted_coh_info,
     finish_hf_folder,
@@ -38,6 +39,8 @@ TOP_NAMES = {"tok_embeddings": "model.embed_tokens", "norm": "model.norm", "outp
 # model-parallel shards: these are split along the input dimension, the rest (but norms) along the output
 ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight")
 IGNORED = ("rope.freqs",)  # LLaMA 1 stores its rotary frequencies; HF recomputes them from rope_theta
+# meta-llama/llama llama/model.py ModelArgs: the values used when params.json leaves a field out
+META_DEFAULTS = {"norm_eps": 1e-5, "rope_theta": 10000.0}
 
 
 def rotary_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -160,7 +163,8 @@ class MetaCheckpoint:
         self.shape = LlamaShape(
             n_layers=int(self.params["n_layers"]), n_heads=int(self.params["n_heads"]),
             n_kv_heads=int(self.params.get("n_kv_heads") or self.params["n_heads"]),
-            norm_eps=float(self.params.get("norm_eps", 1e-6)), rope_theta=float(self.params.get("rope_theta", 10000.0)),
+            norm_eps=float(self.params.get("norm_eps", META_DEFAULTS["norm_eps"])),
+            rope_theta=float(self.params.get("rope_theta", META_DEFAULTS["rope_theta"])),
         )
         expected = set(meta_names(self.shape.n_layers))
         unexpected = sorted(keys - expected - set(IGNORED))
@@ -178,11 +182,13 @@ class MetaCheckpoint:
         return torch.cat(pieces, dim=1 if name.endswith(ROW_PARALLEL) else 0)
 
     def hf_config(self, max_positions: int, bos_token_id: int | None, eos_token_id: int | None,
-                  dtype: torch.dtype | None):
+                  dtype: torch.dtype | None, pad_token_id: int | None = None):
         vocab = self.get("tok_embeddings.weight").shape[0]
         intermediate = self.get("layers.0.feed_forward.w1.weight").shape[0]
-        return llama_hf_config(self.shape, self.dim, intermediate, vocab, max_positions, tied=False,
-                               bos_token_id=bos_token_id, eos_token_id=eos_token_id, dtype=dtype)
+        config = llama_hf_config(self.shape, self.dim, intermediate, vocab, max_positions, tied=False,
+                                 bos_token_id=bos_token_id, eos_token_id=eos_token_id, dtype=dtype)
+        config.pad_token_id = pad_token_id
+        return config
 
 
 def load_sentencepiece_tokenizer(model_file: str | Path):
@@ -195,7 +201,8 @@ def load_sentencepiece_tokenizer(model_file: str | Path):
 
     model_file = Path(model_file)
     if not model_file.is_file():
-        raise FileNotFoundError(f"{model_file}: missing; give --tokenizer (a tokenizer.model or an HF tokenizer folder)")
+        raise FileNotFoundError(f"{model_file}: no such file; give --tokenizer (a SentencePiece tokenizer.model or an "
+                                "HF tokenizer folder)")
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(model_file, Path(tmp) / "tokenizer.model")
         try:
@@ -205,14 +212,22 @@ def load_sentencepiece_tokenizer(model_file: str | Path):
                              "pass --tokenizer with an HF tokenizer folder") from e
 
 
-def load_tokenizer(path: str | Path):
-    """A tokenizer from a SentencePiece ``tokenizer.model`` file or an HF tokenizer folder / id."""
+def load_tokenizer(path: str | Path, what: str = "--tokenizer"):
+    """A tokenizer from a SentencePiece ``tokenizer.model`` file or an HF tokenizer folder / hub id;
+    a path that is none of these is named with what it should have been (``what``)."""
     from transformers import AutoTokenizer
 
     path = Path(path)
     if path.is_file():
         return load_sentencepiece_tokenizer(path)
-    return AutoTokenizer.from_pretrained(str(path))
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{what} {path}: a folder without tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, "
+                                "...); give a SentencePiece tokenizer.model or an HF tokenizer folder")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except OSError as e:  # neither here nor loadable as a hub id (offline, or no such repository)
+        raise FileNotFoundError(f"{what} {path}: not a file or folder here, and not loadable as a hub id "
+                                f"({str(e).splitlines()[0]})") from e
 
 
 def convert_meta_llama(meta_dir: str | Path, output_dir: str | Path, tokenizer: str | Path | None = None,
@@ -223,12 +238,17 @@ def convert_meta_llama(meta_dir: str | Path, output_dir: str | Path, tokenizer: 
     from tqdm.auto import tqdm
 
     ckpt = MetaCheckpoint(meta_dir)
+    if tokenizer is None and not (ckpt.folder / "tokenizer.model").is_file():
+        raise FileNotFoundError(f"{ckpt.folder / 'tokenizer.model'}: missing; a Meta LLaMA folder holds params.json, "
+                                "consolidated.NN.pth and tokenizer.model. Give --tokenizer (the tokenizer.model "
+                                "Meta shipped, or an HF tokenizer folder; LLaMA 3's tiktoken file needs the latter)")
     tok = load_tokenizer(tokenizer if tokenizer is not None else ckpt.folder / "tokenizer.model")
     out = prepare_output_dir(output_dir)
     target_dtype = resolve_dtype(dtype)
     source_dtype = ckpt.get("norm.weight").dtype
     positions = max_positions or int(ckpt.params.get("max_seq_len") or 2048)
-    config = ckpt.hf_config(positions, tok.bos_token_id, tok.eos_token_id, target_dtype or source_dtype)
+    config = ckpt.hf_config(positions, tok.bos_token_id, tok.eos_token_id, target_dtype or source_dtype,
+                            pad_token_id=tok.pad_token_id)
     if len(tok) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but the checkpoint's embeddings only {config.vocab_size}")
     writer = ShardWriter(out, parse_size(max_shard_size), target_dtype)

@@ -113,3 +113,85 @@ def gptj_logits(get: Getter, shape: GPTJShape, ids: torch.Tensor) -> torch.Tenso
         inner = F.gelu(x @ w(p + "mlp.fc_in.weight").T + w(p + "mlp.fc_in.bias"), approximate="tanh")
         h = h + attn + inner @ w(p + "mlp.fc_out.weight").T + w(p + "mlp.fc_out.bias")
     return layer_norm(h, "transformer.ln_f") @ w("lm_head.weight").T + w("lm_head.bias")
+
+
+# -- EasyLM's parameter trees --------------------------------------------------------------------------
+# Restated from the Flax modules (EasyLM ``llama_model.py`` FlaxLLaMA*, the original CoH ``gptj.py``
+# FlaxGPTJ*), apart from the converter's own name mapping, so that ``--check`` reads an EasyLM file the
+# way EasyLM's loader hands it to those modules: a bug in the converter's mapping cannot hide in both.
+EasyLMLayout = dict[str, tuple[tuple[str, ...], bool, tuple[int, ...]]]
+
+
+def easylm_layout(arch: str, n_layers: int, hidden: int, vocab: int, q_dim: int, kv_dim: int,
+                  inner: int) -> EasyLMLayout:
+    """Reference-forward name (Meta's for LLaMA, HF's for GPT-J) -> (EasyLM key path from
+    ``transformer`` / ``lm_head``, stored transposed (a Dense kernel is (in, out)), EasyLM shape).
+    ``q_dim`` = heads x head dim, ``kv_dim`` = KV heads x head dim, ``inner`` = MLP width."""
+    out: EasyLMLayout = {}
+
+    def add(name: str, path: tuple[str, ...], torch_shape: tuple[int, ...]) -> None:
+        kernel = path[-1] == "kernel" and len(torch_shape) == 2
+        out[name] = (path, kernel, torch_shape[::-1] if kernel else torch_shape)
+
+    if arch == "llama":
+        add("tok_embeddings.weight", ("transformer", "wte", "embedding"), (vocab, hidden))
+        add("norm.weight", ("transformer", "ln_f", "kernel"), (hidden,))
+        add("output.weight", ("lm_head", "kernel"), (vocab, hidden))
+        for i in range(n_layers):
+            h = ("transformer", "h", str(i))
+            for part, shape in (("wq", (q_dim, hidden)), ("wk", (kv_dim, hidden)), ("wv", (kv_dim, hidden)),
+                                ("wo", (hidden, q_dim))):
+                add(f"layers.{i}.attention.{part}.weight", (*h, "attention", part, "kernel"), shape)
+            for part, shape in (("w1", (inner, hidden)), ("w2", (hidden, inner)), ("w3", (inner, hidden))):
+                add(f"layers.{i}.feed_forward.{part}.weight", (*h, "feed_forward", part, "kernel"), shape)
+            add(f"layers.{i}.attention_norm.weight", (*h, "attention_norm", "kernel"), (hidden,))
+            add(f"layers.{i}.ffn_norm.weight", (*h, "ffn_norm", "kernel"), (hidden,))
+        return out
+    if arch != "gptj":
+        raise ValueError(f"no EasyLM layout for {arch!r}")
+    add("transformer.wte.weight", ("transformer", "wte", "embedding"), (vocab, hidden))
+    for i in range(n_layers):
+        p, h = f"transformer.h.{i}.", ("transformer", "h", str(i))
+        add(p + "ln_1.weight", (*h, "ln_1", "scale"), (hidden,))
+        add(p + "ln_1.bias", (*h, "ln_1", "bias"), (hidden,))
+        for part in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            add(f"{p}attn.{part}.weight", (*h, "attn", part, "kernel"), (hidden, hidden))
+        add(p + "mlp.fc_in.weight", (*h, "mlp", "fc_in", "kernel"), (inner, hidden))
+        add(p + "mlp.fc_in.bias", (*h, "mlp", "fc_in", "bias"), (inner,))
+        add(p + "mlp.fc_out.weight", (*h, "mlp", "fc_out", "kernel"), (hidden, inner))
+        add(p + "mlp.fc_out.bias", (*h, "mlp", "fc_out", "bias"), (hidden,))
+    add("transformer.ln_f.weight", ("transformer", "ln_f", "scale"), (hidden,))
+    add("transformer.ln_f.bias", ("transformer", "ln_f", "bias"), (hidden,))
+    add("lm_head.weight", ("lm_head", "kernel"), (vocab, hidden))
+    add("lm_head.bias", ("lm_head", "bias"), (vocab,))
+    return out
+
+
+def easylm_getter(layout: EasyLMLayout, get_path: Callable[[tuple[str, ...]], torch.Tensor],
+                  tied: bool = False) -> Getter:
+    """A reference-forward ``get(name)`` over EasyLM key paths (``get_path``), transposing kernels
+    back; ``tied``: a LLaMA without ``lm_head`` (the output reuses the embedding)."""
+
+    def get(name: str) -> torch.Tensor:
+        if tied and name == "output.weight":
+            name = "tok_embeddings.weight"
+        path, transposed, _ = layout[name]
+        t = get_path(path)
+        return t.t() if transposed else t
+
+    return get
+
+
+def check_easylm_tree(layout: EasyLMLayout, found: dict[tuple[str, ...], tuple[int, ...]], where: str,
+                      optional: tuple[str, ...] = ()) -> None:
+    """Raise unless ``found`` (key path -> shape, as EasyLM's loader returns them) is exactly the
+    parameter tree of ``layout``: same keys, same shapes. ``optional``: names that may be absent."""
+    want = {path: shape for name, (path, _, shape) in layout.items() if name not in optional}
+    allowed = {path for path, _, _ in layout.values()}
+    missing = sorted("/".join(p) for p in want if p not in found)
+    unexpected = sorted("/".join(p) for p in found if p not in allowed)
+    wrong = [f"{'/'.join(p)}: {tuple(found[p])} stored, {tuple(s)} expected" for p, s in want.items()
+             if p in found and tuple(found[p]) != tuple(s)]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{where} is not the parameter tree EasyLM's model expects: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, shapes {wrong[:5]}")

@@ -2,17 +2,21 @@
 
 The whole flow, top to bottom:
 
-1. ``read_source``: each source's rows, with the file (or hub dataset) and line of each row.
+1. ``read_source_rows``: each source's rows, with the file (or hub dataset) and line of each row,
+   and its raw text; a line that is not JSON comes as a ``DataError``, a file that cannot be read
+   raises one.
 2. ``_work`` (in ``num_proc`` worker processes, chunk by chunk): rows into ``FeedbackExample`` s
    (``coh.data.sources``); bad rows raise a ``DataError`` naming file, line and field, or with
-   ``skip_invalid`` go to ``rejects.jsonl``. The dataset's own train/eval split, or a seeded
-   held-out split (``held_out``). Examples into records under the feedback types
-   (``coh.data.render``), serialised, and tokenized when a tokenizer is given.
+   ``skip_invalid`` go to ``rejects.jsonl`` with their raw text (``reject_entry``). The
+   dataset's own train/eval split, or a seeded held-out split (``held_out``). Examples into
+   records under the feedback types (``coh.data.render``), serialised, and tokenized when a
+   tokenizer is given.
 3. ``build_source`` collects the workers' results in file order and counts everything.
 4. ``build``: all sources mixed into one seeded shuffle per split.
 5. writing: all sources mixed into ``train.jsonl`` / ``eval.jsonl`` (seeded shuffle),
    ``summary.json``, the rejects, and with ``resample`` the examples (``examples/*.jsonl``), from
-   which the trainer draws fresh phrasing every epoch.
+   which the trainer draws fresh phrasing every epoch. Everything is staged and moved into
+   place at the end (``coh.data.io.staged_outputs``): the folder holds one build or none.
 6. with a tokenizer, ``tokenized/{train,eval}``: token ids and loss masks as ``datasets`` on
    disk, so training need not tokenize again (``coh.data.tokenize``).
 
@@ -21,24 +25,26 @@ Same inputs and seed give byte-identical files.
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from coh.data.errors import DataError, RowError
+from coh.data.errors import DataError, RowError, describe
 from coh.data.feedback import FeedbackExample
 from coh.data.fields import record_to_fields
-from coh.data.io import atomic_writer, iter_local_rows
+from coh.data.io import atomic_writer, check_output_dir, iter_local_raw_rows, staged_outputs
 from coh.data.phrases import DEFAULT_PHRASES, PhraseSet, load_phrases, phrases_for
 from coh.data.records import FeedbackRecord
 from coh.data.render import RenderSpec, render_records
@@ -67,8 +73,17 @@ class SourceSpec:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in CONVERTERS:
-            raise ValueError(f"unknown source kind '{self.kind}'; expected one of {sorted(CONVERTERS)}")
+        if not isinstance(self.kind, str) or self.kind not in CONVERTERS:
+            raise ValueError(f"unknown source kind {self.kind!r}; expected one of {sorted(CONVERTERS)}")
+        if not isinstance(self.files, dict) or not all(isinstance(v, (str, os.PathLike)) for v in self.files.values()):
+            raise ValueError(f"source {self.kind}: files must map a split to a path, e.g. {{train: data.jsonl}}; "
+                             f"got {describe(self.files)}")
+        for key in ("hub", "config", "name"):
+            if getattr(self, key) is not None and not (isinstance(getattr(self, key), str) and getattr(self, key)):
+                raise ValueError(f"source {self.kind}: {key} must be a non-empty string, got {describe(getattr(self, key))}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"source {self.kind}: limit must be a positive whole number, got {describe(self.limit)}")
+        self.files = {split: str(path) for split, path in self.files.items()}
         bad = [s for s in self.files if s not in SPLITS]
         if bad:
             raise ValueError(f"source {self.kind}: unknown split(s) {bad}; expected {list(SPLITS)}")
@@ -105,6 +120,26 @@ class SourceSpec:
                 raise ValueError(f"source '{text}': unknown option '{key}'; expected train=, eval=, hub=, name=, limit=")
         return SourceSpec(**spec)
 
+    @staticmethod
+    def from_config(entry: object, where: str) -> SourceSpec:
+        """A source of a YAML recipe: a spec string (see ``parse``) or a mapping of this class's
+        fields (``kind``, ``files``, ``hub``, ``config``, ``name``, ``limit``). ``where`` names the
+        entry in errors (file and index)."""
+        if isinstance(entry, str):
+            return SourceSpec.parse(entry)
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a source spec string or a mapping, got {describe(entry)}")
+        known = [f.name for f in dataclasses.fields(SourceSpec)]
+        unknown = sorted(str(k) for k in entry if k not in known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {known}")
+        if "kind" not in entry:
+            raise ValueError(f"{where}: missing 'kind'; expected one of {sorted(CONVERTERS)}")
+        try:
+            return SourceSpec(**entry)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
 
 @dataclass
 class BuildConfig:
@@ -124,6 +159,25 @@ class BuildConfig:
     chat_template: str = "auto"
     output_format: str = "coh"
 
+    def __post_init__(self) -> None:
+        def number(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if not number(self.eval_fraction) or not 0 <= self.eval_fraction < 1:  # NaN fails both comparisons
+            raise ValueError(f"eval_fraction must be a number from 0 up to (not including) 1, got "
+                             f"{describe(self.eval_fraction)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be a whole number, got {describe(self.seed)}")
+        if isinstance(self.num_proc, bool) or not isinstance(self.num_proc, int) or self.num_proc < 1:
+            raise ValueError(f"num_proc must be a whole number of at least 1, got {describe(self.num_proc)}")
+        for key, allowed in (("output_format", ("coh", "fields")), ("chat_template", ("auto", "always", "never"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {list(allowed)}, got {describe(getattr(self, key))}")
+        for key in ("output_dir", "tokenizer", "phrases_file"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (str, os.PathLike)) and str(value)):
+                raise ValueError(f"{key} must be a path, got {describe(value)}")
+
 
 @dataclass
 class SourceReport:
@@ -138,14 +192,31 @@ class SourceReport:
 
 
 # -- 1. reading ----------------------------------------------------------------------------------
-def read_source(spec: SourceSpec) -> Iterator[tuple[str, str, int, object]]:
-    """Yield ``(split, where, line, row)`` for every row of a source, ``split`` being train/eval
-    for the dataset's own splits or ``""`` where it has none."""
+class SourceRow(NamedTuple):
+    """One row of a source: ``split`` (train/eval for the dataset's own splits, ``""`` where it
+    has none), ``where`` (file or hub dataset and split), ``line`` (1-based), ``row`` (the parsed
+    row, or a ``DataError`` for a line that could not be read) and ``raw`` (the line's exact text,
+    ``bytes`` when it is not UTF-8, ``None`` for parquet and hub rows; see ``coh.data.io.RawRow``)."""
+
+    split: str
+    where: str
+    line: int
+    row: object
+    raw: str | bytes | None = None
+
+
+def read_source_rows(spec: SourceSpec) -> Iterator[SourceRow]:
+    """Every row of a source, bad lines included as ``DataError`` values (for callers that set
+    them aside). A file that holds no rows, or cannot be read, raises ``DataError`` naming it."""
     if spec.files:
         own_eval = "eval" in spec.files
         for split, path in spec.files.items():
-            for line, row in _limited(iter_local_rows(path), spec.limit):
-                yield (split if own_eval else ""), path, line, row
+            empty = True
+            for line, row, raw in _limited(iter_local_raw_rows(path), spec.limit):
+                empty = False
+                yield SourceRow(split if own_eval else "", path, line, row, raw)
+            if empty:
+                raise DataError(path, None, None, "holds no rows (the file is empty)")
         return
     import datasets
 
@@ -161,7 +232,16 @@ def read_source(spec: SourceSpec) -> Iterator[tuple[str, str, int, object]]:
         if theirs is None:
             continue
         for line, row in _limited(enumerate(splits[theirs], start=1), spec.limit):
-            yield (ours if eval_name else ""), f"{where} split {theirs}", line, row
+            yield SourceRow(ours if eval_name else "", f"{where} split {theirs}", line, row)
+
+
+def read_source(spec: SourceSpec) -> Iterator[tuple[str, str, int, object]]:
+    """Yield ``(split, where, line, row)`` for every row of a source (see ``read_source_rows``);
+    a line that cannot be read raises its ``DataError``."""
+    for split, where, line, row, _ in read_source_rows(spec):
+        if isinstance(row, DataError):
+            raise row
+        yield split, where, line, row
 
 
 def _limited(rows: Iterator, limit: int | None) -> Iterator:
@@ -191,11 +271,9 @@ _RECORD_TOKENIZER = None
 def _load_record_tokenizer(path: str, chat_template: str) -> None:
     global _RECORD_TOKENIZER
     if _RECORD_TOKENIZER is None:
-        from transformers import AutoTokenizer
+        from coh.data.tokenize import RecordTokenizer, load_tokenizer
 
-        from coh.data.tokenize import RecordTokenizer
-
-        _RECORD_TOKENIZER = RecordTokenizer(AutoTokenizer.from_pretrained(path), chat_template=chat_template)
+        _RECORD_TOKENIZER = RecordTokenizer(load_tokenizer(path), chat_template=chat_template)
 
 
 def held_out(seed: int, ex: FeedbackExample, fraction: float) -> bool:
@@ -211,7 +289,8 @@ def held_out(seed: int, ex: FeedbackExample, fraction: float) -> bool:
 @dataclass
 class _Row:
     """One row's outcome. ``status``: ``ok`` (with records), ``skip`` (``reason``) or ``invalid``
-    (``error`` and the raw ``row``, for rejects.jsonl)."""
+    (``error``, and the parsed ``row`` for rejects.jsonl where the row has no raw text: parquet
+    and hub rows)."""
 
     status: str
     split: str = ""
@@ -225,7 +304,8 @@ class _Row:
 
 
 def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[_Row]:
-    """Convert, split, render, serialise and (with a tokenizer) tokenize a chunk of rows."""
+    """Convert, split, render, serialise and (with a tokenizer) tokenize a chunk of rows
+    (``SourceRow`` s without their raw text, which stays with the parent): one ``_Row`` each."""
     job, chunk = args
     convert = CONVERTERS[job.kind]
     epoch = 0 if job.render.resample else None
@@ -233,10 +313,16 @@ def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[_Row]:
     pending: list[tuple[_Row, list[FeedbackRecord]]] = []
     for split, where, line, row in chunk:
         ex_id = f"{job.name}/{split}/{line}" if split else f"{job.name}/{line}"
+        if isinstance(row, DataError):  # a line the reader could not parse
+            out.append(_Row("invalid", split, error=row))
+            continue
         try:
             if not isinstance(row, dict):
-                raise RowError(None, f"expected a JSON object, got {type(row).__name__}")
+                raise RowError(None, f"expected a JSON object, got {describe(row)}")
             ex = convert(row, ex_id, split or "train")
+        except RecursionError:  # the reader bounds nesting; this guards a deep parquet or hub row
+            out.append(_Row("invalid", split, error=DataError(where, line, None, "nested too deeply")))
+            continue
         except RowError as e:
             out.append(_Row("invalid", split, error=e.at(where, line), row=row))
             continue
@@ -252,6 +338,11 @@ def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[_Row]:
             lines = [json.dumps(record_to_fields(r), ensure_ascii=False) + "\n" for r in recs]
         else:
             lines = [r.to_line() for r in recs]
+        if not all(x.isascii() for x in lines) and not _encodable(lines):  # isascii is O(1) in CPython
+            # converters check the fields they read; this catches any they let through
+            err = DataError(where, line, None, "text holds a lone surrogate (half of a UTF-16 pair, e.g. \\ud83d)")
+            out.append(_Row("invalid", split, error=err, row=row))
+            continue
         example = json.dumps(ex.to_json(), ensure_ascii=False) + "\n" if job.render.resample else None
         result = _Row("ok", ex.split, [(r.id, r.source, r.feedback) for r in recs], lines, example=example)
         out.append(result)
@@ -261,6 +352,15 @@ def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[_Row]:
         for result, recs in pending:
             result.tokens = [next(tokens) for _ in recs]
     return out
+
+
+def _encodable(lines: list[str]) -> bool:
+    try:
+        for line in lines:
+            line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _in_order(pool: ProcessPoolExecutor | None, chunks: Iterator, ahead: int) -> Iterator[list[_Row]]:
@@ -295,16 +395,22 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
 
     job = _Job(spec.kind, spec.name, cfg.render, phrases, cfg.seed, cfg.eval_fraction, cfg.output_format,
                cfg.tokenizer is not None)
-    rows = read_source(spec)
+    rows = read_source_rows(spec)
+    raws: collections.deque[list] = collections.deque()  # per chunk in flight: its rows' raw text
 
     def chunks(size: int = 1000) -> Iterator:
-        buf = []
-        for item in rows:
-            buf.append(item)
+        # The raw text stays here, for the few rows that go to rejects.jsonl: sending it to the
+        # workers too cost the reading process a quarter more time.
+        buf, raw_buf = [], []
+        for split, where, line, row, raw in rows:
+            buf.append((split, where, line, row))
+            raw_buf.append(raw)
             if len(buf) == size:
+                raws.append(raw_buf)
                 yield job, buf
-                buf = []
+                buf, raw_buf = [], []
         if buf:
+            raws.append(raw_buf)
             yield job, buf
 
     pool = None
@@ -318,7 +424,7 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
     bar = tqdm(desc=f"build {spec.name}", unit=" rows", disable=not cfg.progress, file=sys.stderr)
     try:
         for chunk in _in_order(pool, chunks(), 2 * cfg.num_proc):
-            for r in chunk:
+            for r, raw in zip(chunk, raws.popleft()):
                 report.rows += 1
                 if r.status == "invalid":
                     err = r.error
@@ -326,7 +432,7 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
                         raise DataError(err.where, err.line, err.field,
                                         err.problem + " (use --skip-invalid to set such rows aside and go on)")
                     report.invalid += 1
-                    rejects.append({**err.as_dict(), "source": spec.name, "row": r.row})
+                    rejects.append(reject_entry(err, spec.name, raw, r.row))
                 elif r.status == "skip":
                     report.skipped[r.reason] = report.skipped.get(r.reason, 0) + 1
                 else:
@@ -352,6 +458,32 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
     report.records = {split: dict(sorted(counts[split].items())) for split in SPLITS}
 
 
+def reject_entry(err: DataError, source: str, raw: str | bytes | None, row: object) -> dict:
+    """A line of rejects.jsonl: where and why (``file``, ``line``, ``field``, ``problem``), the
+    source's name, and the row exactly as it was: ``raw``, the line's text without its line
+    ending (or the JSON array item's), or ``raw_base64``, its bytes when they are not UTF-8; for
+    parquet and hub rows, which have no text, ``row``, the row as read (non-finite numbers as the
+    strings "NaN", "Infinity", "-Infinity", so the file stays standard JSON)."""
+    out = {**err.as_dict(), "source": source}
+    if isinstance(raw, bytes):
+        out["raw_base64"] = base64.b64encode(raw.removesuffix(b"\n").removesuffix(b"\r")).decode("ascii")
+    elif raw is not None:
+        out["raw"] = raw.removesuffix("\n").removesuffix("\r")
+    else:
+        out["row"] = _finite_json(row)
+    return out
+
+
+def _finite_json(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
 # -- rendering again, per epoch ------------------------------------------------------------------
 def render_dataset(examples: list[FeedbackExample], spec: RenderSpec, phrases: dict[str, PhraseSet],
                    kinds: dict[str, str], seed: int, epoch: int | None = None) -> list[FeedbackRecord]:
@@ -367,19 +499,33 @@ def render_dataset(examples: list[FeedbackExample], spec: RenderSpec, phrases: d
 
 # -- 5-6. writing ----------------------------------------------------------------------------------
 def write_jsonl(rows: list, path: Path) -> None:
+    """Write JSON lines (rows given as objects or as ready lines), atomically; standard JSON only
+    (a NaN or infinity raises ``ValueError``)."""
     with atomic_writer(path) as f:
         for row in rows:
             # default=str: hub and parquet rows may hold dates and other non-JSON values
-            f.write(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            f.write(row if isinstance(row, str) else
+                    json.dumps(row, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+
+
+# Everything a build writes into its folder; summary.json last, as the mark of a complete build.
+OUTPUTS = ("train.jsonl", "eval.jsonl", "rejects.jsonl", "examples", "tokenized", "summary.json")
+MAX_LISTED = 3  # invalid rows listed in the error of a build that produced nothing
 
 
 def build(cfg: BuildConfig) -> dict:
-    """Run the whole build and return the summary (also written to ``summary.json``)."""
+    """Run the whole build and return the summary (also written to ``summary.json``).
+
+    The folder holds one build or none: every output is written under a staging folder and moved
+    into place at the end (``coh.data.io.staged_outputs``), so a failed build leaves the previous
+    one as it was, and outputs of the previous build that this one does not make are removed."""
     global _RECORD_TOKENIZER
     names = [s.name for s in cfg.sources]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"several sources are named {dupes}; give each a distinct name=LABEL")
+    out_dir = Path(cfg.output_dir)
+    check_output_dir(out_dir)  # before any work: a file in the way should not cost a whole build
     if cfg.phrases is not None:
         phrases = cfg.phrases
     else:
@@ -387,37 +533,14 @@ def build(cfg: BuildConfig) -> dict:
     if cfg.tokenizer:  # load (and check) the tokenizer before any work is done
         _RECORD_TOKENIZER = None
         _load_record_tokenizer(cfg.tokenizer, cfg.chat_template)
-    out_dir = Path(cfg.output_dir)
     rejects: list[dict] = []
     reports: dict[str, SourceReport] = {}
     splits = {split: _Split() for split in SPLITS}
     for spec in cfg.sources:
         reports[spec.name] = SourceReport()
         build_source(spec, cfg, phrases_for(spec.kind, phrases), reports[spec.name], rejects, splits)
-    if rejects:
-        write_jsonl(rejects, out_dir / "rejects.jsonl")
-    elif (out_dir / "rejects.jsonl").exists():
-        os.unlink(out_dir / "rejects.jsonl")
     if not splits["train"].lines and not splits["eval"].lines:
-        rows = sum(r.rows for r in reports.values())
-        skipped = sum(sum(r.skipped.values()) for r in reports.values())
-        why = ("the sources are empty" if rows == 0 else
-               f"{len(rejects)} invalid (see {out_dir / 'rejects.jsonl'}) and {skipped} skipped"
-               if len(rejects) + skipped == rows else
-               f"feedback types {list(cfg.render.feedback)} apply to none of them (unpaired data supports only p and n)")
-        raise ValueError(f"no records were produced from the {rows} rows read: {why}")
-    token_stats: dict = {"tokenizer": cfg.tokenizer, "chat_template": cfg.chat_template}
-    for split, data in splits.items():
-        order = list(range(len(data.lines)))
-        random.Random(f"{cfg.seed}/shuffle/{split}").shuffle(order)
-        write_jsonl([data.lines[i] for i in order], out_dir / f"{split}.jsonl")
-        if cfg.render.resample:  # the trainer re-renders these with fresh phrasing every epoch
-            write_jsonl(data.examples, out_dir / "examples" / f"{split}.jsonl")
-        if cfg.tokenizer:
-            token_stats[split] = write_tokenized(data, order, out_dir / "tokenized" / split)
-    for optional, made in (("examples", cfg.render.resample), ("tokenized", bool(cfg.tokenizer))):
-        if not made and (out_dir / optional).exists():  # left by an earlier build into this folder: stale
-            shutil.rmtree(out_dir / optional)
+        raise ValueError(_nothing_built(reports, rejects, cfg.render.feedback))
     summary = {
         "seed": cfg.seed,
         "feedback": list(cfg.render.feedback),
@@ -430,12 +553,42 @@ def build(cfg: BuildConfig) -> dict:
         "invalid_rows": len(rejects),
         "skipped_rows": sum(sum(r.skipped.values()) for r in reports.values()),
     }
-    if cfg.tokenizer:
-        summary["tokens"] = token_stats
-    with atomic_writer(out_dir / "summary.json") as f:
-        json.dump(summary, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    with staged_outputs(out_dir, OUTPUTS, marker="summary.json") as stage:
+        if rejects:
+            write_jsonl(rejects, stage / "rejects.jsonl")
+        token_stats: dict = {"tokenizer": cfg.tokenizer, "chat_template": cfg.chat_template}
+        for split, data in splits.items():
+            order = list(range(len(data.lines)))
+            random.Random(f"{cfg.seed}/shuffle/{split}").shuffle(order)
+            write_jsonl([data.lines[i] for i in order], stage / f"{split}.jsonl")
+            if cfg.render.resample:  # the trainer re-renders these with fresh phrasing every epoch
+                write_jsonl(data.examples, stage / "examples" / f"{split}.jsonl")
+            if cfg.tokenizer:
+                token_stats[split] = write_tokenized(data, order, stage / "tokenized" / split)
+        if cfg.tokenizer:
+            summary["tokens"] = token_stats
+        with atomic_writer(stage / "summary.json") as f:
+            json.dump(summary, f, indent=2, ensure_ascii=False, allow_nan=False)
+            f.write("\n")
     return summary
+
+
+def _nothing_built(reports: dict[str, SourceReport], rejects: list[dict], feedback: tuple[str, ...]) -> str:
+    """Why a build made no records; the first invalid rows are listed, as no rejects.jsonl is left."""
+    rows = sum(r.rows for r in reports.values())
+    skipped = sum(sum(r.skipped.values()) for r in reports.values())
+    if rows == 0:
+        why = "the sources are empty"
+    elif len(rejects) + skipped == rows:
+        why = f"{len(rejects)} invalid and {skipped} skipped"
+        if rejects:
+            listed = "; ".join(DataError(r["file"], r["line"], r["field"], r["problem"]).message
+                               for r in rejects[:MAX_LISTED])
+            more = f" (and {len(rejects) - MAX_LISTED} more)" if len(rejects) > MAX_LISTED else ""
+            why += f": {listed}{more}"
+    else:
+        why = f"feedback types {list(feedback)} apply to none of them (unpaired data supports only p and n)"
+    return f"no records were produced from the {rows} rows read: {why}"
 
 
 def write_tokenized(data: _Split, order: list[int], path: Path) -> dict:

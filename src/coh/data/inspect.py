@@ -6,8 +6,6 @@ Records are tokenized in batches of 1000 and not kept, except the one asked for 
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 import statistics
@@ -19,15 +17,17 @@ from pathlib import Path
 
 from coh.data.errors import DataError
 from coh.data.fields import record_from_fields
+from coh.data.io import PARQUET_SUFFIXES, RawRow, iter_json_rows
 from coh.data.records import FeedbackRecord, record_from_json
 from coh.data.render import FEEDBACK_TYPES
-from coh.data.tokenize import RecordTokenizer
+from coh.data.tokenize import RecordTokenizer, load_tokenizer
 
 LEAKED_TOKENS = ("<|eos|>", "</s>", "<|endoftext|>")
 MAX_EXAMPLES, BATCH = 5, 1000
 GREEN, DIM, RESET = "\x1b[32m", "\x1b[2m", "\x1b[0m"
 PROBLEMS = {  # kind -> what it means
     "invalid": "lines that are not valid records",
+    "unreadable": "the file could not be read to its end (the counts cover the lines before)",
     "empty": "the file holds no records",
     "duplicate_id": "duplicate ids",
     "no_loss": "records with no loss segment (nothing to train on)",
@@ -67,22 +67,18 @@ class InspectReport:
             examples.append(example)
 
 
-def _iter_objects(path: Path) -> Iterator[tuple[int, object]]:
-    """``(line, object)`` per non-blank JSONL line (gzip allowed); a malformed line gives
-    ``(line, DataError)`` and reading goes on. An unreadable file raises ``DataError``."""
-    where = str(path)
+def _rows_until_unreadable(path: Path, report: InspectReport) -> Iterator[RawRow]:
+    """The file's rows; a file that stops being readable part-way (a gzip stream cut short) is a
+    problem after the rows read so far, one unreadable from the start raises ``DataError``."""
+    read = 0
     try:
-        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
-            for line_no, raw in enumerate(f, start=1):
-                try:
-                    if raw.strip():
-                        yield line_no, json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    yield line_no, DataError(where, line_no, None, "bytes that are not UTF-8")
-                except json.JSONDecodeError as e:
-                    yield line_no, DataError(where, line_no, None, f"malformed JSON ({e.msg} at column {e.colno})")
-    except OSError as e:  # no such file, a .gz file that is not gzip, ...
-        raise DataError(where, None, None, f"cannot read: {e}") from None
+        for row in iter_json_rows(path):
+            read += 1
+            yield row
+    except DataError as e:
+        if not read:
+            raise
+        report.problem("unreadable", e.message)
 
 
 def _check(rec: FeedbackRecord, place: str, report: InspectReport, seen: set[str]) -> None:
@@ -108,7 +104,7 @@ def inspect_records(path: str | Path, tokenizer=None, max_length: int | None = N
     and problems (see ``InspectReport``). ``tokenizer``: a Hugging Face tokenizer object; lengths
     are then also in tokens, with loss tokens, via ``RecordTokenizer``. ``max_length``: longer
     records are a problem, in tokens with a tokenizer, else in characters. Raises ``DataError``
-    only if the file cannot be read at all."""
+    only if the file cannot be read (not found, a folder, parquet, a gzip stream that is cut short)."""
     path, seen, pending = Path(path), set(), []
     report = InspectReport(str(path))
     rt = RecordTokenizer(tokenizer) if tokenizer is not None else None
@@ -125,7 +121,13 @@ def inspect_records(path: str | Path, tokenizer=None, max_length: int | None = N
                 report.problem("too_long", f"{place}: {n} {'characters' if tok is None else 'tokens'} > {max_length}")
         pending.clear()
 
-    for line, obj in _iter_objects(path):
+    if path.name.endswith(PARQUET_SUFFIXES):
+        raise DataError(str(path), None, None, "is parquet; inspect reads records as JSON lines (.jsonl, .jsonl.gz), "
+                                               "as `coh data build` writes them")
+    if path.is_dir():
+        hint = f" such as {path / 'train.jsonl'}" if (path / "train.jsonl").exists() else ""
+        raise DataError(str(path), None, None, f"is a folder; give a records file{hint}")
+    for line, obj, _ in _rows_until_unreadable(path, report):
         try:
             if isinstance(obj, DataError):
                 raise obj
@@ -133,6 +135,9 @@ def inspect_records(path: str | Path, tokenizer=None, max_length: int | None = N
                 rec = record_from_fields(obj, str(path), line)
             else:
                 rec = record_from_json(obj, str(path), line)
+        except RecursionError:  # the reader bounds nesting; this is a guard
+            report.problem("invalid", f"{path}:{line}: nested too deeply")
+            continue
         except DataError as e:
             detail = (f"field '{e.field}': " if e.field else "") + e.problem
             report.problem("invalid", f"{e.where}:{e.line}: {detail}")
@@ -208,11 +213,7 @@ def run_inspect(path: str, tokenizer: str | None = None, record_index: int = 0, 
     when stdout is a terminal and ``NO_COLOR`` is unset), the length histogram and the problems.
     ``tokenizer``: a path or hub id for ``AutoTokenizer.from_pretrained``. Returns the exit code:
     0 if no problems were found, 1 if any were."""
-    tok = None
-    if tokenizer:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+    tok = load_tokenizer(tokenizer) if tokenizer else None
     report = inspect_records(path, tok, max_length, record_index)
     print(f"{path}: {report.n_records} records")
     if report.n_records:

@@ -124,7 +124,8 @@ def load_phrases(path: str | Path, base: dict[str, PhraseSet] | None = None) -> 
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         mark = getattr(e, "problem_mark", None)  # YAML errors carry a 0-based mark, JSON ones a lineno
         line = mark.line + 1 if mark is not None else getattr(e, "lineno", None)
-        raise DataError(str(path), line, None, f"cannot parse: {e}") from None
+        what = getattr(e, "problem", None) or getattr(e, "msg", None) or str(e)  # the gist, on one line
+        raise DataError(str(path), line, None, f"cannot parse: {what}") from None
     if not isinstance(raw, dict):
         raise DataError(str(path), None, None, f"expected a mapping of source name to phrases, got {describe(raw)}")
     known = {f.name for f in fields(PhraseSet)}

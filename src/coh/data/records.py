@@ -114,6 +114,12 @@ def record_from_json(obj: object, where: str = "<record>", line: int | None = No
         text = seg.get("text")
         if not isinstance(text, str):
             raise fail(f"{path}.text", f"expected a string, got {describe(text)}")
+        if not text.isascii():  # isascii is O(1) in CPython; only other text can hold a lone surrogate
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise fail(f"{path}.text", f"text holds a lone surrogate ({text[e.start]!r} at character "
+                                           f"{e.start})") from None
         loss = seg.get("loss", False)
         eos = seg.get("eos", False)
         if not isinstance(loss, bool):

@@ -73,11 +73,22 @@ def _text(row: dict, path: str, allow_empty: bool = False) -> str:
     return value
 
 
-def _number(row: dict, path: str) -> float:
-    value = _get(row, path)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+def _finite(value: object, path: str) -> float:
+    """A finite number (JSON's ``NaN``, ``Infinity`` and ``1e400``, which Python reads as
+    infinity, are refused: they cannot rank outputs, nor be written back as standard JSON)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RowError(path, f"expected a number, got {describe(value)}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise RowError(path, f"expected a finite number, got an integer of {len(str(value))} digits") from None
+    if not math.isfinite(number):
+        raise RowError(path, f"expected a finite number, got {describe(value)}")
+    return number
+
+
+def _number(row: dict, path: str) -> float:
+    return _finite(_get(row, path), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +204,8 @@ def _webgpt_quotes(row: dict, i: int) -> tuple[tuple[str, str], ...]:
     for name, value in (("title", titles), ("extract", extracts)):
         if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
             raise RowError(f"quotes_{i}.{name}", f"expected a list of strings, got {describe(value)}")
+        for k, text in enumerate(value):
+            _check_encodable(text, f"quotes_{i}.{name}[{k}]")
     if len(titles) != len(extracts):
         raise RowError(f"quotes_{i}", f"{len(titles)} titles but {len(extracts)} extracts")
     return tuple(zip(titles, extracts))
@@ -224,6 +237,7 @@ def convert_summary(row: dict, ex_id: str, split: str) -> FeedbackExample:
     for i, s in enumerate(summaries):
         if not isinstance(s, dict) or not isinstance(s.get("text"), str):
             raise RowError(f"summaries[{i}].text", f"expected a string, got {describe(s)}")
+        _check_encodable(s["text"], f"summaries[{i}].text")
         texts[i] = s["text"].strip()
         if not texts[i]:
             raise RowError(f"summaries[{i}].text", "empty text")
@@ -337,9 +351,8 @@ def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample | Skip:
         raise RowError("scores", f"expected a list of {len(completions)} numbers (one per completion), got {describe(scores)}")
     cands = []
     for i, (comp, score) in enumerate(zip(completions, scores)):
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
-            raise RowError(f"scores[{i}]", f"expected a number, got {describe(score)}")
-        cands.append(_candidate_from_turns(_completion_turns(comp, f"completions[{i}]"), f"completions[{i}]", float(score)))
+        score = _finite(score, f"scores[{i}]")
+        cands.append(_candidate_from_turns(_completion_turns(comp, f"completions[{i}]"), f"completions[{i}]", score))
     if len({(c.text, c.followup) for c in cands}) < len(cands):
         raise RowError("completions", "two completions are identical")
     if len({c.score for c in cands}) == 1:

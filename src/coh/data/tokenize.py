@@ -23,12 +23,38 @@ token that closes a trained output.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from coh.data.records import FeedbackRecord, Segment
 
 CHAT_TEMPLATE_MODES = ("auto", "always", "never")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def load_tokenizer(name: str):
+    """``AutoTokenizer.from_pretrained(name)`` (a folder or a hub id), or a ``ValueError`` that
+    says which: a folder that does not exist or holds no tokenizer files, or a hub id that is
+    neither cached nor reachable."""
+    from transformers import AutoTokenizer
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise ValueError(f"tokenizer {name}: the folder holds no tokenizer (none of {list(TOKENIZER_FILES)})")
+    elif path.exists():
+        raise ValueError(f"tokenizer {name}: is a file; give the folder that holds tokenizer.json or a hub id")
+    elif not _HUB_ID.fullmatch(name):
+        raise ValueError(f"tokenizer {name}: no such folder")
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name)
+    except Exception as e:  # transformers raises OSError, ValueError, ... with long advice: keep its first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = "folder" if path.is_dir() else "no such folder, and as a hub id"
+        raise ValueError(f"tokenizer {name}: {where}: cannot load: {first}") from None
 
 
 @dataclass(frozen=True)
