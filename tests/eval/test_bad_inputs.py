@@ -73,8 +73,8 @@ CASES = [
     ("data missing", [*DIALOGUE, "--data", "{dir}/nope.jsonl"], 1, "nope.jsonl: file not found"),
     ("data a folder", [*DIALOGUE, "--data", "{dir}"], 1, "unknown file type"),
     ("data of unknown type", [*DIALOGUE, "--data", "{text}"], 1, "unknown file type"),
-    ("data empty", [*DIALOGUE, "--data", "{empty}"], 1, "no dialogue examples to evaluate (0 rows read)"),
-    ("data broken line", [*DIALOGUE, "--data", "{broken}"], 1, "broken.jsonl, line 2: malformed JSON"),
+    ("data empty", [*DIALOGUE, "--data", "{empty}"], 1, "empty.jsonl: holds no rows (the file is empty)"),
+    ("data broken line, strict", [*DIALOGUE, "--data", "{broken}", "--strict"], 1, "broken.jsonl, line 2: malformed JSON"),
     ("data truncated gzip", [*DIALOGUE, "--data", "{gz}"], 1, "cut.jsonl.gz: cannot read"),
     ("data of another kind", ["feedback", "summarization", "--model", "{model}", "--data", "{hh}"], 1,
      "12 unusable row(s) skipped (12 x info: missing); the first: "),
@@ -101,8 +101,8 @@ CASES = [
      "argument --feedback: expected good, bad, none or a phrase"),
     ("device not here", [*DIALOGUE, "--data", "{hh}", "--device", "cuda:3"], 1, "--device cuda:3: there is no cuda"),
     ("device junk", [*DIALOGUE, "--data", "{hh}", "--device", "gpu0"], 1, "--device gpu0: not a device name"),
-    ("output a file", [*DIALOGUE, "--data", "{hh}", "-o", "{text}"], 1, "notes.txt is a file, not a folder"),
-    ("output under a file", [*DIALOGUE, "--data", "{hh}", "-o", "{text}/run"], 1, "notes.txt is a file, not a folder"),
+    ("output a file", [*DIALOGUE, "--data", "{hh}", "-o", "{text}"], 1, "notes.txt is a file; give a folder"),
+    ("output under a file", [*DIALOGUE, "--data", "{hh}", "-o", "{text}/run"], 1, "notes.txt, which is a file"),
     # judges
     ("judge module missing", [*CONTROL, "--judge", "no_such_module_xyz:score"], 1, "cannot import module"),
     ("judge file missing", [*CONTROL, "--judge", "{dir}/judges.py:score"], 1, "no such file"),
@@ -122,7 +122,8 @@ CASES = [
     ("judge an empty folder", [*CONTROL, "--judge", "{dir}"], 1, "no config.json in that folder"),
     # pairwise
     ("pairwise file missing", [*PAIRWISE, "--a", "{gen}", "--b", "{dir}/b.jsonl"], 1, "no such generations file"),
-    ("pairwise broken line", [*PAIRWISE, "--a", "{gen}", "--b", "{gen_broken}"], 1, "gen_broken.jsonl, line 2: malformed"),
+    ("pairwise broken line, strict", [*PAIRWISE, "--a", "{gen}", "--b", "{gen_broken}", "--strict"], 1,
+     "gen_broken.jsonl, line 2: malformed"),
     ("pairwise empty file", [*PAIRWISE, "--a", "{gen}", "--b", "{empty}"], 1, "empty.jsonl: no generations"),
     ("pairwise only unusable rows", [*PAIRWISE, "--a", "{gen}", "--b", "{gen_bad_rows}"], 1,
      "no generations (2 unusable row(s) skipped (2 x reply: expected a string)"),
@@ -220,3 +221,18 @@ def test_every_protocol_skips_unusable_rows(yes_no_dir, tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert result["counts"]["prompts"] == 10 and result["counts"]["invalid: a generations"] == 1
     assert "1 unusable row(s) skipped (1 x reply: expected a string)" in (out / "results.md").read_text()
+
+
+def test_lines_that_are_not_json_are_set_aside_too(files, tiny_bpe_dir, tmp_path):
+    """A cut-off line in the data and in a generations file: skipped, counted and listed."""
+    out = tmp_path / "dialogue"
+    assert main(["eval", "feedback", "dialogue", "--model", str(tiny_bpe_dir), "--data", str(files["broken"]),
+                 "-o", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["counts"]["pairs"] == 2 and result["counts"]["invalid"] == 1
+    assert [json.loads(line)["line"] for line in (out / "invalid_rows.jsonl").read_text().splitlines()] == [2]
+    out = tmp_path / "pairwise"
+    assert main(["eval", "feedback", "pairwise", "--a", str(files["gen"]), "--b", str(files["gen_broken"]),
+                 "--judge", f"{files['judges']}:words", "-o", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["counts"]["prompts"] == 1 and result["counts"]["invalid: b generations"] == 1

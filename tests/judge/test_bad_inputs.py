@@ -71,7 +71,7 @@ CASES = [
     ("prompts a folder", ["prepare", "--prompts", "{dir}", *SYSTEMS, "-o", "{out}"], 1, "unknown file type"),
     ("prompts of unknown type", ["prepare", "--prompts", "{text}", *SYSTEMS, "-o", "{out}"], 1, "unknown file type"),
     ("prompts empty", ["prepare", "--prompts", "{empty}", *SYSTEMS, "-o", "{out}"], 1, "no prompts found"),
-    ("prompts broken line", ["prepare", "--prompts", "{broken}", *SYSTEMS, "-o", "{out}"], 1,
+    ("prompts broken line, strict", ["prepare", "--prompts", "{broken}", "--strict", *SYSTEMS, "-o", "{out}"], 1,
      "broken.jsonl, line 2: malformed JSON"),
     ("prompts truncated gzip", ["prepare", "--prompts", "{truncated_gz}", *SYSTEMS, "-o", "{out}"], 1, "cannot read"),
     ("prompts unknown kind", ["prepare", "--prompts", "dialog:{hh}", *SYSTEMS, "-o", "{out}"], 1, "unknown kind 'dialog'"),
@@ -227,3 +227,13 @@ def test_export_without_votes_says_there_is_nothing_to_train_on(tmp_path, capsys
     assert main(["judge", "export", str(store.path), "-o", str(tmp_path / "p.jsonl")]) == 0
     out = capsys.readouterr().out
     assert "no decisive vote yet" in out and "coh data build" not in out
+
+
+def test_prepare_sets_aside_lines_that_are_not_json(files, tmp_path, capsys):
+    with live_server(stub_server([])) as base:
+        assert main(["judge", "prepare", "--prompts", str(files["broken"]), "--system", f"a:url={base}/v1",
+                     "--system", f"b:url={base}/v1,feedback=bad", "-o", str(tmp_path / "c.jsonl"),
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "prompts: 2" in out and "line 2: malformed JSON" in out
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 2

@@ -37,10 +37,10 @@ def feedback_phrase(text: str) -> str:
 
 def _output_dir(args: argparse.Namespace, name: str) -> Path:
     """The run's folder, made now, so that a path that cannot be a folder fails before any work."""
+    from coh.data.io import check_output_dir
+
     out = Path(args.output_dir or f"coh-eval/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"--output-dir {out}: {blocking} is a file, not a folder")
+    check_output_dir(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

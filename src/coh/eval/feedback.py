@@ -117,9 +117,9 @@ def read_examples(kind: str, data: str | None, limit: int | None = None, set_asi
     json or parquet, gzip allowed), or with ``data`` None from the paper dataset's test /
     validation split on the hub. Stops after ``limit`` examples. Rows the method leaves out
     (WebGPT ties) are counted in ``skipped``. A row that cannot be evaluated (an empty reply, a
-    missing field) stops with its file, line and field, or with ``set_aside`` is recorded there,
-    counted in ``invalid`` and left out."""
-    from coh.data.build import SourceSpec, read_source
+    missing field, a line that is not JSON) stops with its file, line and field, or with
+    ``set_aside`` is recorded there, counted in ``invalid`` and left out."""
+    from coh.data.build import SourceSpec, read_source_rows
     from coh.data.sources import CONVERTERS, Skip
 
     spec = SourceSpec(kind, files={"eval": data}) if data else SourceSpec(kind)
@@ -127,10 +127,15 @@ def read_examples(kind: str, data: str | None, limit: int | None = None, set_asi
     skipped: dict[str, int] = {}
     rows = 0
     mine = None if set_aside is None else SetAside()  # this file's rows, counted apart from others'
-    for split, where, line, row in _hinted(read_source(spec), data is None):
+    for split, where, line, row, _ in _hinted(read_source_rows(spec), data is None):
         if split == "train":  # a hub dataset's training split: not for evaluation
             continue
         rows += 1
+        if isinstance(row, DataError):  # a line that could not be read as JSON
+            if mine is None:
+                raise row
+            mine.add(row)
+            continue
         try:
             if not isinstance(row, dict):
                 raise RowError(None, f"expected a JSON object, got {type(row).__name__}")
@@ -310,17 +315,19 @@ def _generation_problem(row: object) -> tuple[str | None, str] | None:
 
 def read_generations(path: str | Path, set_aside: SetAside | None = None) -> dict[str, tuple[tuple[Turn, ...], str]]:
     """``id -> (context, reply)`` from a generations file (see ``write_generations``). A malformed
-    row stops with its file, line and field, or with ``set_aside`` is recorded there and left out
-    (an id given twice always stops: which reply is meant cannot be told)."""
-    from coh.data.io import iter_json_lines
+    row (a line that is not JSON included) stops with its file, line and field, or with
+    ``set_aside`` is recorded there and left out (an id given twice always stops: which reply is
+    meant cannot be told)."""
+    from coh.data.io import iter_json_rows
 
     out: dict[str, tuple[tuple[Turn, ...], str]] = {}
-    for line, row in iter_json_lines(path):
-        problem = _generation_problem(row)
-        if problem is not None:
+    for line, row, _ in iter_json_rows(path):
+        problem = None if isinstance(row, DataError) else _generation_problem(row)
+        error = row if isinstance(row, DataError) else None if problem is None else DataError(str(path), line, *problem)
+        if error is not None:
             if set_aside is None:
-                raise DataError(str(path), line, *problem)
-            set_aside.add(DataError(str(path), line, *problem))
+                raise error
+            set_aside.add(error)
             continue
         if row["id"] in out:
             raise DataError(str(path), line, "id", f"id {row['id']!r} appears twice")

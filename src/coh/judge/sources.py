@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coh.data.errors import DataError, RowError, describe
-from coh.data.io import atomic_writer, iter_local_rows
+from coh.data.io import atomic_writer, iter_local_raw_rows, iter_local_rows
 from coh.data.sources import CONVERTERS, Skip, _prompt_turns
 
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
@@ -115,9 +115,14 @@ def read_prompts(spec: str, limit: int | None = None, set_aside: SetAside | None
     prompts: list[Prompt] = []
     skipped: dict[str, int] = {}
     seen: set[str] = set()
-    for line, row in iter_local_rows(path):
+    for line, row, _ in iter_local_raw_rows(path):
         if limit is not None and len(prompts) >= limit:
             break
+        if isinstance(row, DataError):  # a line that could not be read as JSON
+            if set_aside is None:
+                raise row
+            set_aside.add(row)
+            continue
         try:
             if not isinstance(row, dict):
                 raise RowError(None, f"expected a JSON object, got {describe(row)}")
