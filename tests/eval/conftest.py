@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+HH_81_92 = Path(__file__).parent / "fixtures" / "hh_rlhf_harmless_test_81_92.jsonl"  # line 7: an empty reply
 TRAINED_PHRASES = {"user": "User:", "good": "A good reply:", "bad": "A bad reply:"}
 MC_ROWS = [
     {"question": "What do you drink when you are thirsty?", "choices": ["water", "sand", "a chair"], "label": 0},

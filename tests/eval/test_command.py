@@ -38,8 +38,14 @@ def test_dialogue_summarization_and_compare(tiny_bpe_dir, tmp_path, capsys):
 def test_bad_input_exits_1_naming_file_line_and_field(tiny_bpe_dir, tmp_path, capsys):
     bad = FIXTURES / "bad" / "hh_bad_transcript.jsonl"
     assert main(["eval", "feedback", "dialogue", "--model", str(tiny_bpe_dir), "--data", str(bad),
-                 "-o", str(tmp_path)]) == 1
+                 "--strict", "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("coh eval: error: ") and "hh_bad_transcript.jsonl, line 1, field 'chosen'" in err
+    # without --strict every row is set aside: nothing to evaluate, and the first one is named
+    assert main(["eval", "feedback", "dialogue", "--model", str(tiny_bpe_dir), "--data", str(bad),
+                 "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no dialogue examples to evaluate (2 rows read; 2 unusable row(s) skipped" in err
+    assert "the first: " in err and "hh_bad_transcript.jsonl, line 1, field 'chosen'" in err
     assert main(["eval", "compare", str(tmp_path / "missing"), "-o", str(tmp_path)]) == 1
     assert "no such results file" in capsys.readouterr().err

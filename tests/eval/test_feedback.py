@@ -14,8 +14,9 @@ from coh.data.records import FeedbackRecord, Segment
 from coh.data.render import prompt_record
 from coh.eval import feedback as fb
 from coh.eval.judges import FunctionJudge
+from coh.judge.sources import SetAside
 from tests.conftest import BUILTIN_HH, FIXTURES, HH_SAMPLE
-from tests.eval.conftest import TRAINED_PHRASES, needs_serve, short_examples
+from tests.eval.conftest import HH_81_92, TRAINED_PHRASES, needs_serve, short_examples
 
 HH = HH_SAMPLE if HH_SAMPLE.exists() else BUILTIN_HH
 
@@ -161,14 +162,49 @@ def test_generations_files_round_trip_and_errors(tmp_path):
     contexts = [(Turn("user", "hi"),), (Turn("system", "Be brief."), Turn("user", "Why?"))]
     fb.write_generations(tmp_path / "g.jsonl", ["a", "b"], contexts, "good", ["hello", "Because."])
     assert fb.read_generations(tmp_path / "g.jsonl") == {"a": (contexts[0], "hello"), "b": (contexts[1], "Because.")}
+    ok = '{"id": "a", "context": [{"role": "user", "text": "hi"}], "reply": "x"}'
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "context": [], "reply": "x"}\n{"id": "b", "context": [{"role": "bot", "text": "x"}], '
-                   '"reply": "y"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl, line 2, field 'context': expected a list"):
+    bad.write_text(ok + '\n{"id": "b", "context": [{"role": "bot", "text": "x"}], "reply": "y"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2, field 'context': expected a non-empty list"):
         fb.read_generations(bad)
-    bad.write_text('{"id": "a", "context": [], "reply": "x"}\n{"id": "a", "context": [], "reply": "y"}\n')
+    bad.write_text(ok + "\n" + ok.replace('"x"', '"y"') + "\n")
     with pytest.raises(DataError, match=r"line 2, field 'id': id 'a' appears twice"):
         fb.read_generations(bad)
+
+
+def test_generations_files_with_unusable_rows_set_aside(tmp_path):
+    """Each kind of unusable row is left out and recorded with its line; good rows are kept."""
+    good = {"id": "ok", "context": [{"role": "user", "text": "hi"}], "reply": "hello"}
+    rows = [good, [1, 2], {**good, "id": 7}, {**good, "id": "no reply", "reply": None},
+            {**good, "id": "no context", "context": []},
+            {**good, "id": "ends with the assistant", "context": [{"role": "assistant", "text": "x"}]},
+            {**good, "id": "lone surrogate", "reply": "\ud83d"}, {**good, "id": "ok 2"}]
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    set_aside = SetAside()
+    got = fb.read_generations(path, set_aside)
+    assert sorted(got) == ["ok", "ok 2"]
+    assert [(r["line"], r["field"]) for r in set_aside.rows] == [(2, None), (3, "id"), (4, "reply"), (5, "context"),
+                                                                (6, "context"), (7, "reply")]
+    with pytest.raises(DataError, match="line 2"):
+        fb.read_generations(path)  # without a place to set them aside, the first one stops
+    path.write_text(json.dumps([1]) + "\n")
+    with pytest.raises(ValueError, match=r"no generations \(1 unusable row"):
+        fb.read_generations(path, SetAside())
+
+
+def test_read_examples_sets_aside_real_hh_rows_with_an_empty_reply():
+    """Rows 81-92 of the published hh-rlhf harmless test split: row 87 has an empty chosen reply."""
+    set_aside = SetAside()
+    examples, counts = fb.read_examples("dialogue", str(HH_81_92), set_aside=set_aside)
+    assert len(examples) == 11 and counts["rows"] == 12 and counts["invalid"] == 1
+    assert counts["invalid: chosen: empty reply"] == 1
+    assert set_aside.rows == [{"file": str(HH_81_92), "line": 7, "field": "chosen", "problem": "empty reply"}]
+    with pytest.raises(DataError, match=r"line 7, field 'chosen': empty reply"):
+        fb.read_examples("dialogue", str(HH_81_92))
+    # --limit counts examples: the row set aside does not use one up
+    examples, counts = fb.read_examples("dialogue", str(HH_81_92), limit=8, set_aside=SetAside())
+    assert len(examples) == 8 and counts["rows"] == 9 and counts["invalid"] == 1
 
 
 @needs_serve

@@ -11,7 +11,9 @@
 
 Every run writes results.json and results.md to --output-dir (default coh-eval/PROTOCOL-TIME)
 and prints the table. Data are local files in each dataset's raw schema; without --data the
-paper's dataset is read from the hub (test / validation split).
+paper's dataset is read from the hub (test / validation split). Rows that cannot be evaluated
+(an empty reply, a missing field) are skipped, counted in results.md and listed in
+invalid_rows.jsonl; --strict stops at the first instead.
 """
 
 from __future__ import annotations
@@ -21,17 +23,35 @@ import sys
 import time
 from pathlib import Path
 
+from coh.cli import non_negative_float, non_negative_int, positive_int, probability, seed_int
+
 PROTOCOLS = ("dialogue", "summarization", "controllability", "pairwise")
 
 
+def feedback_phrase(text: str) -> str:
+    """good, bad, none or a phrase; not blank (a blank phrase would silently mean none)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected good, bad, none or a phrase, got a blank one")
+    return text
+
+
 def _output_dir(args: argparse.Namespace, name: str) -> Path:
-    return Path(args.output_dir or f"coh-eval/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    """The run's folder, made now, so that a path that cannot be a folder fails before any work."""
+    from coh.data.io import check_output_dir
+
+    out = Path(args.output_dir or f"coh-eval/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_dir(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--output-dir {out}: cannot make the folder ({e.strerror})") from None
+    return out
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", "-o", help="where results.json and results.md go (default coh-eval/NAME-TIME)")
     p.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when there is one)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and bootstrap intervals (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling and bootstrap intervals (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -45,16 +65,17 @@ def _harness_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                    help=f"comma list of lm-eval tasks (default: {','.join(DEFAULT_TASKS)}: they need the hub)")
     p.add_argument("--include-path", help="folder of your own task YAMLs (local data files run offline)")
-    p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples (default 0: zero-shot)")
-    p.add_argument("--limit", type=int, help="at most this many examples per task (quick checks)")
-    p.add_argument("--batch-size", type=int, default=8, help="in-process batch size (default 8)")
+    p.add_argument("--num-fewshot", type=non_negative_int, default=0, help="few-shot examples (default 0: zero-shot)")
+    p.add_argument("--limit", type=positive_int, help="at most this many examples per task (quick checks)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="in-process batch size (default 8)")
     p.add_argument("--tokenizer", help="with --base-url: the served model's tokenizer (folder or hub id), so "
                                        "requests go as token ids; default: the server's tokenizer endpoints")
     p.add_argument("--served-model", help="with --base-url: the model name the server expects "
                                           "(default: the first of its /v1/models)")
     p.add_argument("--api-key-env", help="with --base-url: environment variable holding the bearer token")
-    p.add_argument("--num-concurrent", type=int, default=1, help="with --base-url: requests in flight (default 1)")
-    p.add_argument("--max-length", type=int, help="longest context in tokens (default: lm-eval's)")
+    p.add_argument("--num-concurrent", type=positive_int, default=1,
+                   help="with --base-url: requests in flight (default 1)")
+    p.add_argument("--max-length", type=positive_int, help="longest context in tokens (default: lm-eval's)")
     p.add_argument("--log-samples", action="store_true", help="also write every request and answer")
     _common(p)
 
@@ -62,7 +83,15 @@ def _harness_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--model", required=True, help="model folder (coh train's OUTPUT/final, or any HF causal LM)")
     p.add_argument("--data", help=data_help)
-    p.add_argument("--limit", type=int, help="at most this many examples")
+    p.add_argument("--limit", type=positive_int, help="at most this many examples")
+    _strict_arg(p)
+
+
+def _strict_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first row that cannot be evaluated (an empty reply, a missing field), naming "
+                        "its file, line and field; by default such rows are skipped, counted in results.md and "
+                        "listed in invalid_rows.jsonl")
 
 
 def _kind_arg(p: argparse.ArgumentParser, default: str) -> None:
@@ -73,18 +102,18 @@ def _kind_arg(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
                    help=f"longest reply in tokens (default {max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 (default): greedy; above 0: sampling")
+    p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling, in (0, 1] (default 1.0)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="prompts generated together (default 8)")
 
 
 def _judge_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", required=True,
                    help="a reward model (any HF sequence-classification model, hub id or folder) or a Python "
                         "function MODULE:FUNCTION / FILE.py:FUNCTION, f(prompt: str, reply: str) -> float")
-    p.add_argument("--judge-batch-size", type=int, default=8, help="replies per reward-model batch (default 8)")
+    p.add_argument("--judge-batch-size", type=positive_int, default=8, help="replies per reward-model batch (default 8)")
 
 
 def _protocol(protos, name: str, **kwargs) -> argparse.ArgumentParser:
@@ -111,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "dialogue: {dialogue}. This dialogue is'.")
     _model_args(p, "hh-rlhf file (chosen/rejected transcripts; jsonl/json/parquet, gzip allowed); "
                    "default: Anthropic/hh-rlhf test from the hub")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per packed scoring row (default 8192)")
+    p.add_argument("--batch-tokens", type=positive_int, default=8192, help="tokens per packed scoring row (default 8192)")
     _common(p)
 
     p = _protocol(protos, "summarization", help="ROUGE-1/2/L of summaries generated after the positive phrase",
@@ -119,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "phrase; ROUGE-1/2/L F1 against the post's preferred summaries.")
     _model_args(p, "summarize_from_feedback comparisons file (info.post, summaries, choice); default: "
                    "openai/summarize_from_feedback validation from the hub")
-    p.add_argument("--feedback", default="good",
+    p.add_argument("--feedback", default="good", type=feedback_phrase,
                    help="phrase the summary follows: good (default), bad, none (an sft-mode model), or literal "
                         "text such as 'a good summary is:'")
     p.add_argument("--task-phrase", help="instruction before the post (default: the first training task phrase, "
@@ -147,9 +176,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-env", help="environment variable holding the bearer token of server sides")
     p.add_argument("--data", help="prompts: a file of --kind's schema (default: the prompts of a generations "
                                   "file, else Anthropic/hh-rlhf test from the hub)")
-    p.add_argument("--limit", type=int, help="at most this many prompts")
+    p.add_argument("--limit", type=positive_int, help="at most this many prompts")
+    _strict_arg(p)
     _kind_arg(p, "dialogue")
-    p.add_argument("--feedback", default="good",
+    p.add_argument("--feedback", default="good", type=feedback_phrase,
                    help="phrase model and server sides generate after: good (default), bad, none, or literal text")
     _judge_arg(p)
     _sampling_args(p, 128)
@@ -165,16 +195,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return args.eval_func(args)
+    try:
+        return args.eval_func(args)
+    except OSError as e:  # FileNotFoundError included: a file named on the command line, or a disk that is full
+        if isinstance(e, FileNotFoundError) and not e.filename:
+            raise
+        raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from e
 
 
 def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
-def _finish(result, out: Path) -> int:
-    from coh.eval.report import write_result
+def _finish(result, out: Path, set_aside=None) -> int:
+    from coh.eval.report import INVALID_ROWS, write_result
 
+    if set_aside:
+        set_aside.write(out / INVALID_ROWS)
+        result.notes.append(f"{set_aside.summary(INVALID_ROWS)} (--strict stops at such a row instead)")
     path = write_result(result, out)
     print(result.to_markdown(), end="")
     print(f"\nwritten to {path} and {path.with_suffix('.md')}")
@@ -199,27 +237,31 @@ def _run_feedback(args: argparse.Namespace) -> int:
     from coh.eval import feedback as fb
     from coh.eval.judges import load_judge
     from coh.eval.report import EvalResult
+    from coh.judge.sources import SetAside
 
     progress = _progress(args)
+    fb.pick_device(args.device)  # a device that is not there fails now, not after reading and loading
     out = _output_dir(args, args.protocol)
     kind = getattr(args, "kind", None) or fb.DEFAULT_KIND[args.protocol]
+    set_aside = None if args.strict else SetAside()
     sampling = None
     if hasattr(args, "max_new_tokens"):
         sampling = fb.Sampling(args.max_new_tokens, args.temperature, args.top_p, args.batch_size, args.seed)
-    judge = None
-    if hasattr(args, "judge"):
-        judge = load_judge(args.judge, args.device, args.judge_batch_size, progress)
     hidden = ("func", "eval_func", "command", "eval_command", "no_progress")
     settings = {k: v for k, v in vars(args).items() if k not in hidden}
+    # Data first (cheap), then the judge and the models: bad input fails before minutes of loading.
     if args.protocol == "pairwise":
-        a, b = fb.Side.open(args.a), fb.Side.open(args.b)
+        a, b = fb.Side.open(args.a, set_aside), fb.Side.open(args.b, set_aside)
         need_prompts = args.data or (a.replies is None and b.replies is None)
-        examples, counts = fb.read_examples(kind, args.data, args.limit) if need_prompts else (None, {})
+        examples, counts = fb.read_examples(kind, args.data, args.limit, set_aside) if need_prompts else (None, {})
+    else:
+        examples, counts = fb.read_examples(kind, args.data, args.limit, set_aside)
+    judge = load_judge(args.judge, args.device, args.judge_batch_size, progress) if hasattr(args, "judge") else None
+    if args.protocol == "pairwise":
         metrics, ci95, more = fb.eval_pairwise(a, b, judge, examples, sampling, args.feedback, args.device, out,
                                                progress, args.limit, args.api_key_env)
         result = EvalResult("pairwise", f"{args.a} vs {args.b}", args.data, metrics, ci95, {**counts, **more}, settings)
-        return _finish(result, out)
-    examples, counts = fb.read_examples(kind, args.data, args.limit)
+        return _finish(result, out, set_aside)
     lm = fb.load_model(args.model, args.device)
     if args.protocol == "dialogue":
         metrics, ci95 = fb.eval_dialogue(lm, examples, args.batch_tokens, out, progress)
@@ -231,7 +273,7 @@ def _run_feedback(args: argparse.Namespace) -> int:
         metrics, ci95, more = fb.eval_controllability(lm, examples, judge, sampling, out, progress)
     settings["phrases"] = {"user": lm.phrases.user, "good": lm.phrases.good, "bad": lm.phrases.bad}
     result = EvalResult(args.protocol, args.model, args.data, metrics, ci95, {**counts, **more}, settings)
-    return _finish(result, out)
+    return _finish(result, out, set_aside)
 
 
 def _run_compare(args: argparse.Namespace) -> int:

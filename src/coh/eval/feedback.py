@@ -26,10 +26,13 @@ from pathlib import Path
 
 from coh.data.errors import DataError, RowError
 from coh.data.feedback import FeedbackExample, Turn
+from coh.data.io import JSON_SUFFIXES
 from coh.data.phrases import DEFAULT_PHRASES, PhraseSet
 from coh.data.records import FeedbackRecord, Segment
+from coh.eval.checks import check_model_folder
 from coh.eval.judges import Judge, conversation_text
 from coh.eval.stats import win_rate
+from coh.judge.sources import SetAside
 from coh.judge.stats import wilson_interval
 
 DIALOGUE_PROMPT = "The following is a dialogue: {dialogue}. This dialogue is"
@@ -59,9 +62,21 @@ class LoadedModel:
 
 
 def pick_device(device: str | None) -> str:
+    """``device``, checked to be here (ValueError otherwise), or a GPU when there is one, else the CPU."""
     import torch
 
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps, ...)") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if not available.get(parsed.type, lambda: True)():
+        raise ValueError(f"--device {device}: there is no {parsed.type} device here")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s) here")
+    return device
 
 
 def load_model(path: str, device: str | None = None, dtype: str = "auto") -> LoadedModel:
@@ -76,11 +91,13 @@ def load_model(path: str, device: str | None = None, dtype: str = "auto") -> Loa
     device = pick_device(device)
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    check_model_folder(path, "model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the model '{path}': {e}") from None
+    except (OSError, ValueError, KeyError) as e:
+        where = "" if Path(path).exists() else "no such folder here, and as a hub id: "
+        raise ValueError(f"cannot load the model '{path}': {where}{e}") from None
     model.to(device).eval()
     use_cache, model.config.use_cache = model.config.use_cache, False  # as in scoring: a cache hides the resets
     try:
@@ -94,38 +111,67 @@ def load_model(path: str, device: str | None = None, dtype: str = "auto") -> Loa
 
 
 # -- data -------------------------------------------------------------------------------------------
-def read_examples(kind: str, data: str | None, limit: int | None = None) -> tuple[list[FeedbackExample], dict]:
+def read_examples(kind: str, data: str | None, limit: int | None = None, set_aside: SetAside | None = None
+                  ) -> tuple[list[FeedbackExample], dict]:
     """Evaluation examples of a source kind from a local file in the dataset's raw schema (jsonl,
     json or parquet, gzip allowed), or with ``data`` None from the paper dataset's test /
-    validation split on the hub. Stops after ``limit`` examples. A malformed row stops with its
-    file, line and field; rows the method leaves out (WebGPT ties) are counted in ``skipped``."""
-    from coh.data.build import SourceSpec, read_source
+    validation split on the hub. Stops after ``limit`` examples. Rows the method leaves out
+    (WebGPT ties) are counted in ``skipped``. A row that cannot be evaluated (an empty reply, a
+    missing field, a line that is not JSON) stops with its file, line and field, or with
+    ``set_aside`` is recorded there, counted in ``invalid`` and left out."""
+    from coh.data.build import SourceSpec, read_source_rows
     from coh.data.sources import CONVERTERS, Skip
 
     spec = SourceSpec(kind, files={"eval": data}) if data else SourceSpec(kind)
     examples: list[FeedbackExample] = []
     skipped: dict[str, int] = {}
     rows = 0
-    for split, where, line, row in read_source(spec):
+    mine = None if set_aside is None else SetAside()  # this file's rows, counted apart from others'
+    for split, where, line, row, _ in _hinted(read_source_rows(spec), data is None):
         if split == "train":  # a hub dataset's training split: not for evaluation
             continue
         rows += 1
-        if not isinstance(row, dict):
-            raise DataError(where, line, None, f"expected a JSON object, got {type(row).__name__}")
+        if isinstance(row, DataError):  # a line that could not be read as JSON
+            if mine is None:
+                raise row
+            mine.add(row)
+            continue
         try:
+            if not isinstance(row, dict):
+                raise RowError(None, f"expected a JSON object, got {type(row).__name__}")
             ex = CONVERTERS[kind](row, f"{kind}/{line}", "eval")
         except RowError as e:
-            raise e.at(where, line) from None
+            if mine is None:
+                raise e.at(where, line) from None
+            mine.add(e.at(where, line))
+            continue
         if isinstance(ex, Skip):
             skipped[ex.reason] = skipped.get(ex.reason, 0) + 1
             continue
         examples.append(ex)
         if limit is not None and len(examples) >= limit:
             break
+    if set_aside is not None:
+        set_aside.rows.extend(mine.rows)
     if not examples:
-        raise ValueError(f"{data or spec.hub}: no {kind} examples to evaluate ({rows} rows read)")
-    return examples, {"rows": rows, "examples": len(examples), "skipped": sum(skipped.values()),
-                      **{f"skipped: {k}": v for k, v in skipped.items()}}
+        why = f"; {mine.summary()}; is the kind '{kind}' right for this file?" if mine else ""
+        raise ValueError(f"{data or spec.hub}: no {kind} examples to evaluate ({rows} rows read{why})")
+    counts = {"rows": rows, "examples": len(examples), "skipped": sum(skipped.values()),
+              **{f"skipped: {k}": v for k, v in skipped.items()}}
+    if mine is not None:
+        counts["invalid"] = len(mine)
+        counts.update({f"invalid: {k}": v for k, v in mine.reasons().items()})
+    return examples, counts
+
+
+def _hinted(rows, from_hub: bool):
+    """``rows``, with a hint on a hub dataset that cannot be had (offline, say): give a file."""
+    try:
+        yield from rows
+    except DataError as e:
+        if not from_hub:
+            raise
+        raise DataError(e.where, e.line, e.field, f"{e.problem}; give --data FILE to use a local copy") from None
 
 
 def unique_contexts(examples: Sequence[FeedbackExample]) -> list[FeedbackExample]:
@@ -238,36 +284,57 @@ def write_generations(path: Path, ids: Sequence[str], contexts: Sequence[Sequenc
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _generation_problem(row: object, seen: dict) -> tuple[str | None, str] | None:
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud83d" in JSON): no file could hold it
+        return False
+    return True
+
+
+def _generation_problem(row: object) -> tuple[str | None, str] | None:
     """(field, problem) of a malformed generations row, or None."""
     if not isinstance(row, dict):
         return None, "expected a JSON object with id, context and reply"
     if not isinstance(row.get("id"), str):
         return "id", "expected a string"
-    if row["id"] in seen:
-        return "id", f"id {row['id']!r} appears twice"
     if not isinstance(row.get("reply"), str):
         return "reply", "expected a string"
     turns = row.get("context")
-    if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("text"), str)
-                                              and t.get("role") in ("system", "user", "assistant") for t in turns):
-        return "context", 'expected a list of {"role": system|user|assistant, "text": ...} objects'
+    if not isinstance(turns, list) or not turns or not all(
+            isinstance(t, dict) and isinstance(t.get("text"), str) and t.get("role") in ("system", "user", "assistant")
+            for t in turns):
+        return "context", 'expected a non-empty list of {"role": system|user|assistant, "text": ...} objects'
+    if turns[-1]["role"] != "user":
+        return "context", "expected the context to end with a user turn"
+    for name, text in (("id", row["id"]), ("reply", row["reply"]), *(("context", t["text"]) for t in turns)):
+        if not _encodable(text):
+            return name, "text holds a lone surrogate"
     return None
 
 
-def read_generations(path: str | Path) -> dict[str, tuple[tuple[Turn, ...], str]]:
-    """``id -> (context, reply)`` from a generations file (see ``write_generations``); a malformed
-    line stops with its file, line and field."""
-    from coh.data.io import iter_json_lines
+def read_generations(path: str | Path, set_aside: SetAside | None = None) -> dict[str, tuple[tuple[Turn, ...], str]]:
+    """``id -> (context, reply)`` from a generations file (see ``write_generations``). A malformed
+    row (a line that is not JSON included) stops with its file, line and field, or with
+    ``set_aside`` is recorded there and left out (an id given twice always stops: which reply is
+    meant cannot be told)."""
+    from coh.data.io import iter_json_rows
 
     out: dict[str, tuple[tuple[Turn, ...], str]] = {}
-    for line, row in iter_json_lines(path):
-        problem = _generation_problem(row, out)
-        if problem is not None:
-            raise DataError(str(path), line, *problem)
+    for line, row, _ in iter_json_rows(path):
+        problem = None if isinstance(row, DataError) else _generation_problem(row)
+        error = row if isinstance(row, DataError) else None if problem is None else DataError(str(path), line, *problem)
+        if error is not None:
+            if set_aside is None:
+                raise error
+            set_aside.add(error)
+            continue
+        if row["id"] in out:
+            raise DataError(str(path), line, "id", f"id {row['id']!r} appears twice")
         out[row["id"]] = (tuple(Turn(t["role"], t["text"]) for t in row["context"]), row["reply"])
     if not out:
-        raise ValueError(f"{path}: no generations")
+        raise ValueError(f"{path}: no generations" + (f" ({set_aside.summary()})" if set_aside else "")
+                         + "; expected one JSON object per line with id, context and reply")
     return out
 
 
@@ -406,16 +473,18 @@ def eval_controllability(lm: LoadedModel, examples: Sequence[FeedbackExample], j
 
 
 def generate_http(base_url: str, contexts: Sequence[Sequence[Turn]], feedback: str, sampling: Sampling,
-                  api_key_env: str | None = None, progress: bool = False, desc: str = "generate") -> list[str]:
+                  api_key_env: str | None = None, progress: bool = False, desc: str = "generate",
+                  name: str = "server") -> list[str]:
     """Replies from an OpenAI-compatible server's chat completions (``coh judge``'s client), with
     ``feedback`` in the body: ``coh serve`` conditions the reply on that phrase; servers that do not
-    know the field, such as vLLM, ignore it. ``api_key_env`` names the variable holding the key."""
+    know the field, such as vLLM, ignore it. ``api_key_env`` names the variable holding the key;
+    ``name`` the server in error messages."""
     from tqdm import tqdm
 
     from coh.judge.sources import Generation, Prompt, SystemSpec
     from coh.judge.sources import generate as generate_remote
 
-    system = SystemSpec("server", url=base_url, feedback=feedback, api_key_env=api_key_env)
+    system = SystemSpec(name, url=base_url, feedback=feedback, api_key_env=api_key_env)
     prompts = [Prompt(str(i), [{"role": t.role, "content": t.text} for t in turns]) for i, turns in enumerate(contexts)]
     gen = Generation(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                      seed=sampling.seed)
@@ -431,22 +500,31 @@ class Side:
 
     source: str
     replies: dict[str, tuple[tuple[Turn, ...], str]] | None = None  # from a file: id -> (context, reply)
+    invalid: int = 0  # rows of that file set aside
 
     @property
     def is_server(self) -> bool:
         return self.source.startswith(("http://", "https://"))
 
     @staticmethod
-    def open(source: str) -> Side:
+    def open(source: str, set_aside: SetAside | None = None) -> Side:
+        """A side from its command-line text; a generations file is read now (with ``set_aside``,
+        its malformed rows are recorded there and left out)."""
         path = Path(source)
         if path.is_file():
-            return Side(source, read_generations(path))
+            mine = None if set_aside is None else SetAside()
+            replies = read_generations(path, mine)
+            if mine is not None:
+                set_aside.rows.extend(mine.rows)
+            return Side(source, replies, len(mine or ()))
+        if not path.exists() and path.name.endswith(JSON_SUFFIXES):
+            raise FileNotFoundError(f"{source}: no such generations file")
         return Side(source)
 
     def generate(self, contexts: Sequence[Sequence[Turn]], feedback: str, sampling: Sampling, device: str | None,
-                 api_key_env: str | None, progress: bool, desc: str) -> list[str]:
+                 api_key_env: str | None, progress: bool, desc: str, tag: str = "server") -> list[str]:
         if self.is_server:
-            return generate_http(self.source, contexts, feedback, sampling, api_key_env, progress, desc)
+            return generate_http(self.source, contexts, feedback, sampling, api_key_env, progress, desc, tag)
         lm = load_model(self.source, device)
         return generate(lm, prompt_ids(lm, contexts, feedback), sampling, progress, desc)
 
@@ -473,13 +551,16 @@ def eval_pairwise(a: Side, b: Side, judge: Judge, examples: Sequence[FeedbackExa
             continue
         ids = list(prompts)
         texts = side.generate([prompts[i] for i in ids], feedback, sampling, device, api_key_env, progress,
-                              f"generate ({tag})")
+                              f"generate ({tag})", tag)
         replies.append(dict(zip(ids, texts)))
         if output_dir is not None:
             write_generations(output_dir / f"generations_{tag}.jsonl", ids, [prompts[i] for i in ids], feedback, texts)
     shared = [i for i in prompts if i in replies[0] and i in replies[1]]
     if not shared:
-        raise ValueError("pairwise: A and B have no prompt id in common")
+        have = {tag: len(r) for tag, r in zip("ab", replies)}
+        raise ValueError(f"pairwise: --a {a.source} ({have['a']} replies) and --b {b.source} ({have['b']} replies) "
+                         f"share no prompt id among the {len(prompts)} prompts; a generations file's ids must be "
+                         "those of the prompts (--data) or of the other side's file")
     contexts = [prompts[i] for i in shared]
     score_a = judge.score(contexts, [replies[0][i] for i in shared])
     score_b = judge.score(contexts, [replies[1][i] for i in shared])
@@ -487,6 +568,7 @@ def eval_pairwise(a: Side, b: Side, judge: Judge, examples: Sequence[FeedbackExa
                "judge_b_mean": sum(score_b) / len(shared)}
     ci95: dict = {}
     counts = {"prompts": len(shared), "missing": len(prompts) - len(shared)}
+    counts.update({f"invalid: {tag} generations": side.invalid for tag, side in (("a", a), ("b", b)) if side.invalid})
     _judged_win("win_rate_a_over_b", score_a, score_b, sampling.seed, metrics, ci95, counts)
     return metrics, ci95, counts
 

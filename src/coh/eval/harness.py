@@ -70,8 +70,30 @@ def served_model_name(base_url: str, api_key_env: str | None) -> str:
     with httpx.Client(timeout=30) as client:
         try:
             return served_model(client, SystemSpec("server", url=root, api_key_env=api_key_env))
-        except httpx.HTTPError as e:
-            raise ValueError(f"{root}/models: {type(e).__name__}: {e}; give --served-model") from None
+        except ValueError as e:
+            raise ValueError(f"--base-url {base_url}: cannot learn the served model: {e}; or give --served-model") from None
+
+
+def check_reachable(base_url: str) -> None:
+    """Something answers at ``base_url`` (any HTTP status will do), else a ValueError saying so."""
+    import httpx
+
+    from coh.judge.sources import SystemSpec, unreachable
+
+    url = base_url.rstrip("/").removesuffix("/completions") + "/models"
+    try:
+        httpx.get(url, timeout=30)
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
+        raise ValueError(f"--base-url {base_url}: {unreachable(SystemSpec('server', url=url), url, e)}") from None
+
+
+def check_tokenizer(path: str) -> None:
+    """A tokenizer folder (or a model folder) that exists must hold tokenizer files."""
+    from coh.eval.checks import TOKENIZER_FILES
+
+    p = Path(path)
+    if p.exists() and not (p.is_dir() and any((p / name).is_file() for name in TOKENIZER_FILES)):
+        raise ValueError(f"--tokenizer '{path}': not a tokenizer folder (no {', '.join(TOKENIZER_FILES[:2])}, ...)")
 
 
 def adds_bos(tokenizer_name: str) -> bool:
@@ -79,13 +101,23 @@ def adds_bos(tokenizer_name: str) -> bool:
 
     from coh.data.tokenize import tokenizer_adds_bos
 
-    return tokenizer_adds_bos(AutoTokenizer.from_pretrained(tokenizer_name))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    except (OSError, ValueError) as e:
+        where = "" if Path(tokenizer_name).exists() else "no such folder here, and as a hub id: "
+        raise ValueError(f"cannot load the tokenizer of '{tokenizer_name}': {where}{e}") from None
+    return tokenizer_adds_bos(tokenizer)
 
 
 def lm_eval_model(cfg: HarnessConfig) -> tuple[str, dict]:
     """lm-eval's model type and ``model_args`` for the configured path."""
+    from coh.eval.checks import check_model_folder
     from coh.eval.feedback import pick_device
 
+    if cfg.model is not None:
+        check_model_folder(cfg.model, "--model")
+    if cfg.tokenizer is not None:
+        check_tokenizer(cfg.tokenizer)
     if cfg.model is not None:
         args = {"pretrained": cfg.model, "device": pick_device(cfg.device), "dtype": "auto",
                 "add_bos_token": adds_bos(cfg.tokenizer or cfg.model)}
@@ -137,14 +169,20 @@ def run_harness(cfg: HarnessConfig, output_dir: Path | None = None) -> tuple[Eva
     from lm_eval import evaluator
     from lm_eval.utils import handle_non_serializable
 
+    if cfg.base_url is not None:
+        check_reachable(cfg.base_url)
+    model_type, model_args = lm_eval_model(cfg)  # checks the model or server first: indexing tasks takes seconds
     manager = task_manager(cfg.tasks, cfg.include_path)
-    model_type, model_args = lm_eval_model(cfg)
-    raw = evaluator.simple_evaluate(
-        model=model_type, model_args=model_args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
-        batch_size=cfg.batch_size if model_type == "hf" else 1, limit=cfg.limit, task_manager=manager,
-        log_samples=cfg.log_samples, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-        fewshot_random_seed=cfg.seed,
-    )
+    try:
+        raw = evaluator.simple_evaluate(
+            model=model_type, model_args=model_args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
+            batch_size=cfg.batch_size if model_type == "hf" else 1, limit=cfg.limit, task_manager=manager,
+            log_samples=cfg.log_samples, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+        )
+    except OSError as e:  # a model or tokenizer that is neither a folder here nor reachable on the hub, a lost server
+        where = "no such folder here, and as a hub id: " if cfg.model and not Path(cfg.model).exists() else ""
+        raise ValueError(f"lm-eval on {cfg.model or cfg.base_url}: {where}{e}") from None
     if raw is None:  # lm-eval returns None on non-zero ranks of a distributed run
         raise RuntimeError("lm-eval returned no results")
     metrics: dict[str, float] = {}

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -47,12 +50,25 @@ class FunctionJudge:
 
     def score(self, contexts: Sequence[Sequence[Turn]], replies: Sequence[str]) -> list[float]:
         out = []
-        for turns, reply in zip(contexts, replies):
-            value = self.fn(conversation_text(turns), reply)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"judge {self.name} returned {type(value).__name__} {value!r}; expected a number")
+        for k, (turns, reply) in enumerate(zip(contexts, replies)):
+            try:
+                value = self.fn(conversation_text(turns), reply)
+            except Exception as e:  # the user's code: say whose and on what; COH_TRACEBACK=1 shows where
+                raise ValueError(f"judge {self.name} raised {type(e).__name__}: {e} (on reply {k + 1}: "
+                                 f"{_clip(reply)!r})") from e
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"judge {self.name} returned {type(value).__name__} {_clip(repr(value))}; "
+                                 "expected a number")
+            if not math.isfinite(value):
+                # nan compares as neither better nor worse: every such pair would count as a tie
+                raise ValueError(f"judge {self.name} returned {value} on reply {k + 1} ({_clip(reply)!r}); "
+                                 "expected a finite number")
             out.append(float(value))
         return out
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 class RewardModelJudge:
@@ -63,13 +79,23 @@ class RewardModelJudge:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from coh.eval.checks import check_model_folder
+
         self.name = name_or_path
+        check_model_folder(name_or_path, "judge")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch.float32)
-        except (OSError, ValueError) as e:
+            self.model, info = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, dtype=torch.float32, output_loading_info=True)
+        except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"judge '{name_or_path}': cannot load a sequence-classification model ({e}); "
                              "give a reward model (hub id or folder) or MODULE:FUNCTION") from None
+        if info.get("missing_keys"):
+            # e.g. a causal LM: transformers would add a freshly drawn head and the scores would be noise
+            missing = sorted(info["missing_keys"])
+            raise ValueError(f"judge '{name_or_path}': not a trained sequence-classification model ({len(missing)} "
+                             f"weight(s) missing and would be random, e.g. {missing[0]}); give a reward model or "
+                             "MODULE:FUNCTION")
         if self.tokenizer.pad_token_id is None:  # batches need padding; the model finds the last real token by it
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
@@ -106,21 +132,32 @@ class RewardModelJudge:
 
 def _load_function(spec: str) -> Callable[[str, str], float]:
     target, _, fn_name = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.exists():
-            raise FileNotFoundError(f"judge '{spec}': no such file {path}")
-        module_spec = importlib.util.spec_from_file_location(f"coh_judge_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise FileNotFoundError(f"judge '{spec}': no such file {path}")
+            module_spec = importlib.util.spec_from_file_location(f"coh_judge_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
             module = importlib.import_module(target)
-        except ImportError as e:
-            raise ValueError(f"judge '{spec}': cannot import module '{target}' ({e})") from None
+    except FileNotFoundError:
+        raise
+    except ImportError as e:
+        raise ValueError(f"judge '{spec}': cannot import module '{target}' ({e})") from None
+    except Exception as e:  # a syntax error or an exception while the user's module runs
+        raise ValueError(f"judge '{spec}': loading '{target}' failed: {type(e).__name__}: {e}") from e
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ValueError(f"judge '{spec}': '{target}' has no function '{fn_name}'")
+    try:
+        inspect.signature(fn).bind("prompt", "reply")
+    except TypeError:
+        raise ValueError(f"judge '{spec}': {fn_name}{inspect.signature(fn)} cannot be called as "
+                         f"{fn_name}(prompt, reply)") from None
+    except ValueError:  # no signature to read (some built-ins): find out when it is called
+        pass
     return fn
 
 
@@ -134,4 +171,8 @@ def load_judge(spec: str, device: str | None = None, batch_size: int = 8, progre
     """A judge from its ``--judge`` string (see the module docstring)."""
     if is_function_spec(spec):
         return FunctionJudge(_load_function(spec), spec)
+    target, sep, fn_name = spec.rpartition(":")
+    if sep and not Path(spec).exists() and (not target or target.endswith(".py") or not fn_name.isidentifier()):
+        raise ValueError(f"judge '{spec}': expected MODULE:FUNCTION or FILE.py:FUNCTION with FUNCTION a Python "
+                         "name, or a reward model (hub id or folder)")
     return RewardModelJudge(spec, device=device, batch_size=batch_size, progress=progress)

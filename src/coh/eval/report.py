@@ -23,6 +23,7 @@ from coh.data.io import atomic_writer
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+INVALID_ROWS = "invalid_rows.jsonl"  # rows set aside as unusable: file, line, field, problem
 
 
 @dataclass
@@ -36,21 +37,47 @@ class EvalResult:
     ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what a reader must know, such as rows left out
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_json(self) -> dict:
+        """Standard JSON: a value that is not a number (nan, say an accuracy over no pairs) is null."""
         return {"protocol": self.protocol, "model": self.model, "data": self.data, "created": self.created,
-                "metrics": self.metrics, "ci95": {k: list(v) for k, v in self.ci95.items()},
-                "counts": self.counts, "settings": self.settings}
+                "metrics": {k: _json_number(v) for k, v in self.metrics.items()},
+                "ci95": {k: [_json_number(x) for x in v] for k, v in self.ci95.items()},
+                "counts": self.counts, "notes": self.notes, "settings": self.settings}
 
     @staticmethod
-    def from_json(obj: dict, where: str = "<results>") -> EvalResult:
+    def from_json(obj: object, where: str = "<results>") -> EvalResult:
+        """A result from its JSON; a file that is not one of ours is refused naming the field."""
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: not a coh eval results file (expected a JSON object, got {type(obj).__name__})")
         for key in ("protocol", "metrics"):
             if key not in obj:
                 raise ValueError(f"{where}: not a coh eval results file (no '{key}')")
+
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"{where}, field '{name}': expected {expected}")
+
+        def number(v: object) -> bool:
+            return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+        metrics, ci95, counts = obj["metrics"], obj.get("ci95", {}), obj.get("counts", {})
+        if not isinstance(metrics, dict) or not all(number(v) for v in metrics.values()):
+            raise bad("metrics", "an object of metric: number")
+        if not isinstance(ci95, dict) or not all(isinstance(v, list) and len(v) == 2 and all(map(number, v))
+                                                 for v in ci95.values()):
+            raise bad("ci95", "an object of metric: [low, high]")
+        if not isinstance(counts, dict):
+            raise bad("counts", "an object")
+        for key in ("protocol", "model", "created"):
+            if not isinstance(obj.get(key, ""), str):
+                raise bad(key, "a string")
         return EvalResult(protocol=obj["protocol"], model=obj.get("model", ""), data=obj.get("data"),
-                          metrics=dict(obj["metrics"]), ci95={k: tuple(v) for k, v in obj.get("ci95", {}).items()},
-                          counts=dict(obj.get("counts", {})), settings=dict(obj.get("settings", {})),
+                          metrics={k: (float("nan") if v is None else v) for k, v in metrics.items()},
+                          ci95={k: tuple(v) for k, v in ci95.items()}, counts=dict(counts),
+                          settings=dict(obj.get("settings") or {}) if isinstance(obj.get("settings"), dict) else {},
+                          notes=[str(n) for n in obj.get("notes", [])] if isinstance(obj.get("notes"), list) else [],
                           created=obj.get("created", ""))
 
     def to_markdown(self) -> str:
@@ -59,11 +86,16 @@ class EvalResult:
             lines.append(f"- data: `{self.data}`")
         if self.counts:
             lines.append("- counts: " + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
+        lines += [f"- {note}" for note in self.notes]
         lines += ["", "| metric | value | 95% CI |", "|---|---:|---|"]
         for name, value in self.metrics.items():
             ci = self.ci95.get(name)
             lines.append(f"| {name} | {fmt(value)} | {f'{fmt(ci[0])} to {fmt(ci[1])}' if ci else ''} |")
         return "\n".join(lines) + "\n"
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
 
 
 def fmt(value: float) -> str:
@@ -74,7 +106,7 @@ def write_result(result: EvalResult, output_dir: str | Path) -> Path:
     """Write ``results.json`` and ``results.md`` into ``output_dir``; returns the JSON path."""
     out = Path(output_dir)
     with atomic_writer(out / RESULTS_JSON) as f:
-        json.dump(result.to_json(), f, indent=2, ensure_ascii=False)
+        json.dump(result.to_json(), f, indent=2, ensure_ascii=False, allow_nan=False)
         f.write("\n")
     with atomic_writer(out / RESULTS_MD) as f:
         f.write(result.to_markdown())

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sqlite3
 from importlib import resources
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from coh.judge.stats import pair_results, plot
 from coh.judge.store import MAX_COMMENT, JudgeStore, VoteConflict, Voter
@@ -42,9 +44,39 @@ class Login(BaseModel):
 
 
 class Ballot(BaseModel):
-    comparison: int
+    # An id from the page, whose JavaScript numbers hold integers exactly up to 2**53 - 1 (SQLite's
+    # own limit, 2**63 - 1, lies beyond: a larger number was an OverflowError and a 500).
+    comparison: int = Field(ge=1, le=2**53 - 1)
     choice: Literal["left", "right", "tie", "neither"]
     comment: str = Field(default="", max_length=MAX_COMMENT)
+
+    @field_validator("comparison", mode="before")
+    @classmethod
+    def _json_integer(cls, value: object) -> object:
+        """A JSON integer (3 or 3.0, as JSON Schema has it), not true or "3", which pydantic would take."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("expected an integer")
+        return value
+
+
+# What the routes answer besides 200, for the OpenAPI document (the fuzz tests hold the app to it).
+_BAD_BODY = {400: {"description": "the body is not JSON"}, 422: {"description": "a field is missing or invalid"}}
+_LOGGED_IN = {401: {"description": "not logged in (or a stale cookie)"}}
+_BUSY = {503: {"description": "the votes database is busy; retry after Retry-After seconds"}}
+
+
+def _printable(value: object) -> str | int:
+    """A value as JSON can always carry it: lone surrogates escaped (``\\ud83d``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def validation_errors(errors: list[dict]) -> list[dict]:
+    """FastAPI's 422 details without the input echoed back (``input``, ``ctx``): an input of nan,
+    1e400 or a lone surrogate cannot be written as JSON, which made the error itself a 500."""
+    return [{"type": _printable(e.get("type", "")), "loc": [_printable(x) for x in e.get("loc", ())],
+             "msg": _printable(e.get("msg", ""))} for e in errors]
 
 
 def _static(name: str) -> str:
@@ -94,15 +126,32 @@ def create_app(store: JudgeStore, password: str | None = None, max_votes: int | 
         response.headers.update(_HEADERS)
         return response
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def database_busy(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        # Another writer held the lock past the busy timeout (or the disk is full): the vote was not
+        # stored, and the page retries; this is the server's state, not a bug in the request.
+        return JSONResponse({"detail": f"the votes database is unavailable ({exc}); try again"}, status_code=503,
+                            headers={"Retry-After": "2", **_HEADERS})
+
+    @app.get("/health", responses=_BUSY)
+    def health() -> dict:
+        store.count_comparisons()  # the database answers
+        return {"status": "ok"}
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return _static("page.html")
 
-    @app.get("/favicon.ico")
+    @app.get("/favicon.ico", status_code=204, response_class=Response)
     def favicon() -> Response:
         return Response(status_code=204)
 
-    @app.get("/static/{name}")
+    @app.get("/static/{name}", response_class=Response, responses={
+        200: {"content": {"text/javascript": {}, "text/css": {}}}, 404: {"description": "no such file"}})
     def static(name: str) -> Response:
         if name not in _STATIC:
             raise HTTPException(404)
@@ -112,7 +161,7 @@ def create_app(store: JudgeStore, password: str | None = None, max_votes: int | 
     def config() -> dict:
         return {"password_required": bool(password), "results": show_results}
 
-    @app.post("/api/login")
+    @app.post("/api/login", responses={**_BAD_BODY, 401: {"description": "wrong password"}, **_BUSY})
     def login(body: Login, response: Response) -> dict:
         if password and not hmac.compare_digest(body.password.encode(), password.encode()):
             raise HTTPException(401, "wrong password")
@@ -128,7 +177,7 @@ def create_app(store: JudgeStore, password: str | None = None, max_votes: int | 
         response.delete_cookie(COOKIE, httponly=True, samesite="strict")
         return {}
 
-    @app.get("/api/next")
+    @app.get("/api/next", responses={**_LOGGED_IN, **_BUSY})
     def next_comparison(who: CurrentVoter) -> dict:
         c = store.next_comparison(who.id, max_votes)
         shown = None
@@ -139,7 +188,8 @@ def create_app(store: JudgeStore, password: str | None = None, max_votes: int | 
                      "right": outputs["b" if left == "a" else "a"]}
         return {"name": who.name, "progress": store.progress(who.id, max_votes), "comparison": shown}
 
-    @app.post("/api/vote")
+    @app.post("/api/vote", responses={**_BAD_BODY, **_LOGGED_IN, 404: {"description": "no such comparison"},
+                                      409: {"description": "voted otherwise before; votes are final"}, **_BUSY})
     def vote(ballot: Ballot, who: CurrentVoter) -> dict:
         choice: str = ballot.choice
         if choice in ("left", "right"):
@@ -160,11 +210,12 @@ def create_app(store: JudgeStore, password: str | None = None, max_votes: int | 
         def results_page() -> str:
             return _static("results.html")
 
-        @app.get("/api/results")
+        @app.get("/api/results", responses={**_LOGGED_IN, **_BUSY})
         def results(who: CurrentVoter) -> JSONResponse:
             return JSONResponse({"pairs": [r.to_dict() for r in pair_results(store.votes())]})
 
-        @app.get("/api/results.png")
+        @app.get("/api/results.png", response_class=Response,
+                 responses={200: {"content": {"image/png": {}}}, **_LOGGED_IN, **_BUSY})
         def results_png(who: CurrentVoter) -> Response:
             return Response(plot(pair_results(store.votes())), media_type="image/png")
 

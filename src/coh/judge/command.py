@@ -15,8 +15,12 @@ import argparse
 import ipaddress
 import json
 import os
+import socket
+import sqlite3
 import sys
 from pathlib import Path
+
+from coh.cli import non_negative_float, positive_float, positive_int, probability, seed_int
 
 DEFAULT_PORT = 8010
 PASSWORD_ENV = "COH_JUDGE_PASSWORD"
@@ -37,13 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "[,api_key_env=VAR] (URL as for the OpenAI client, e.g. http://127.0.0.1:8000/v1) or "
                         "NAME:file=PATH (rows with 'prompt' and 'output')")
     p.add_argument("--output", "-o", required=True, help="comparisons file to write (.jsonl)")
-    p.add_argument("--limit", type=int, default=None, help="the first N prompts only")
-    p.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed sent with each request (default 0)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight per system (default 4)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
+    p.add_argument("--limit", type=positive_int, default=None, help="the first N prompts only")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first prompt row that cannot be used (an empty reply of a dialogue row, a "
+                        "missing field), naming its file, line and field; by default such rows are skipped and "
+                        "counted")
+    p.add_argument("--max-tokens", type=positive_int, default=256, help="longest reply in tokens (default 256)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.7, help="sampling temperature (default 0.7)")
+    p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling, in (0, 1] (default 1.0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="sampling seed sent with each request (default 0)")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight per system (default 4)")
+    p.add_argument("--timeout", type=positive_float, default=300.0, help="seconds per request (default 300)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(judge_func=_run_prepare)
 
@@ -55,9 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "hand); may be left out when --db already holds them")
     p.add_argument("--db", help="votes database (default: the comparisons file with suffix .sqlite)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port, 1 to 65535 (default {DEFAULT_PORT})")
     p.add_argument("--password", default=None, help=f"shared password for voters (or set ${PASSWORD_ENV})")
-    p.add_argument("--max-votes", type=int, default=None,
+    p.add_argument("--max-votes", type=positive_int, default=None,
                    help="stop showing a comparison once it has this many votes (default: everyone judges all)")
     p.add_argument("--hide-results", action="store_true",
                    help="no results page while the study runs (so voters are not swayed)")
@@ -81,26 +89,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(judge_func=_run_export)
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    return args.judge_func(args)
+    try:
+        return args.judge_func(args)
+    except sqlite3.DatabaseError as e:  # a database that broke while in use (corrupt, disk full, locked)
+        raise ValueError(f"votes database: {e}") from e
+    except OSError as e:  # a file named on the command line, or a disk that is full
+        if isinstance(e, FileNotFoundError) and not e.filename:
+            raise
+        raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from e
 
 
-def _positive(value: int | None, flag: str) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{flag} must be at least 1, got {value}")
+def _output_file(path: str, flag: str = "--output") -> None:
+    """Fail now, not after minutes of work, when ``path`` cannot be written as a file."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{flag} {path}: a folder; give a file name")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder")
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from coh.judge.sources import Generation, SystemSpec, prepare, read_prompts
+    from coh.judge.sources import Generation, SetAside, SystemSpec, prepare, read_prompts
 
-    for value, flag in ((args.limit, "--limit"), (args.max_tokens, "--max-tokens"),
-                        (args.concurrency, "--concurrency")):
-        _positive(value, flag)
+    _output_file(args.output)
     systems = [SystemSpec.parse(s) for s in args.system]
-    prompts, skipped = read_prompts(args.prompts, args.limit)
+    set_aside = None if args.strict else SetAside()
+    prompts, skipped = read_prompts(args.prompts, args.limit, set_aside)
     gen = Generation(args.max_tokens, args.temperature, args.top_p, args.seed, args.timeout, args.concurrency)
     summary = prepare(prompts, systems, gen, args.output, progress=not args.no_progress and sys.stderr.isatty())
     print(f"prompts: {len(prompts)}" + "".join(f"; skipped {n}: {why}" for why, n in skipped.items()))
+    if set_aside:
+        print(f"  {set_aside.summary()} (--strict stops at such a row instead)")
+        for r in set_aside.rows[:5]:
+            print(f"    line {r['line']}" + (f", field '{r['field']}'" if r["field"] else "") + f": {r['problem']}")
+        if len(set_aside) > 5:
+            print(f"    ... and {len(set_aside) - 5} more")
     for name, info in summary["systems"].items():
         notes = [f"{k}={v}" for k, v in info.items() if k not in ("empty",)]
         print(f"  {name}: {', '.join(notes)}; empty outputs: {info['empty']}")
@@ -122,6 +157,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """The address can be listened on now, so the page's URL is not printed for a server that cannot
+    start (uvicorn would only log the error after it)."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as e:
+        raise ValueError(f"--host {host}: not an address of this machine ({e})") from None
+    with socket.socket(family, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port or --host") from None
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -129,17 +179,20 @@ def _run_serve(args: argparse.Namespace) -> int:
     from coh.judge.sources import read_comparisons
     from coh.judge.store import JudgeStore
 
-    _positive(args.max_votes, "--max-votes")
+    _check_bindable(args.host, args.port)
     if not args.comparisons and not args.db:
         raise ValueError("give a comparisons file (from `coh judge prepare`) or --db with comparisons in it")
     db = args.db or str(Path(args.comparisons).with_suffix(".sqlite"))
     rows = read_comparisons(args.comparisons) if args.comparisons else []
     store = JudgeStore(db)
+    n = {"identical": 0}
     if rows:
         n = store.add_comparisons(rows)
         print(f"comparisons: {n['added']} added, {n['existing']} already in {db}"
               + (f"; {n['identical']} pair(s) with identical outputs left out" if n["identical"] else ""))
     total = store.count_comparisons()
+    if total == 0 and n["identical"]:
+        raise ValueError(f"nothing to judge: in every comparison the outputs are identical ({n['identical']} pair(s))")
     if total == 0:
         raise ValueError(f"{db}: no comparisons to judge; give the comparisons file")
     password = args.password or os.environ.get(PASSWORD_ENV) or None
@@ -167,6 +220,8 @@ def _open_store(path: str):
 def _run_results(args: argparse.Namespace) -> int:
     from coh.judge.stats import format_table, pair_results, plot
 
+    if args.plot:
+        _output_file(args.plot, "--plot")
     results = pair_results(_open_store(args.db).votes())
     if args.json:
         print(json.dumps({"pairs": [r.to_dict() for r in results]}, indent=2, ensure_ascii=False))
@@ -181,11 +236,15 @@ def _run_results(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from coh.judge.export import export_preferences
 
+    _output_file(args.output)
     s = export_preferences(_open_store(args.db), args.output, args.aggregate)
     print(f"votes: {s['votes']}; preference rows written: {s['rows']} -> {args.output}")
     print(f"not preferences, not written: tie {s['tie']}, neither {s['neither']}"
           + (f", comparisons split evenly {s['split_evenly']}" if "split_evenly" in s else ""))
     print(f"comments written: {s['comments']}, left out (on ties, 'neither' or the losing side): "
           f"{s['comments_left_out']}")
-    print(f"next: coh data build -s preference:{args.output} -o DIR")
+    if s["rows"]:
+        print(f"next: coh data build -s preference:{args.output} -o DIR")
+    else:
+        print("no decisive vote yet, so no preference row: nothing to build training data from")
     return 0

@@ -13,6 +13,8 @@ Files:
   shared context becomes the prompt.
 - a system's outputs (``NAME:file=PATH``): rows with ``prompt`` and ``output``, matched to the
   prompts by prompt text.
+- rows that cannot be used are recorded in a ``SetAside`` (file, line, field, problem) when the
+  caller gives one, and stop the reading with a ``DataError`` when it does not.
 - comparisons (what ``coh judge prepare`` writes and ``coh judge serve`` reads):
   ``{"id", "prompt": [messages], "outputs": {"SYSTEM": "text", ...}}``, two systems or more;
   every pair of systems becomes one comparison.
@@ -25,11 +27,11 @@ import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coh.data.errors import DataError, RowError, describe
-from coh.data.io import atomic_writer, iter_local_rows
+from coh.data.io import atomic_writer, iter_local_raw_rows, iter_local_rows
 from coh.data.sources import CONVERTERS, Skip, _prompt_turns
 
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
@@ -48,6 +50,45 @@ class Prompt:
         return json.dumps(self.messages, ensure_ascii=False, sort_keys=True)
 
 
+@dataclass
+class SetAside:
+    """Rows left out because they cannot be used (an empty reply, a missing field, ...), each as
+    ``DataError.as_dict()``: file, line, field, problem. Readers given one record such a row here
+    and go on; readers given none stop at it. Rows are only pointed at, never copied or changed."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, error: DataError) -> None:
+        self.rows.append(error.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def reasons(self) -> dict[str, int]:
+        """Counts by field and problem, most common first (the value found is left out: ``expected
+        a string, got int 5`` counts as ``expected a string``)."""
+        counts: dict[str, int] = {}
+        for r in self.rows:
+            key = (f"{r['field']}: " if r["field"] else "") + r["problem"].split(", got ")[0]
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def summary(self, listed_in: str | None = None) -> str:
+        """One line: how many, why, where they are listed, and the first one's place and problem."""
+        if not self.rows:
+            return "no rows set aside"
+        first = self.rows[0]
+        why = "; ".join(f"{n} x {k}" for k, n in self.reasons().items())
+        place = DataError(first["file"], first["line"], first["field"], first["problem"]).message
+        listed = f", listed in {listed_in}" if listed_in else ""
+        return f"{len(self.rows)} unusable row(s) skipped ({why}){listed}; the first: {place}"
+
+    def write(self, path: str | Path) -> None:
+        with atomic_writer(path) as f:
+            for r in self.rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
 def _messages(row: dict) -> list[dict]:
     return [{"role": t.role, "content": t.text} for t in _prompt_turns(row)]
 
@@ -60,19 +101,28 @@ def _row_id(row: dict, line: int) -> str:
     return str(pid)
 
 
-def read_prompts(spec: str, limit: int | None = None) -> tuple[list[Prompt], dict[str, int]]:
+def read_prompts(spec: str, limit: int | None = None, set_aside: SetAside | None = None
+                 ) -> tuple[list[Prompt], dict[str, int]]:
     """Prompts from ``FILE`` (rows with ``prompt``) or ``KIND:FILE`` (a ``coh data`` source kind).
-    Returns the prompts and counts of rows left out on purpose (by reason). Bad rows raise
-    DataError with file, line and field."""
+    Returns the prompts and counts of rows left out on purpose (by reason). A bad row raises
+    DataError with file, line and field, or with ``set_aside`` is recorded there and skipped."""
     kind, sep, path = spec.partition(":")
+    if sep and kind not in CONVERTERS and kind.isidentifier() and len(kind) > 1 and not Path(spec).exists():
+        raise ValueError(f"--prompts {spec}: unknown kind '{kind}'; expected a file, or KIND:FILE with KIND one of "
+                         f"{', '.join(sorted(CONVERTERS))}")
     if not sep or kind not in CONVERTERS:
         kind, path = "", spec
     prompts: list[Prompt] = []
     skipped: dict[str, int] = {}
     seen: set[str] = set()
-    for line, row in iter_local_rows(path):
+    for line, row, _ in iter_local_raw_rows(path):
         if limit is not None and len(prompts) >= limit:
             break
+        if isinstance(row, DataError):  # a line that could not be read as JSON
+            if set_aside is None:
+                raise row
+            set_aside.add(row)
+            continue
         try:
             if not isinstance(row, dict):
                 raise RowError(None, f"expected a JSON object, got {describe(row)}")
@@ -86,14 +136,19 @@ def read_prompts(spec: str, limit: int | None = None) -> tuple[list[Prompt], dic
                 messages = _messages(row)
             pid = _row_id(row, line)
         except RowError as e:
-            raise e.at(path, line) from None
+            if set_aside is None:
+                raise e.at(path, line) from None
+            set_aside.add(e.at(path, line))
+            continue
         prompt = Prompt(pid, messages)
         if prompt.id in seen:
             raise DataError(path, line, "id", f"id '{prompt.id}' appears twice; prompt ids must be unique")
         seen.add(prompt.id)
         prompts.append(prompt)
     if not prompts:
-        raise DataError(path, None, None, "no prompts found")
+        found = f"; {set_aside.summary()}" if set_aside else ""
+        raise DataError(path, None, None, f"no prompts found{found}" + (
+            f" (is '{kind}' the right kind?)" if kind and set_aside else ""))
     return prompts, skipped
 
 
@@ -118,6 +173,13 @@ class SystemSpec:
             raise ValueError(f"system '{self.name}': give exactly one of url=URL or file=PATH")
         if self.file is not None and (self.model or self.feedback or self.api_key_env):
             raise ValueError(f"system '{self.name}': model, feedback and api_key_env apply to url= systems only")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"system '{self.name}': url={self.url}: expected an http:// or https:// URL such as "
+                             "http://127.0.0.1:8000/v1")
+        if self.file == "":
+            raise ValueError(f"system '{self.name}': file= names no file")
+        if self.feedback is not None and not self.feedback.strip():
+            raise ValueError(f"system '{self.name}': feedback= is blank; give good, bad, none or a phrase")
 
     @staticmethod
     def parse(text: str) -> SystemSpec:
@@ -164,17 +226,38 @@ def _error(system: SystemSpec, what: str, response) -> ValueError:
     return ValueError(f"system '{system.name}': {what} {response.request.url} answered HTTP {response.status_code}: {body}")
 
 
+def unreachable(system: SystemSpec, url: str, error: Exception) -> ValueError:
+    """A request that got no answer at all, said in words: which system, which URL, and why."""
+    import httpx
+
+    why = {httpx.ConnectError: "nothing answers there (is the server running, on that port?)",
+           httpx.TimeoutException: "no answer in time (--timeout)", httpx.UnsupportedProtocol:
+           "not an http:// or https:// URL", httpx.InvalidURL: "not a valid URL"}
+    reason = next((text for kind, text in why.items() if isinstance(error, kind)), type(error).__name__)
+    return ValueError(f"system '{system.name}': {url}: {reason} ({error})")
+
+
 def served_model(client, system: SystemSpec) -> str:
     """``model`` of the spec, else the first model the server lists at ``GET {url}/models``."""
+    import httpx
+
     if system.model:
         return system.model
-    r = client.get(f"{system.url.rstrip('/')}/models", headers=_headers(system))
+    url = f"{system.url.rstrip('/')}/models"
+    try:
+        r = client.get(url, headers=_headers(system))
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
+        raise unreachable(system, url, e) from None
     if r.status_code != 200:
         raise _error(system, "model list (give model=NAME to skip it):", r)
-    data = r.json().get("data") or []
-    if not data or "id" not in data[0]:
-        raise ValueError(f"system '{system.name}': {system.url}/models lists no model; give model=NAME")
-    return data[0]["id"]
+    try:
+        data = r.json().get("data") or []
+        model = data[0]["id"]
+    except (ValueError, AttributeError, LookupError, TypeError):
+        raise ValueError(f"system '{system.name}': {url} lists no model ({r.text[:200]!r}); give model=NAME") from None
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"system '{system.name}': {url} lists a model without a name; give model=NAME")
+    return model
 
 
 def generate(system: SystemSpec, prompts: list[Prompt], gen: Generation, progress=None) -> tuple[list[str], int]:
@@ -195,8 +278,8 @@ def generate(system: SystemSpec, prompts: list[Prompt], gen: Generation, progres
                 body["feedback"] = system.feedback
             try:
                 r = client.post(url, json=body, headers=headers)
-            except httpx.HTTPError as e:
-                raise ValueError(f"system '{system.name}': {url}: {type(e).__name__}: {e}") from None
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
+                raise unreachable(system, url, e) from None
             if r.status_code != 200:
                 raise _error(system, f"prompt '{prompt.id}':", r)
             try:

@@ -122,18 +122,42 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+_OURS = {"meta", "comparisons", "voters", "votes"}  # a database holding these is one of ours (tables added later are made)
+
+
 class JudgeStore:
-    """The votes database at ``path`` (created with its schema when missing)."""
+    """The votes database at ``path`` (created with its schema when missing or empty). A file that
+    is not SQLite, or an SQLite database of something else, is refused with a ValueError and left
+    as it was."""
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 30.0):
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        if self.path.is_dir():
+            raise ValueError(f"{self.path}: a folder, not a votes database file")
+        blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ValueError(f"{self.path}: {blocking} is a file, not a folder")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)", (secrets.token_hex(32),))
-            self.secret = bytes.fromhex(db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()[0])
+        try:
+            with self._connect() as db:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                foreign = bool(tables) and not _OURS.issubset(tables)
+                if not foreign:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(_SCHEMA)
+                    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)", (secrets.token_hex(32),))
+                    secret = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()[0]
+        except sqlite3.DatabaseError as e:  # "file is not a database", "unable to open database file", ...
+            raise ValueError(f"{self.path}: cannot be used as a votes database: {e}") from None
+        if foreign:
+            raise ValueError(f"{self.path}: an SQLite database, but not one of coh judge (its tables: "
+                             f"{', '.join(sorted(tables)[:8])}); give the votes database `coh judge serve` made, "
+                             "or a new file")
+        try:
+            self.secret = bytes.fromhex(secret)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.path}: not a coh judge votes database (its secret is unreadable)") from None
 
     # -- connections --------------------------------------------------------------------------
     @contextlib.contextmanager
