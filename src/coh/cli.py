@@ -292,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_inspect_args(p)
     p.set_defaults(func=_run_data_inspect)
     p = sub.add_parser("train", help="CoH fine-tuning of any Hugging Face causal LM",
-                       description="Chain-of-Hindsight fine-tuning: a YAML recipe plus KEY=VALUE overrides.")
+                       description="Chain-of-Hindsight fine-tuning: a YAML recipe plus KEY=VALUE overrides. "
+                                   "Run again in the same output_dir, it resumes from the newest checkpoint; "
+                                   "a checkpoint trained with other settings is refused unless "
+                                   "resume_with_changes=true. It stops (exit status 1) at the first NaN or "
+                                   "infinite loss or gradient norm, keeping the last good checkpoint.")
     _train_args(p)
     p.set_defaults(func=_run_train)
     for name, (module_name, text) in STAGES.items():

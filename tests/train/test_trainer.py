@@ -132,7 +132,7 @@ def test_modes_shape_the_records():
 def test_problems_are_reported_before_any_compute(workspace, capsys):
     with pytest.raises(FileNotFoundError, match="no such records file"):
         train(config(workspace, "x", train_data=str(workspace / "nowhere")))
-    with pytest.raises(TrainingError, match="cannot load the tokenizer"):
+    with pytest.raises(TrainingError, match="no-model: no such folder"):
         train(config(workspace, "x", model=str(workspace / "no-model")))
     with pytest.raises(ValueError, match="flash_attention_2"):
         config(workspace, "x", fcm_max_ratio=0.1, attention="flash_attention_2")

@@ -6,27 +6,94 @@
 process's RNG) and ``coh_state.json`` (step, data position, pretraining-stream position). Under
 FSDP the model and optimizer are DCP shards instead (see ``coh.train.distributed``). It is written under a temporary name and
 renamed into place after a ``COMPLETE`` marker, so a run killed mid-save leaves no checkpoint
-that looks whole; resume takes the newest complete one.
+that looks whole; resume takes the newest complete one. ``final/`` is written the same way.
+
+Resuming checks that the checkpoint was trained with the settings of this run (``config_changes``):
+its ``coh.json`` holds the resolved config and a fingerprint of the training records, and each
+resume is appended to its ``resumed`` list with the settings that changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
 COMPLETE = "COMPLETE"
+# Options that may differ from the checkpoint's when a run is resumed: the run's length and what is
+# logged, evaluated or saved, and how (not what) the same update is computed. Any other difference
+# is refused unless resume_with_changes is set. max_steps / epochs also reshape the lr schedule.
+RESUME_MAY_CHANGE = frozenset({
+    "max_steps", "epochs", "output_dir", "resume", "resume_with_changes", "report_to", "log_every", "save_every",
+    "keep_last", "eval_every", "eval_records", "eval_data", "pretrain_eval_data", "gradient_checkpointing",
+    "loss_chunk", "lora_merge",
+})
+_INVOCATION = ("output_dir", "resume", "resume_with_changes")  # how this run was started, not what it trains
+_PATH_OPTIONS = ("model", "tokenizer", "train_data", "eval_data", "pretrain_data", "pretrain_eval_data")
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
+    """Complete checkpoint folders (``checkpoint-<step>`` with the marker), oldest first."""
     root = Path(output_dir)
-    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and (p / COMPLETE).exists()]
+    found = [p for p in root.glob("checkpoint-*")
+             if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir() and (p / COMPLETE).exists()]
     return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
+
+def temporary_folder(dest: Path) -> Path:
+    """Where ``dest`` is written before ``publish_folder`` moves it into place (emptied first)."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish_folder(tmp: Path, dest: Path) -> None:
+    """Mark ``tmp`` complete and rename it to ``dest``. An older ``dest`` is moved aside first and
+    removed only after the rename, so ``dest`` is at every moment either the old folder whole, or
+    the new one whole, or (killed between the two renames) absent: never half written."""
+    (tmp / COMPLETE).write_text("")
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def data_fingerprint(path: Path) -> dict:
+    """Size and SHA-256 of a training records file: a resume can tell a rebuilt file at the same path."""
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"file": str(path), "bytes": path.stat().st_size, "sha256": digest}
+
+
+def _same(key: str, old: object, new: object) -> bool:
+    if old == new:
+        return True
+    # The same file or folder given once relative and once absolute (from the same working folder).
+    if key in _PATH_OPTIONS and isinstance(old, str) and isinstance(new, str) and Path(old).exists():
+        return Path(old).resolve() == Path(new).resolve()
+    return False
+
+
+def config_changes(saved: dict, now: dict, saved_data: dict | None = None, now_data: dict | None = None
+                   ) -> dict[str, tuple[object, object]]:
+    """Options whose value differs between a checkpoint's config (``saved``, its ``coh.json``
+    ``training``) and this run's (``now``): ``{key: (checkpoint's, this run's)}``. Options the
+    checkpoint does not know (it was written by an older version) are not compared. With both
+    fingerprints given, changed contents of the training records count as ``train_data contents``."""
+    changes = {key: (saved[key], value) for key, value in now.items()
+               if key in saved and key not in _INVOCATION and not _same(key, saved[key], value)}
+    if saved_data and now_data and saved_data.get("sha256") != now_data.get("sha256"):
+        changes["train_data contents"] = (f"sha256 {saved_data.get('sha256', '?')[:12]}",
+                                          f"sha256 {now_data['sha256'][:12]}")
+    return changes
 
 
 def save_model_folder(folder: Path, model, tokenizer, coh_info: dict) -> None:
@@ -71,10 +138,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
         (tmp / "coh_state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     accelerator.wait_for_everyone()  # every shard and RNG file is on disk before the marker
     if main:
-        (tmp / COMPLETE).write_text("")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_folder(tmp, final)
         for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from coh.data.errors import DataError
 from coh.data.feedback import FeedbackExample
 from coh.data.fields import record_from_fields
 from coh.data.io import iter_json_lines
@@ -22,25 +23,41 @@ from coh.data.tokenize import RecordTokenizer, tokenize_many
 from coh.train.packing import PackingReport, fit_records, pack_documents
 
 
-def records_file(path: str | Path, split: str) -> Path:
-    """A records file, or ``<folder>/<split>.jsonl`` of a ``coh data build`` folder."""
+def records_file(path: str | Path, split: str, option: str = "train_data") -> Path:
+    """A records file, or ``<folder>/<split>.jsonl`` of a ``coh data build`` folder; ``option``
+    names the setting in the error for a missing one."""
     path = Path(path)
     if path.is_dir():
         path = path / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such records file (give a .jsonl from `coh data build` or its folder)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {path}: no such records file (give a .jsonl from `coh data build` or "
+                                "its folder)")
     return path
 
 
 def read_training_records(path: str | Path) -> list[FeedbackRecord]:
-    """Records of a JSONL file in our format or the original's ``fields`` format (detected per line)."""
+    """Records of a JSONL file in our format or the original's ``fields`` format (detected per line).
+    A line with none of ``segments``, ``fields`` and ``feedback`` is raw feedback data:
+    ``DataError`` saying to run ``coh data build`` on it first."""
     out = []
     for line, obj in iter_json_lines(path):
         if isinstance(obj, dict) and "fields" in obj and "segments" not in obj:
             out.append(record_from_fields(obj, str(path), line))
+        elif isinstance(obj, dict) and not {"segments", "feedback"} & set(obj):
+            raise _raw_data_error(path, line, obj)
         else:
             out.append(record_from_json(obj, str(path), line))
     return out
+
+
+def _raw_data_error(path: str | Path, line: int, obj: dict) -> DataError:
+    from coh.data.sources import CONVERTERS
+
+    keys = ", ".join(sorted(map(str, obj))[:8]) or "none"
+    return DataError(str(path), line, None, (
+        f"not a CoH record (a record has 'segments', or 'fields' in the original's format; this line has: "
+        f"{keys}). It looks like raw feedback data: turn it into records first with `coh data build --source "
+        f"KIND:{path} -o DIR` (KIND one of {', '.join(sorted(CONVERTERS))}), then give train_data=DIR"))
 
 
 def _respace(segments: list[Segment]) -> tuple[Segment, ...]:

@@ -20,13 +20,27 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from coh.train.config import REPORT_TO
+
 logger = logging.getLogger(__name__)
 
-REPORT_TO = ("tensorboard", "wandb", "none")
 # bf16 dense peak (no sparsity), FLOP/s per device; the longest key contained in the device name wins.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "A100": 312e12}
 # Model types whose MLP is up -> act -> down (2 matrices); any other model type is taken as gated (3).
 _UNGATED_MLP = {"gpt2", "gptj", "gpt_neo", "gpt_neox", "gpt_bigcode", "codegen", "opt", "phi", "starcoder2"}
+
+
+def check_trackers(report_to: Sequence[str], installed: bool = True) -> set[str]:
+    """The trackers ``report_to`` asks for (lower case, without ``none``); ``ValueError`` for an
+    unknown name and, with ``installed``, ``ImportError`` naming the pip command for one that is
+    not installed."""
+    targets = {t.lower() for t in report_to} - {"none"}
+    if targets - set(REPORT_TO):
+        raise ValueError(f"report_to: unknown {sorted(targets - set(REPORT_TO))}; choose from {list(REPORT_TO)}")
+    for name in sorted(targets) if installed else []:
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f"report_to has {name!r}, which is not installed: pip install {name}")
+    return targets
 
 
 class RunLog:
@@ -46,14 +60,9 @@ class RunLog:
         self._file: Any = None
         self._tb: Any = None
         self._wandb: Any = None
-        targets = {t.lower() for t in report_to} - {"none"}
-        if targets - set(REPORT_TO):
-            raise ValueError(f"report_to: unknown {sorted(targets - set(REPORT_TO))}; choose from {list(REPORT_TO)}")
+        targets = check_trackers(report_to, installed=enabled)
         if not enabled:
             return
-        for name in sorted(targets):
-            if importlib.util.find_spec(name) is None:
-                raise ImportError(f"report_to has {name!r}, which is not installed: pip install {name}")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a" if resume else "w", encoding="utf-8")
         if "tensorboard" in targets:

@@ -14,17 +14,29 @@ an uninterrupted run does.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from coh.data.records import FeedbackRecord
 from coh.data.tokenize import RecordTokenizer
-from coh.train.checkpoint import complete_checkpoints, load_trainer_state, save_checkpoint, save_model_folder
+from coh.train.checkpoint import (
+    RESUME_MAY_CHANGE,
+    complete_checkpoints,
+    config_changes,
+    data_fingerprint,
+    load_trainer_state,
+    publish_folder,
+    save_checkpoint,
+    save_model_folder,
+    temporary_folder,
+)
 from coh.train.config import TrainConfig
 from coh.train.data import (
     TokenizedSet,
@@ -42,7 +54,19 @@ from coh.train.packing import collate_packed, dense_attention, pack_documents
 
 
 class TrainingError(ValueError):
-    """A problem found before training starts (bad paths, options, model or data)."""
+    """A problem that stops training with a message: bad paths, options, model or data found
+    before training starts, or (``NonFiniteError``) non-finite numbers during it."""
+
+
+class NonFiniteError(TrainingError):
+    """A loss, gradient norm or weight that is NaN or infinite: training stops before it is saved."""
+
+
+# Files of which a tokenizer folder holds at least one (fast tokenizer.json, SentencePiece, BPE vocab
+# + merges, WordPiece vocab, tiktoken). Checked by name because transformers, finding none, blames a
+# missing sentencepiece or tiktoken package instead.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt", "*.tiktoken")
 
 
 # -- loading and checks ------------------------------------------------------------------------------
@@ -53,7 +77,39 @@ def load_tokenizer(cfg: TrainConfig):
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise TrainingError(f"cannot load the tokenizer '{name}': {e}") from None
+        local = "" if Path(name).expanduser().exists() else " (no local folder of that name; as a hub id)"
+        raise TrainingError(f"cannot load the tokenizer '{name}'{local}: {e}") from None
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that cannot be a hub id (``org/name`` or ``name``): absolute, relative to ., ~, deeper."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def check_model_folder(name: str, option: str = "model") -> None:
+    """``option`` names a local folder that must exist (for the model: with config.json, or a peft
+    adapter_config.json), or else a hub id, which transformers checks."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise TrainingError(f"{option} {name}: a file; expected a Hugging Face {option} folder or a hub id")
+    if not path.exists() and _looks_like_path(name):
+        raise TrainingError(f"{option} {name}: no such folder")
+    if option == "model" and path.is_dir() and not any((path / f).exists() for f in ("config.json", "adapter_config.json")):
+        raise TrainingError(f"model {name}: no config.json in this folder, so it is not a Hugging Face model "
+                            "folder (write one with save_pretrained, or convert it with `coh convert`)")
+
+
+def check_tokenizer_folder(name: str, option: str) -> None:
+    """A local folder given as the tokenizer (or the model's, without ``tokenizer=``) must hold a
+    tokenizer's vocabulary files."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return
+    if not any(next(path.glob(pattern), None) for pattern in TOKENIZER_FILES):
+        where = "the model folder" if option == "model" else "the tokenizer folder"
+        raise TrainingError(
+            f"{option} {name}: {where} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Copy the "
+            "tokenizer of the base model into it (tokenizer.save_pretrained), or give tokenizer=PATH_OR_HUB_ID")
 
 
 def load_model(name: str, cfg: TrainConfig):
@@ -147,10 +203,132 @@ def preference_pairs(records: list[FeedbackRecord]) -> list[tuple[FeedbackRecord
     return pairs
 
 
+# -- before anything is loaded ---------------------------------------------------------------------------
+@dataclass
+class RunPlan:
+    """What ``preflight`` found: the records files, the checkpoint to resume from (and the settings
+    that changed since it), the history of resumes for coh.json, and notes for the console."""
+
+    train_path: Path
+    eval_path: Path | None
+    fingerprint: dict
+    resume_from: Path | None = None
+    changes: dict = field(default_factory=dict)
+    resumed: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def preflight(cfg: TrainConfig) -> RunPlan:
+    """Everything that can be wrong with the options, paths, output folder and the checkpoint to
+    resume from, found before a tokenizer or model is loaded. Raises ``TrainingError`` (or
+    ``FileNotFoundError`` for a missing records file) with a message that says what to do."""
+    from coh.train.metrics import check_trackers
+    from coh.train.pretrain import JSONL_SUFFIXES, TEXT_SUFFIXES
+
+    cfg.check()
+    if not cfg.model or not cfg.train_data:
+        raise TrainingError("give model=NAME_OR_PATH and train_data=RECORDS (a `coh data build` folder or .jsonl)")
+    check_model_folder(cfg.model)
+    if cfg.tokenizer:
+        check_model_folder(cfg.tokenizer, "tokenizer")
+    check_tokenizer_folder(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
+    train_path = records_file(cfg.train_data, "train")
+    notes = []
+    if cfg.eval_data:
+        eval_path = records_file(cfg.eval_data, "eval", "eval_data")
+        if eval_path.stat().st_size == 0:
+            raise TrainingError(f"eval_data {eval_path}: the file is empty")
+    else:
+        built = Path(cfg.train_data) / "eval.jsonl"
+        eval_path = built if Path(cfg.train_data).is_dir() and built.exists() and built.stat().st_size else None
+        if eval_path is None:
+            notes.append("no evaluation: " + (f"{built} is empty" if built.exists() else
+                                              "give eval_data=RECORDS, or a `coh data build` folder with eval.jsonl"))
+    for option in ("pretrain_data", "pretrain_eval_data"):
+        source = getattr(cfg, option)
+        if source and source != "c4" and not source.startswith("hub:") and not Path(source).exists() and (
+                source.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES) or _looks_like_path(source)):
+            raise TrainingError(f"{option} {source}: no such file or folder")
+    try:
+        check_trackers(cfg.report_to)
+    except ImportError as e:
+        raise TrainingError(str(e)) from None
+    out = Path(cfg.output_dir)
+    existing = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        raise TrainingError(f"output_dir {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"output_dir {out}: {existing} is not writable")
+    plan = RunPlan(train_path, eval_path, data_fingerprint(train_path), notes=notes)
+    checkpoints = complete_checkpoints(out) if cfg.resume and out.is_dir() else []
+    if checkpoints:
+        plan.resume_from = checkpoints[-1]
+        info_file = plan.resume_from / "coh.json"
+        try:
+            saved = json.loads(info_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TrainingError(f"{info_file}: cannot read the checkpoint's settings ({e}); resume=false starts "
+                                "afresh, or use another output_dir") from None
+        plan.changes = config_changes(saved.get("training", {}), cfg.to_dict(), saved.get("data"), plan.fingerprint)
+        refused = {k: v for k, v in plan.changes.items() if k not in RESUME_MAY_CHANGE}
+        if refused and not cfg.resume_with_changes:
+            listed = "\n".join(f"  {k}: {old!r} (checkpoint) -> {new!r} (now)" for k, (old, new) in refused.items())
+            raise TrainingError(
+                f"output_dir {out} holds {plan.resume_from.name} of a run with other settings:\n{listed}\n"
+                "Continuing it would silently mix the two. Use another output_dir for a new run, put the "
+                "checkpoint's settings back, or give resume_with_changes=true to continue from it with the new "
+                "settings (coh.json records the change).")
+        step = json.loads((plan.resume_from / "coh_state.json").read_text(encoding="utf-8"))["step"]
+        plan.resumed = [*saved.get("resumed", []), {
+            "step": step, "checkpoint": plan.resume_from.name,
+            "changes": {k: {"checkpoint": old, "now": new} for k, (old, new) in plan.changes.items()}}]
+    return plan
+
+
+def apply_optimizer_settings(optimizer, scheduler, cfg: TrainConfig) -> None:
+    """After resuming with changed settings: the checkpoint's optimizer and scheduler state hold the
+    old lr, betas and weight decay; put this run's in, with the lr of the current step under this
+    run's schedule, so that what coh.json records is what runs."""
+    for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):
+        group.update(initial_lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=decay)
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    lrs = [cfg.lr * schedule(scheduler.last_epoch) for schedule in scheduler.lr_lambdas]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports until the next scheduler.step()
+
+
+def nonfinite_weights(model, accelerator) -> int:
+    """Trainable weights that are NaN or infinite, over every process (FSDP: each process's shards).
+    One float64 sum per tensor finds them (a NaN or inf makes the sum non-finite) without a
+    tensor-sized temporary; only then are they counted one by one."""
+    sharded = accelerator.num_processes > 1 and is_sharded(model)
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad]
+    sums = torch.stack([p.detach().sum(dtype=torch.float64) for p in local]) if local else torch.zeros(1)
+    suspect = (~torch.isfinite(sums)).sum().to(accelerator.device)
+    if sharded:  # every process takes the same branch below: the count is a collective too
+        suspect = accelerator.reduce(suspect, "sum")
+    if not int(suspect):
+        return 0
+    bad = sum(((~torch.isfinite(p.detach())).sum() for p in local), torch.zeros((), dtype=torch.int64))
+    bad = bad.to(accelerator.device)
+    return int(accelerator.reduce(bad, "sum") if sharded else bad)
+
+
+def _nonfinite_advice(cfg: TrainConfig, last_checkpoint: Path | None) -> str:
+    where = (f"The last good checkpoint is {last_checkpoint}; lower lr (now {cfg.lr:g}) or max_grad_norm, or "
+             "check the data, then run again with resume_with_changes=true to continue from it."
+             if last_checkpoint is not None else
+             f"No checkpoint was written before it (save_every={cfg.save_every}); lower lr (now {cfg.lr:g}) or "
+             "max_grad_norm, or check the data, and start again.")
+    return f"Nothing of this step was saved. {where}"
+
+
 # -- the loop ------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     """Train as configured; returns the final evaluation. ``_stop_after`` (tests) raises right
-    after that step's checkpoint is written, as a crash would."""
+    after that step's checkpoint is written, as a crash would. Stops with ``NonFiniteError`` at
+    the first NaN or infinite loss or gradient norm (before the update) or weight (before saving)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -165,11 +343,9 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         plot_loss_curves,
     )
 
-    # Everything that can be wrong with paths and options is found before any model is loaded.
-    train_path = records_file(cfg.train_data, "train")
-    eval_path = Path(cfg.eval_data) if cfg.eval_data else None
-    if eval_path is None and Path(cfg.train_data).is_dir() and (Path(cfg.train_data) / "eval.jsonl").exists():
-        eval_path = Path(cfg.train_data) / "eval.jsonl"
+    # Everything that can be wrong with paths, options and the checkpoint is found before any model is loaded.
+    run = preflight(cfg)
+    train_path, eval_path, resume_from = run.train_path, run.eval_path, run.resume_from
     set_seed(cfg.seed)
     fsdp = cfg.distributed == "fsdp"
     # cpu=True on machines without CUDA: accelerate then runs several processes over gloo (MULTI_CPU).
@@ -187,12 +363,18 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
                             cfg.seed, cfg.resample_each_epoch)
     records, data, plan = epochs.get(0)
     eval_set = None
-    if eval_path is not None and eval_path.exists() and eval_path.stat().st_size > 0:
+    if eval_path is not None:
         pairs = preference_pairs(read_training_records(eval_path)[: cfg.eval_records or None])
         eval_set = prepare_eval(load_eval(cfg, eval_path, rtok), pairs, rtok, cfg.micro_batch_tokens)
 
-    checkpoints = complete_checkpoints(out_dir) if cfg.resume else []
-    resume_from = checkpoints[-1] if checkpoints else None
+    world = accelerator.num_processes
+    per_step = cfg.gradient_accumulation_steps * world
+    steps_per_epoch = math.ceil(len(plan.bins) / per_step)  # of epoch 0; resampled epochs may differ a little
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    resume_step = run.resumed[-1]["step"] if resume_from is not None else 0
+    if resume_step > total_steps:
+        raise TrainingError(f"output_dir {out_dir} holds {resume_from.name}, past the {total_steps} steps of this "
+                            "run: raise max_steps (or epochs), or use another output_dir")
     # Under FSDP a checkpoint holds shards, with LoRA only the adapter: load the base model, then
     # read the shards into it or put the adapter on it.
     from_checkpoint = resume_from is not None and not fsdp and not cfg.lora_r
@@ -204,11 +386,6 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     if fsdp:
         model = shard_model(model, accelerator.device, accelerator.num_processes, cfg.dtype == "bfloat16")
     pretrain, pretrain_eval = _pretrain_streams(cfg, tokenizer, (accelerator.process_index, accelerator.num_processes))
-
-    world = accelerator.num_processes
-    per_step = cfg.gradient_accumulation_steps * world
-    steps_per_epoch = math.ceil(len(plan.bins) / per_step)  # of epoch 0; resampled epochs may differ a little
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim >= 2]
@@ -230,10 +407,15 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         start_step, epoch, epoch_start = state["step"], state["epoch"], state["epoch_start"]
         if pretrain is not None and state.get("pretrain") is not None:
             pretrain.load_state_dict(state["pretrain"])
+        if run.changes:
+            apply_optimizer_settings(optimizer, scheduler, cfg)
     # prompt_format tells `coh serve` how the model saw its context: the CoH text, or the chat template.
+    # training: the settings in force from the last resume on; resumed: each resume and what changed at it.
     templated = any(rtok.uses_template(r) for r in records[:5000])
     coh_info = {"phrases": phrases_of(records), "mode": cfg.mode, "prompt_format": "chat-template" if templated else "coh",
-                "training": cfg.to_dict()}
+                "training": cfg.to_dict(), "data": run.fingerprint}
+    if run.resumed:
+        coh_info["resumed"] = run.resumed
     log = RunLog(out_dir, cfg.report_to, cfg.to_dict(), resume=resume_from is not None, enabled=main)
     if resume_from is not None:
         log.truncate_after(start_step)
@@ -241,6 +423,11 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         print(plan.report.describe())
         print(f"{len(data)} training records, {total_steps} optimizer steps ({steps_per_epoch} per epoch), "
               f"{per_step} micro-batches per step" + (f"; resuming from {resume_from.name}" if resume_from else ""))
+        if run.changes:
+            print(f"settings changed since {resume_from.name}: "
+                  + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in run.changes.items()))
+        for note in run.notes:
+            print(note)
 
     _, data, plan = epochs.get(epoch)
     peak_flops = device_peak_flops()
@@ -249,81 +436,112 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     t_window = time.perf_counter()
     bar = ProgressBar(total_steps, initial=start_step, enabled=main)
     final_metrics: dict = {}
-    for step in range(start_step, total_steps):
-        model.train()
-        if (step - epoch_start) * per_step >= len(plan.bins):  # an epoch's last step may be short
-            epoch, epoch_start = epoch + 1, step
-            _, data, plan = epochs.get(epoch)
-        first = (step - epoch_start) * per_step
-        bins = plan.bins[first : first + per_step]
-        mine = bins[accelerator.process_index * cfg.gradient_accumulation_steps:][: cfg.gradient_accumulation_steps]
-        # An epoch's last step may leave a process short: target-free micro-batches keep every process
-        # running the same forwards and backwards, which DDP's and FSDP's collectives need.
-        mine += [[]] * (cfg.gradient_accumulation_steps - len(mine))
-        batches = [collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])], split_rows)
-                   for b in mine]
-        pt_batches = []
-        if pretrain is not None:
-            n_pt = 1 if cfg.pretrain_mode == "step" else _ratio_slots(step, cfg)
-            pt_batches = [pretrain.next_batch(cfg.micro_batch_tokens, split_rows) for _ in range(n_pt)]
-        fb_targets = sum(data.targets(i) for b in bins for i in b)  # the whole step, every process
-        pt_targets = int(accelerator.reduce(torch.tensor(sum(int(b["target_mask"].sum()) for b in pt_batches),
-                                                         device=accelerator.device), "sum")) if pretrain else 0
-        work = [(b, "feedback", bin_) for b, bin_ in zip(batches, mine)] + [(b, "pretrain", None) for b in pt_batches]
-        for result, stream, bin_, batch in accumulate_gradients(model, work, cfg, step, fb_targets, pt_targets,
-                                                                accelerator):
-            _account(window, result, stream, bin_, data, batch)
-        grad_norm = clip_grad_norm(model, accelerator, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        window["steps"] += 1
-        if done % cfg.log_every == 0 or done == total_steps:
-            elapsed = time.perf_counter() - t_window
-            values = _window_values(_sum_over_processes(window, accelerator), elapsed)
-            values.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
-                           "train/epoch": done / steps_per_epoch, "perf/peak_memory_gb": peak_memory_gb()})
-            if peak_flops:  # GPUs only: per device, mean record length as the attention span
-                values["perf/mfu"] = mfu(values["perf/tokens_per_s"] / world, flops_token, peak_flops)
-            log.log(done, values)
-            bar.update(done, values)
-            window.clear()
-            t_window = time.perf_counter()
-        if eval_set is not None and (done % cfg.eval_every == 0 or done == total_steps):
-            final_metrics = evaluate(model, eval_set, cfg, accelerator, pretrain_eval)
-            log.log(done, final_metrics)
-            if main:
-                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()))
-        if done % cfg.save_every == 0 or done == total_steps:
-            state = {"step": done, "epoch": epoch, "epoch_start": epoch_start,
-                     "pretrain": pretrain.state_dict() if pretrain else None}
-            last_checkpoint = save_checkpoint(out_dir, done, model, tokenizer, optimizer, scheduler, state, coh_info,
-                                              cfg.keep_last, accelerator)
-            if _stop_after is not None and done >= _stop_after:
-                raise RuntimeError(f"stopped after step {done} (test)")
+    try:
+        for step in range(start_step, total_steps):
+            model.train()
+            if (step - epoch_start) * per_step >= len(plan.bins):  # an epoch's last step may be short
+                epoch, epoch_start = epoch + 1, step
+                _, data, plan = epochs.get(epoch)
+            first = (step - epoch_start) * per_step
+            bins = plan.bins[first : first + per_step]
+            mine = bins[accelerator.process_index * cfg.gradient_accumulation_steps:][: cfg.gradient_accumulation_steps]
+            # An epoch's last step may leave a process short: target-free micro-batches keep every process
+            # running the same forwards and backwards, which DDP's and FSDP's collectives need.
+            mine += [[]] * (cfg.gradient_accumulation_steps - len(mine))
+            batches = [collate_packed([(data.input_ids[i], data.loss_mask[i]) for i in b] or [([0], [0])], split_rows)
+                       for b in mine]
+            pt_batches = []
+            if pretrain is not None:
+                n_pt = 1 if cfg.pretrain_mode == "step" else _ratio_slots(step, cfg)
+                pt_batches = [pretrain.next_batch(cfg.micro_batch_tokens, split_rows) for _ in range(n_pt)]
+            fb_targets = sum(data.targets(i) for b in bins for i in b)  # the whole step, every process
+            pt_targets = int(accelerator.reduce(torch.tensor(sum(int(b["target_mask"].sum()) for b in pt_batches),
+                                                             device=accelerator.device), "sum")) if pretrain else 0
+            work = [(b, "feedback", bin_) for b, bin_ in zip(batches, mine)] + [(b, "pretrain", None) for b in pt_batches]
+            losses = []
+            for result, stream, bin_, batch in accumulate_gradients(model, work, cfg, step, fb_targets, pt_targets,
+                                                                    accelerator):
+                _account(window, result, stream, bin_, data, batch)
+                losses.append(float(result.loss_sum.detach()))
+            grad_norm = clip_grad_norm(model, accelerator, cfg.max_grad_norm)
+            done = step + 1
+            _stop_if_not_finite(done, losses, grad_norm, cfg, accelerator, last_checkpoint)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            window["steps"] += 1
+            if done % cfg.log_every == 0 or done == total_steps:
+                elapsed = time.perf_counter() - t_window
+                values = _window_values(_sum_over_processes(window, accelerator), elapsed)
+                values.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm),
+                               "train/epoch": done / steps_per_epoch, "perf/peak_memory_gb": peak_memory_gb()})
+                if peak_flops:  # GPUs only: per device, mean record length as the attention span
+                    values["perf/mfu"] = mfu(values["perf/tokens_per_s"] / world, flops_token, peak_flops)
+                log.log(done, values)
+                bar.update(done, values)
+                window.clear()
+                t_window = time.perf_counter()
+            if eval_set is not None and (done % cfg.eval_every == 0 or done == total_steps):
+                final_metrics = evaluate(model, eval_set, cfg, accelerator, pretrain_eval)
+                log.log(done, final_metrics)
+                if main:
+                    bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_metrics.items()))
+            if done % cfg.save_every == 0 or done == total_steps:
+                bad = nonfinite_weights(model, accelerator)
+                if bad:
+                    raise NonFiniteError(f"step {done}: after the update, {bad} weights are NaN or infinite. "
+                                         + _nonfinite_advice(cfg, last_checkpoint))
+                state = {"step": done, "epoch": epoch, "epoch_start": epoch_start,
+                         "pretrain": pretrain.state_dict() if pretrain else None}
+                last_checkpoint = save_checkpoint(out_dir, done, model, tokenizer, optimizer, scheduler, state,
+                                                  coh_info, cfg.keep_last, accelerator)
+                if _stop_after is not None and done >= _stop_after:
+                    raise RuntimeError(f"stopped after step {done} (test)")
+    except BaseException:  # a stopped run keeps its metrics and TensorBoard events up to the stop
+        bar.close()
+        log.close()
+        raise
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        if is_sharded(model):  # consolidated from the shards on disk, never gathered in memory
-            import shutil
-
-            from coh.convert.sharded import export_sharded_checkpoint
-
-            tmp_final = out_dir / ".final.tmp"  # replaces the final/ of an earlier, shorter run only when whole
-            shutil.rmtree(tmp_final, ignore_errors=True)
-            export_sharded_checkpoint(last_checkpoint, tmp_final)
-            shutil.rmtree(out_dir / "final", ignore_errors=True)
-            tmp_final.rename(out_dir / "final")
-        else:
-            save_model_folder(out_dir / "final", accelerator.unwrap_model(model), tokenizer, coh_info)
-        if cfg.lora_r and cfg.lora_merge:  # a plain HF model as well, for tools that do not read adapters
-            merged = accelerator.unwrap_model(model).merge_and_unload()
-            save_model_folder(out_dir / "final-merged", merged, tokenizer, coh_info)
+        save_final(out_dir, accelerator, model, tokenizer, coh_info, last_checkpoint, cfg)
         log.close()
         png = plot_loss_curves(out_dir / "metrics.jsonl", out_dir / "loss_curves.png")
         print(f"model saved to {out_dir / 'final'}" + (f"; loss curves in {png}" if png else ""))
     return final_metrics
+
+
+def save_final(out_dir: Path, accelerator, model, tokenizer, coh_info: dict, last_checkpoint: Path | None,
+               cfg: TrainConfig) -> None:
+    """``final/`` (and with LoRA ``final-merged/``), each written under a temporary name and renamed
+    after a ``COMPLETE`` marker like the checkpoints: an earlier run's final/ stays whole until the
+    new one is. Under FSDP it is exported from the last checkpoint's shards, never gathered in memory."""
+    tmp = temporary_folder(out_dir / "final")
+    if is_sharded(model):
+        from coh.convert.sharded import export_sharded_checkpoint
+
+        export_sharded_checkpoint(last_checkpoint, tmp)
+    else:
+        save_model_folder(tmp, accelerator.unwrap_model(model), tokenizer, coh_info)
+    publish_folder(tmp, out_dir / "final")
+    if cfg.lora_r and cfg.lora_merge:  # a plain HF model as well, for tools that do not read adapters
+        tmp = temporary_folder(out_dir / "final-merged")
+        save_model_folder(tmp, accelerator.unwrap_model(model).merge_and_unload(), tokenizer, coh_info)
+        publish_folder(tmp, out_dir / "final-merged")
+
+
+def _stop_if_not_finite(step: int, losses: list[float], grad_norm: float, cfg: TrainConfig, accelerator,
+                        last_checkpoint: Path | None) -> None:
+    """Before step ``step``'s update: stop on every process at once if any process saw a NaN or
+    infinite loss, or the (global) gradient norm is not finite."""
+    local_bad = not all(math.isfinite(x) for x in losses)
+    if accelerator.num_processes > 1:  # the losses are each process's own: agree, or the others would hang
+        local_bad = bool(accelerator.reduce(torch.tensor(float(local_bad), device=accelerator.device), "sum"))
+    if local_bad or not math.isfinite(grad_norm):
+        found = (f"the loss is not finite (summed loss of each micro-batch: {losses}; gradient norm {grad_norm})"
+                 if local_bad else f"the gradient norm is {grad_norm} (the loss was finite)")
+        raise NonFiniteError(f"step {step}: {found}; stopped before the update. "
+                             + _nonfinite_advice(cfg, last_checkpoint))
 
 
 def accumulate_gradients(model, work: list, cfg: TrainConfig, step: int, fb_targets: int, pt_targets: int,
