@@ -1,0 +1,329 @@
+"""One way to configure every stage: a config dataclass whose fields carry their help text.
+
+A stage declares its options as a dataclass whose fields are made with :func:`option` (a
+default, a help line, and optionally short or old spellings, choices, a positional slot). From it:
+
+- :func:`add_options` builds the stage's flags, one ``--field-name`` per field, with the help and
+  the default shown in ``--help``, plus ``--config FILE`` (a YAML recipe whose keys are the field
+  names) and ``--print-config`` (print the resolved options as YAML and exit);
+- :func:`options_from_args` resolves them: the dataclass defaults, under the recipe, under the
+  flags given on the command line; then the dataclass checks itself (``__post_init__``, usually
+  through :func:`check_fields` plus the stage's own rules);
+- :func:`read_recipe` reads a recipe alone (``coh train --config``, ``coh compare RECIPE``).
+
+Values are checked for their declared type wherever they come from; recipe errors name the file,
+the line where YAML itself failed, and the key. Old spellings stay accepted for a release and print
+a deprecation note naming the new one.
+"""
+
+# argparse over dataclass fields rather than transformers' HfArgumentParser: that one has no
+# positional fields, no recipe-under-flags merge and no deprecated spellings, and shows `--a_b`.
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from coh.data.errors import describe
+
+MISSING = dataclasses.MISSING
+
+
+def option(default: Any = MISSING, help: str = "", *, factory: Any = None, flags: Sequence[str] = (),
+           deprecated: Sequence[str] = (), choices: Sequence[Any] | None = None, metavar: str | None = None,
+           positional: bool = False, cli: bool = True) -> Any:
+    """A config field. ``flags``: extra spellings (``-o``); ``deprecated``: old spellings, still
+    taken with a note on stderr; ``choices``: the allowed values (checked for recipe values too);
+    ``positional``: a command-line argument without a flag (``coh serve MODEL``); ``cli`` False:
+    recipe and Python only (values with no sensible flag form, such as a list of mappings)."""
+    meta = {"help": help, "flags": tuple(flags), "deprecated": tuple(deprecated),
+            "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
+            "positional": positional, "cli": cli}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# -- building the parser ------------------------------------------------------------------------------
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks (examples), options are wrapped as usual."""
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True) -> None:
+    """Flags for every field of the dataclass ``cls`` (see the module docstring). Every flag's
+    default is ``SUPPRESS``: only what the user typed reaches the namespace, so a recipe's value is
+    not overwritten by a default. ``recipe`` False: no ``--config`` (the stage takes its recipe
+    as a positional argument itself)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        hint = hints[f.name]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
+                                  "help": _help_text(meta.get("help", ""), _default_of(f))}
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        choices = meta.get("choices")
+        base = _base_type(hint)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif base is list:
+            kwargs["action"] = _ListAction
+            kwargs.setdefault("metavar", "A,B")
+        else:
+            kwargs["type"] = _parse_value(f.name, hint)
+            if choices is not None:
+                kwargs["choices"] = choices
+        if meta.get("positional"):
+            kwargs.pop("dest")
+            if f.default is not MISSING or f.default_factory is not MISSING:
+                kwargs["nargs"] = "?"
+            kwargs.setdefault("metavar", f.name.upper())
+            parser.add_argument(f.name, **kwargs)
+            continue
+        parser.add_argument(f"--{f.name.replace('_', '-')}", *meta.get("flags", ()), **kwargs)
+        for old in meta.get("deprecated", ()):
+            parser.add_argument(old, **{**kwargs, "help": argparse.SUPPRESS,
+                                        "action": _deprecated(kwargs.get("action", "store"), old,
+                                                              f"--{f.name.replace('_', '-')}")})
+    if recipe:
+        parser.add_argument("--config", dest="_recipe", metavar="FILE", default=None,
+                            help="YAML recipe whose keys are these options (underscores or dashes); "
+                                 "flags given here override it")
+    parser.add_argument("--print-config", dest="_print_config", action="store_true",
+                        help="print the resolved options as YAML and exit")
+    parser.set_defaults(_options=cls)
+
+
+def _help_text(text: str, default: Any) -> str:
+    if default is MISSING:
+        return f"{text} (required)" if text else "(required)"
+    shown = "none" if default is None else (",".join(map(str, default)) if isinstance(default, list) else default)
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    return f"{text} (default: {shown})".replace("%", "%%")
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+class _ListAction(argparse.Action):
+    """``--x a,b`` or ``--x a --x b``: the values of every occurrence, in order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = [v.strip() for v in str(values).split(",") if v.strip()]
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *items])
+
+
+def _deprecated(action: Any, old: str, new: str) -> type[argparse.Action]:
+    base = {"store": argparse._StoreAction}.get(action, action) if isinstance(action, str) else action
+
+    class Deprecated(base):  # type: ignore[misc, valid-type]
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"coh: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Deprecated
+
+
+def _parse_value(name: str, hint: Any):
+    """The argparse ``type`` of a field: text coerced to the declared type (``none`` for an
+    optional field's null)."""
+
+    def parse(text: str) -> Any:
+        if type(None) in _types(hint) and text.strip().lower() in ("none", "null"):
+            return None
+        value = coerce(name, hint, text, raw=text)
+        if _kind_error(hint, value) is not None:
+            raise argparse.ArgumentTypeError(f"expected {_expected(hint)}, got {text!r}")
+        return value
+
+    parse.__name__ = _expected(hint)  # argparse names the type in its error message
+    return parse
+
+
+# -- resolving -------------------------------------------------------------------------------------------
+def options_from_args(cls: type, args: argparse.Namespace, extra: dict | None = None) -> Any:
+    """The config of ``cls``: its defaults, under ``args._recipe``'s YAML (if any), under
+    ``extra`` (values gathered by the stage itself, e.g. deprecated ``KEY=VALUE`` arguments), under
+    the flags present in ``args``. The dataclass validates itself as it is built."""
+    values: dict[str, Any] = {}
+    recipe = getattr(args, "_recipe", None)
+    if recipe:
+        values.update(read_recipe(recipe, cls))
+    values.update(extra or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return cls(**values)
+
+
+def read_recipe(path: str | Path, cls: type) -> dict[str, Any]:
+    """The options of a YAML recipe for ``cls``, keyed by field name and coerced to the declared
+    types. Raises ``ValueError`` naming the file (and the line where YAML failed, or the key)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"recipe {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"recipe {path}: cannot read it ({e})") from None
+    loaded = parse_yaml(text, f"recipe {path}")
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"recipe {path}: expected a mapping of option names to values, got {describe(loaded)}")
+    return coerce_options(cls, {str(k): v for k, v in loaded.items()}, f"recipe {path}")
+
+
+def coerce_options(cls: type, values: dict[str, Any], where: str, raw: dict[str, str] | None = None) -> dict:
+    """``values`` (names with dashes or underscores) checked against the fields of ``cls`` and
+    coerced to their types; unknown names are a ``ValueError`` listing the known ones."""
+    hints = typing.get_type_hints(cls)
+    out = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(out) - set(hints))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown}; expected some of {sorted(hints)}")
+    raw = {k.replace("-", "_"): v for k, v in (raw or {}).items()}
+    return {k: coerce(k, hints[k], v, raw.get(k)) for k, v in out.items()}
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with an error naming ``where`` and the line and column at fault."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{where}: not valid YAML: {problem}{at}") from None
+
+
+def to_yaml(config: Any) -> str:
+    """The config as the YAML recipe that reproduces it (``--print-config``)."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True)
+
+
+# -- types ----------------------------------------------------------------------------------------------
+def _types(hint: Any) -> tuple:
+    """The types a hint allows: ``int | None`` -> (int, NoneType); ``list[str]`` -> (list[str],)."""
+    return (hint,) if typing.get_origin(hint) is list else typing.get_args(hint) or (hint,)
+
+
+def _base_type(hint: Any) -> Any:
+    """bool, int, float, str or list for a field's hint (optional or not); else the hint itself."""
+    for t in _types(hint):
+        if t is type(None):
+            continue
+        return list if typing.get_origin(t) is list else t
+    return hint
+
+
+def coerce(key: str, hint: Any, value: Any, raw: str | None = None) -> Any:
+    """Give a value its declared type where that is unambiguous: YAML reads ``1e-5`` as a string
+    and ``1`` as an int; command-line text is a string. Anything else is left for
+    :func:`check_fields` to refuse by name. ``raw``: the value as typed, kept for string options
+    (``train_data=2024`` is a folder, not 2024)."""
+    if value is None:
+        return None
+    types = _types(hint)
+    if isinstance(value, bool):
+        return value
+    if bool in types and isinstance(value, str):
+        low = value.strip().lower()
+        return {"true": True, "yes": True, "on": True, "1": True,
+                "false": False, "no": False, "off": False, "0": False}.get(low, value)
+    if float in types and isinstance(value, (int, float, str)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if int in types and isinstance(value, (int, float, str)):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if math.isfinite(number) and number == int(number) else number
+    if str in types and isinstance(value, (int, float)) and raw is not None:
+        return raw.strip()
+    if list[str] in types and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+def _expected(hint: Any) -> str:
+    t = _base_type(hint)
+    name = {bool: "true or false", float: "a number", int: "a whole number", str: "a string",
+            list: "a list of strings"}.get(t, str(t))
+    return name + (" or null" if type(None) in _types(hint) else "")
+
+
+def _kind_error(hint: Any, value: Any) -> str | None:
+    """None when ``value`` holds the type ``hint`` declares (``int`` is fine for ``float``,
+    ``bool`` for neither), else what was expected."""
+    types = _types(hint)
+    if value is None and type(None) in types:
+        return None
+    t = _base_type(hint)
+    if t is bool:
+        ok = isinstance(value, bool)
+    elif t is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif t is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif t is str:
+        ok = isinstance(value, str)
+    elif t is list:
+        item = typing.get_args(next(x for x in types if x is not type(None)))
+        ok = isinstance(value, list) and (not item or item[0] is not str or all(isinstance(v, str) for v in value))
+    else:  # a type this check does not know (a mapping, a nested config): the stage checks it
+        return None
+    return None if ok else _expected(hint)
+
+
+def check_fields(config: Any, finite_except: Sequence[str] = ()) -> None:
+    """Refuse, naming the option: a value of the wrong type, a float that is not finite (except
+    the fields in ``finite_except``), a value outside the field's ``choices``."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        expected = _kind_error(hints[f.name], value)
+        if expected is not None:
+            if _base_type(hints[f.name]) is str and isinstance(value, (int, float)):
+                expected += " (quote it in YAML)"
+            raise ValueError(f"option {f.name}: expected {expected}, got {describe(value)}")
+        if isinstance(value, float) and not math.isfinite(value) and f.name not in finite_except:
+            raise ValueError(f"option {f.name}: must be a finite number, got {value}")
+        choices = f.metadata.get("choices")
+        if choices is not None and value is not None:
+            bad = [v for v in (value if isinstance(value, list) else [value]) if v not in choices]
+            if bad:
+                raise ValueError(f"option {f.name}: must be one of {list(choices)}, got {bad[0]!r}")
+
+
+def check_range(config: Any, name: str, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Refuse ``config.name`` outside [low, high] (open ends when asked); None passes."""
+    value = getattr(config, name)
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise ValueError(f"option {name}: must be in {span}, got {value}")
+
