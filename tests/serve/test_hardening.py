@@ -251,7 +251,7 @@ def test_a_client_that_disconnects_cancels_its_request(coh_model_dir, coh_server
         assert "abort" in {r.finish_reason for r in results}
         assert all(len(r.token_ids) < body["max_tokens"] for r in results)
         deadline = time.monotonic() + 60
-        while running.server.disconnects < 2 and time.monotonic() < deadline:
+        while (running.server.disconnects < 2 or running.engine.running()) and time.monotonic() < deadline:
             time.sleep(0.05)
         health = httpx.get(running.url + "/health").json()
         assert health["disconnects"] == 2 and health["running"] == 0 and health["queued"] == 0
@@ -274,6 +274,7 @@ def test_a_long_generation_does_not_hold_up_short_requests(coh_model_dir, coh_se
         while not long_job.results[0].token_ids and time.monotonic() < deadline:
             time.sleep(0.005)
         assert long_job.results[0].token_ids, "the long generation did not start"
+        assert engine.running() == 2  # its two batches of 8 rows, taking turns
         r = post(running, "/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0, "echo": True,
                                               "logprobs": 1})
         assert r.status_code == 200

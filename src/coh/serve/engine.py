@@ -406,6 +406,7 @@ class Engine:
         self._waiting: deque[Job] = deque()
         self._ready: deque[_Generation] = deque()  # generation batches not started yet
         self._running: deque[_Generation] = deque()  # started ones (each holds its KV cache)
+        self._current: _Generation | None = None  # the one running a slice now (out of _running meanwhile)
         self._paused = False
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -468,8 +469,8 @@ class Engine:
         return len(self._waiting)
 
     def running(self) -> int:
-        """Generation batches started or about to start."""
-        return len(self._running) + len(self._ready)
+        """Generation batches in progress or about to start."""
+        return len(self._running) + len(self._ready) + (self._current is not None)
 
     @contextlib.contextmanager
     def paused(self):
@@ -545,7 +546,7 @@ class Engine:
             self._running.append(self._ready.popleft())
         if not self._running:
             return
-        gen = self._running.popleft()
+        gen = self._current = self._running.popleft()
         try:
             finished = gen.run_slice()
         except Exception as e:  # an OOM or a model error fails this batch only; the server stays up
@@ -556,6 +557,7 @@ class Engine:
             finished = True
         if not finished:
             self._running.append(gen)
+        self._current = None
 
     # -- starting a batch ----------------------------------------------------------------------------
     def _count_batch(self, rows: int) -> None:
