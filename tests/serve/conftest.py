@@ -132,7 +132,7 @@ class RunningServer:
 
 
 def make_server(model_dir: Path, name: str = "tiny", api_key: str | None = None, prompt_format: str = "auto",
-                engine=None, **engine_options) -> RunningServer:
+                engine=None, max_body_mb: float = 8.0, **engine_options) -> RunningServer:
     """Load ``model_dir`` (or reuse ``engine``'s model) and serve it."""
     from coh.serve.app import Server
     from coh.serve.engine import Engine, EngineConfig
@@ -141,7 +141,8 @@ def make_server(model_dir: Path, name: str = "tiny", api_key: str | None = None,
     config = EngineConfig(model=str(model_dir), **engine_options)
     engine = Engine(engine.model, engine.tokenizer, config) if engine is not None else Engine.load(config)
     prompter = Prompter.for_model(str(model_dir), engine.tokenizer, prompt_format)
-    return RunningServer(Server(engine, prompter, name, api_key=api_key, max_tokens=32, model_path=str(model_dir)))
+    return RunningServer(Server(engine, prompter, name, api_key=api_key, max_tokens=32, model_path=str(model_dir),
+                                max_body_mb=max_body_mb))
 
 
 @pytest.fixture(scope="session")

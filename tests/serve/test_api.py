@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import torch
 
 from coh.data.feedback import Turn
 from coh.data.phrases import PhraseSet
@@ -31,7 +32,7 @@ def test_openai_client_models_completions_and_chat(scripted_server):
     chat = c.chat.completions.create(model="scripted", messages=[{"role": "user", "content": "hi"}], temperature=0)
     assert chat.choices[0].message.content == SCRIPT and chat.choices[0].finish_reason == "stop"
     assert chat.choices[0].message.role == "assistant"
-    assert chat.usage.completion_tokens == 4 and chat.usage.prompt_tokens > 0
+    assert chat.usage.completion_tokens == 5 and chat.usage.prompt_tokens > 0  # the script's 4 tokens, then EOS
     done = c.completions.create(model="scripted", prompt="User: hi A helpful answer:", max_tokens=2, temperature=0)
     assert done.choices[0].text == " <img src" and done.choices[0].finish_reason == "length"
     stopped = c.completions.create(model="scripted", prompt="User: hi A helpful answer:", max_tokens=10,
@@ -53,7 +54,7 @@ def test_streaming_chat_and_completions_give_the_same_text(scripted_server):
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == SCRIPT
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
-    assert chunks[-1].usage.completion_tokens == 4 and not chunks[-1].choices
+    assert chunks[-1].usage.completion_tokens == 5 and not chunks[-1].choices  # EOS counts
     parts = list(c.completions.create(model="scripted", prompt="User: hi A helpful answer:", max_tokens=10,
                                       temperature=0, stream=True, stop=["(1)"]))
     assert "".join(p.choices[0].text for p in parts) == " <img src onerror=alert"
@@ -103,6 +104,77 @@ def test_echo_logprobs_follow_lm_evals_contract_on_token_id_prompts(coh_server):
                       json={"prompt": a, "echo": True, "logprobs": 1, "max_tokens": 0}).json()["choices"][0]
     assert len(zero["logprobs"]["token_logprobs"]) == len(a) and zero["finish_reason"] == "length"
     assert zero["text"] == tok.decode(a)
+
+
+def test_eos_is_a_generated_token_with_its_logprob_in_usage_and_in_streams(scripted_server):
+    """The scripted model writes EOS after any token but "answer:": the case where lm-eval's
+    ``[ctxlen:-1]`` slice needs the generated EOS entry to drop, not the continuation's last token."""
+    tok, model = scripted_server.engine.tokenizer, scripted_server.engine.model
+    eos = tok.eos_token
+    ids = tok("no colon here", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        assert int(model(torch.tensor([ids])).logits[0, -1].argmax()) == tok.eos_token_id  # EOS is next
+    r = httpx.post(scripted_server.url + "/v1/completions",
+                   json={"prompt": ids, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}).json()
+    (choice,) = r["choices"]
+    lp = choice["logprobs"]
+    assert len(lp["token_logprobs"]) == len(lp["tokens"]) == len(lp["text_offset"]) == len(ids) + 1
+    assert lp["tokens"][-1] == eos and lp["token_logprobs"][-1] == max(lp["top_logprobs"][-1].values())
+    assert lp["token_logprobs"][1:-1] == pytest.approx(reference_logprobs(model, ids), abs=1e-4)
+    assert lp["token_logprobs"][-1] == pytest.approx(
+        reference_logprobs(model, [*ids, tok.eos_token_id])[-1], abs=1e-4)
+    assert choice["text"] == tok.decode(ids) and choice["finish_reason"] == "stop"  # EOS adds no text
+    assert lp["text_offset"][-1] == len(choice["text"])
+    assert r["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}
+
+    # Generation: the script's tokens, then EOS, each with its logprob; text without EOS.
+    body = {"prompt": "User: hi A helpful answer:", "max_tokens": 10, "temperature": 0, "logprobs": 2}
+    whole = httpx.post(scripted_server.url + "/v1/completions", json=body).json()
+    lp = whole["choices"][0]["logprobs"]
+    assert whole["choices"][0]["text"] == " " + SCRIPT and lp["tokens"][-1] == eos
+    assert len(lp["tokens"]) == whole["usage"]["completion_tokens"] == 5
+    assert lp["text_offset"][-1] == len(" " + SCRIPT)
+    # Streamed, the same tokens and logprobs arrive, EOS with the last delta.
+    with httpx.stream("POST", scripted_server.url + "/v1/completions",
+                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as events:
+        chunks = [json.loads(line[6:]) for line in events.iter_lines() if line.startswith("data: {")]
+    parts = [c["choices"][0] for c in chunks if c["choices"]]
+    streamed = [p["logprobs"] for p in parts if p["logprobs"]]
+    assert "".join(p["text"] for p in parts) == " " + SCRIPT
+    assert [t for s in streamed for t in s["tokens"]] == lp["tokens"]
+    assert [v for s in streamed for v in s["token_logprobs"]] == pytest.approx(lp["token_logprobs"])
+    assert [v for s in streamed for v in s["text_offset"]] == lp["text_offset"]
+    assert streamed[-1]["tokens"][-1] == eos and parts[-1]["finish_reason"] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+    # Chat: EOS is the last logprob entry too, and counted.
+    chat = client(scripted_server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "hi"}], temperature=0, logprobs=True, top_logprobs=1)
+    entries = chat.choices[0].logprobs.content
+    assert entries[-1].token == eos and len(entries) == chat.usage.completion_tokens == 5
+    assert chat.choices[0].message.content == SCRIPT
+    chunks = list(client(scripted_server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "hi"}], temperature=0, logprobs=True,
+        stream=True))
+    assert [e.token for ch in chunks if ch.choices and ch.choices[0].logprobs
+            for e in ch.choices[0].logprobs.content] == [e.token for e in entries]
+
+
+def test_the_original_endpoints_follow_the_same_eos_rule(scripted_server):
+    """EasyLM's server cuts its output at the EOS token's text; here EOS ends the text likewise (no
+    EOS text in it) and a context that predicts EOS scores it like the model does."""
+    tok, model = scripted_server.engine.tokenizer, scripted_server.engine.model
+    out = httpx.post(scripted_server.url + "/generate",
+                     json={"prefix_text": ["User: hi A helpful answer:", "no colon here"], "temperature": 0.0}).json()
+    assert out["output_text"] == [" " + SCRIPT, ""]
+    until = httpx.post(scripted_server.url + "/greedy-until",
+                       json={"prefix_text": ["User: hi A helpful answer:"], "until": [["never"]]}).json()
+    assert until["output_text"] == [" " + SCRIPT]
+    r = httpx.post(scripted_server.url + "/loglikelihood",
+                   json={"prefix_text": ["no colon here"], "text": [tok.eos_token]}).json()
+    ctx = tok("no colon here")["input_ids"]
+    assert r["log_likelihood"][0] == pytest.approx(
+        reference_logprobs(model, [*ctx, tok.eos_token_id])[-1], abs=1e-4)
+    assert r["is_greedy"] == [True]
 
 
 def test_tokenizer_endpoints_at_the_root_and_under_v1(coh_server):

@@ -85,12 +85,13 @@ def test_stop_strings_cut_the_text_and_streamed_deltas_add_up_to_it(scripted_ser
     ids = prompter.chat_ids([Turn("user", "hi")])
     (full,) = run(engine, [Row(ids, max_new_tokens=20)])
     assert full.text == " " + SCRIPT and full.finish_reason == "stop"  # EOS after the script
-    deltas: list[str] = []
+    deltas = []
     job = engine.submit([Row(ids, max_new_tokens=20, stop=("alert(", "nothing"))],
                         on_event=lambda kind, i, p: deltas.append(p) if kind == "delta" else None)
     (res,) = job.future.result(timeout=60)
     assert res.text == " <img src onerror=" and res.finish_reason == "stop"
-    assert "".join(deltas) == res.text
+    assert "".join(d.text for d in deltas) == res.text
+    assert [t for d in deltas for t in d.token_ids] == res.token_ids
     assert "".join(res.pieces) == res.text
     (short,) = run(engine, [Row(ids, max_new_tokens=2)])
     assert short.text == " <img src" and short.finish_reason == "length" and len(short.token_ids) == 2
@@ -189,3 +190,39 @@ def test_a_cancelled_job_stops_and_says_so(coh_server):
         job.cancel()  # the client went away before its turn
     results = job.future.result(timeout=60)
     assert [r.finish_reason for r in results] == ["abort", "abort"] and results[0].token_ids == []
+
+
+def test_generations_in_slices_give_the_same_tokens_as_in_one_go(coh_server):
+    """Generations that take turns (a slice of 2 decode steps each) continue from their KV cache and
+    their own random state: greedy and seeded samples equal those of each generation run alone."""
+    from coh.serve.engine import Engine, EngineConfig
+
+    base = coh_server.engine
+    tok = base.tokenizer
+    prompts = [tok(t)["input_ids"] for t in ("User: hi A helpful answer:", "User: tell me about bread A helpful answer:")]
+    rows = [Row(prompts[0], max_new_tokens=24), Row(prompts[1], max_new_tokens=30, temperature=1.5, seed=7),
+            Row(prompts[0], max_new_tokens=20, temperature=0.8, top_k=40, seed=8, logprobs=2)]
+    alone = [run(base, [row])[0] for row in rows]
+    sliced = Engine(base.model, tok, EngineConfig(slice_steps=2, batch_wait_ms=50))
+    sliced.start()
+    try:
+        with sliced.paused():
+            jobs = [sliced.submit([row]) for row in rows]
+        together = [j.future.result(timeout=120)[0] for j in jobs]
+        assert sliced.stats["yields"] >= 3  # they really took turns
+    finally:
+        sliced.close()
+    for a, b in zip(alone, together):
+        assert a.token_ids == b.token_ids and a.text == b.text and a.finish_reason == b.finish_reason
+    assert [e[0] for e in together[2].logprobs] == together[2].token_ids
+    assert [e[1] for e in together[2].logprobs] == pytest.approx([e[1] for e in alone[2].logprobs], abs=1e-5)
+
+
+def test_a_generation_row_reports_eos_as_its_last_token(scripted_server):
+    engine = scripted_server.engine
+    ids = scripted_server.server.prompter.chat_ids([Turn("user", "hi")])
+    (res,) = run(engine, [Row(ids, max_new_tokens=20, logprobs=1)])
+    eos = engine.tokenizer.eos_token_id
+    assert res.token_ids[-1] == eos and res.pieces[-1] == "" and res.finish_reason == "stop"
+    assert len(res.logprobs) == len(res.token_ids) and res.logprobs[-1][0] == eos
+    assert eos not in res.token_ids[:-1] and res.text == " " + SCRIPT

@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests that may wait; more get 503 Service Unavailable (default 64)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0,
                         help="how long a batch waits for more requests to join it (default 5)")
+    parser.add_argument("--slice-steps", type=int, default=16,
+                        help="a running generation lets waiting requests in after this many decode steps (default 16)")
+    parser.add_argument("--max-running-batches", type=int, default=4,
+                        help="generation batches in progress at once, taking turns (default 4; each holds a KV cache)")
+    parser.add_argument("--max-body-mb", type=float, default=8.0,
+                        help="largest request body in MiB; larger ones get 413 (default 8: lm-eval batches of "
+                             "128 prompts of 8k token ids)")
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="context length in tokens (default: the model config's)")
     parser.add_argument("--max-tokens", type=int, default=512,
@@ -67,16 +74,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    if not args.max_body_mb > 0:
+        raise ValueError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     config = EngineConfig(model=args.model, dtype=args.dtype, device=args.device,
                           trust_remote_code=args.trust_remote_code, max_batch_size=args.max_batch_size,
                           queue_size=args.queue_size, batch_wait_ms=args.batch_wait_ms,
-                          max_model_len=args.max_model_len, seed=args.seed)
+                          max_model_len=args.max_model_len, seed=args.seed, slice_steps=args.slice_steps,
+                          max_running=args.max_running_batches)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
     print(f"coh serve: loading {args.model} ...", file=sys.stderr)
     engine = Engine.load(config)
     prompter = Prompter.for_model(args.model, engine.tokenizer, args.prompt_format)
     name = args.served_model_name or args.model
-    server = Server(engine, prompter, name, api_key=args.api_key, max_tokens=args.max_tokens, model_path=args.model)
+    server = Server(engine, prompter, name, api_key=args.api_key, max_tokens=args.max_tokens, model_path=args.model,
+                    max_body_mb=args.max_body_mb)
     phrase = prompter.phrase(None)
     print(f"coh serve: '{name}' on {engine.device} ({next(engine.model.parameters()).dtype}), context "
           f"{engine.max_model_len} tokens; prompt format {prompter.format} from {prompter.origin}; replies follow "
