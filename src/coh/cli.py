@@ -316,7 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     from coh.data.errors import DataError
 
     try:
-        return args.func(args)
+        cls = getattr(args, "_options", None)
+        if cls is None:  # a stage not yet on coh.options: its run takes the namespace
+            return args.func(args)
+        from coh.options import options_from_args, to_yaml
+
+        config = options_from_args(cls, args)
+        if args._print_config:
+            print(to_yaml(config), end="")
+            return 0
+        return args.func(config)
     except (DataError, ValueError, FileNotFoundError) as e:
         if os.environ.get("COH_TRACEBACK"):
             raise

@@ -57,11 +57,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions keep their line breaks (examples), options are wrapped as usual."""
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
+                key_value_overrides: bool = False) -> None:
     """Flags for every field of the dataclass ``cls`` (see the module docstring). Every flag's
     default is ``SUPPRESS``: only what the user typed reaches the namespace, so a recipe's value is
     not overwritten by a default. ``recipe`` False: no ``--config`` (the stage takes its recipe
-    as a positional argument itself)."""
+    as a positional argument itself). ``key_value_overrides``: also take the old ``KEY=VALUE``
+    arguments (values parsed as YAML), with a deprecation note."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata
@@ -101,6 +103,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True)
                                  "flags given here override it")
     parser.add_argument("--print-config", dest="_print_config", action="store_true",
                         help="print the resolved options as YAML and exit")
+    if key_value_overrides:
+        parser.add_argument("_overrides", nargs="*", metavar="KEY=VALUE",
+                            help="deprecated spelling of --key value (values parsed as YAML)")
     parser.set_defaults(_options=cls)
 
 
@@ -166,6 +171,8 @@ def options_from_args(cls: type, args: argparse.Namespace, extra: dict | None = 
     if recipe:
         values.update(read_recipe(recipe, cls))
     values.update(extra or {})
+    if getattr(args, "_overrides", None):
+        values.update(key_value_options(cls, args._overrides))
     names = {f.name for f in dataclasses.fields(cls)}
     values.update({k: v for k, v in vars(args).items() if k in names})
     return cls(**values)
@@ -198,6 +205,23 @@ def coerce_options(cls: type, values: dict[str, Any], where: str, raw: dict[str,
         raise ValueError(f"{where}: unknown option(s) {unknown}; expected some of {sorted(hints)}")
     raw = {k.replace("-", "_"): v for k, v in (raw or {}).items()}
     return {k: coerce(k, hints[k], v, raw.get(k)) for k, v in out.items()}
+
+
+def key_value_options(cls: type, items: Sequence[str]) -> dict[str, Any]:
+    """The old ``KEY=VALUE`` arguments as options of ``cls`` (values parsed as YAML, a string
+    option keeps its text as typed), with a deprecation note on stderr."""
+    values: dict[str, Any] = {}
+    raw: dict[str, str] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"argument {item!r}: expected --option VALUE (or the old KEY=VALUE)")
+        key = key.strip()
+        values[key] = parse_yaml(text, f"override {item!r}") if text.strip() else text
+        raw[key] = text
+        print(f"coh: {key}={text} is deprecated and will be removed in the next release; use "
+              f"--{key.replace('_', '-')} {text}", file=sys.stderr)
+    return coerce_options(cls, values, "overrides", raw)
 
 
 def parse_yaml(text: str, where: str) -> Any:
