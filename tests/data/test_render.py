@@ -158,7 +158,8 @@ def test_inference_prompt_is_the_training_prefix_of_the_output(kind, label):
 def test_inference_prompt_without_phrase_and_with_literal_phrase(tmp_path):
     import json
 
-    from coh.data.render import prompt_segments, trained_phrases
+    from coh.cohjson import trained_phrases
+    from coh.data.render import prompt_segments
 
     turns = (Turn("user", "Hi"),)
     phrases = DEFAULT_PHRASES["dialogue"]

@@ -15,6 +15,7 @@ from coh.data.render import prompt_record
 from coh.eval import feedback as fb
 from coh.eval.judges import FunctionJudge
 from coh.judge.sources import SetAside
+from coh.models import load_for_inference
 from tests.conftest import BUILTIN_HH, FIXTURES, HH_SAMPLE
 from tests.eval.conftest import HH_81_92, TRAINED_PHRASES, needs_serve, short_examples
 
@@ -31,7 +32,7 @@ def naive_logprob(model, ids: list[int], start: int) -> float:
 
 @pytest.mark.parametrize("packs", [True, False])
 def test_sequence_nll_matches_unpacked_reference(tiny_llama_dir, packs):
-    lm = fb.load_model(str(tiny_llama_dir), "cpu")
+    lm = load_for_inference(str(tiny_llama_dir), "cpu")
     assert lm.packs  # LLaMA honours position_ids resets
     lm.packs = packs
     texts = [("User: hello there A helpful answer:", " hi, how are you?"), ("Why is the sky blue?", " Light."),
@@ -49,7 +50,7 @@ def test_sequence_nll_matches_unpacked_reference(tiny_llama_dir, packs):
 def test_dialogue_scores_on_real_hh_match_a_naive_reference(tiny_bpe_dir):
     examples, _counts = fb.read_examples("dialogue", str(HH), limit=40)
     examples = [ex for ex in examples if not any(c.followup for c in ex.candidates)][:6]
-    lm = fb.load_model(str(tiny_bpe_dir), "cpu")
+    lm = load_for_inference(str(tiny_bpe_dir), "cpu")
     tok = lm.tokenizer
     s = fb.dialogue_scores(lm, examples, batch_tokens=512)
     for k, ex in enumerate(examples):
@@ -75,7 +76,7 @@ def test_dialogue_scores_on_real_hh_match_a_naive_reference(tiny_bpe_dir):
 
 
 def test_batched_generation_equals_step_by_step_greedy(tiny_llama_dir):
-    lm = fb.load_model(str(tiny_llama_dir), "cpu")
+    lm = load_for_inference(str(tiny_llama_dir), "cpu")
     contexts = [(Turn("user", "hi"),), (Turn("user", "Can you tell me a long story about a dog and a cat?"),),
                 (Turn("user", "What is two plus two?"), Turn("assistant", "Four."), Turn("user", "And three?"))]
     prompts = fb.prompt_ids(lm, contexts, "good")
@@ -93,7 +94,7 @@ def test_batched_generation_equals_step_by_step_greedy(tiny_llama_dir):
 
 
 def test_controllability_follows_the_trained_phrases(yes_no_dir, tmp_path):
-    lm = fb.load_model(str(yes_no_dir), "cpu")
+    lm = load_for_inference(str(yes_no_dir), "cpu")
     assert (lm.phrases.good, lm.phrases.bad) == (TRAINED_PHRASES["good"], TRAINED_PHRASES["bad"])
     judge = FunctionJudge(lambda prompt, reply: float(reply == "yes"), "yes")
     metrics, ci95, counts = fb.eval_controllability(lm, short_examples(), judge, fb.Sampling(max_new_tokens=4),
@@ -123,7 +124,7 @@ def test_pairwise_model_against_files(yes_no_dir, tmp_path):
 
 
 def test_summarization_prompt_references_and_rouge(tiny_llama_dir, monkeypatch):
-    lm = fb.load_model(str(tiny_llama_dir), "cpu")
+    lm = load_for_inference(str(tiny_llama_dir), "cpu")
     post = (Turn("user", "My cat knocks cups off the table every morning."),)
     other = (Turn("user", "The bus was late three days in a row."),)
     examples = [FeedbackExample("s/1", "summary", "eval", post, (Candidate("Cat knocks cups off."), Candidate("Cat."))),

@@ -29,10 +29,8 @@ the order or the process in which examples are rendered.
 from __future__ import annotations
 
 import functools
-import json
 import random
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 from coh.data.feedback import Candidate, FeedbackExample, Turn
 from coh.data.phrases import PhraseSet
@@ -217,14 +215,3 @@ def prompt_segments(turns: tuple[Turn, ...] | list[Turn], phrases: PhraseSet, fe
 def prompt_record(turns: tuple[Turn, ...] | list[Turn], phrases: PhraseSet, feedback: str | None = "good") -> FeedbackRecord:
     """``prompt_segments`` wrapped as a record (source ``prompt``), ready for ``RecordTokenizer``."""
     return FeedbackRecord("prompt", "prompt", "prompt", tuple(prompt_segments(turns, phrases, feedback)), "eval", {})
-
-
-def trained_phrases(model_dir: str | Path) -> PhraseSet:
-    """The phrases a ``coh train`` checkpoint was trained with (its ``coh.json``), or the defaults
-    for a model folder without one."""
-    info = Path(model_dir) / "coh.json"
-    base = PhraseSet()
-    if not info.exists():
-        return base
-    saved = json.loads(info.read_text(encoding="utf-8")).get("phrases", {})
-    return replace(base, **{k: v for k, v in saved.items() if k in ("user", "good", "bad")})

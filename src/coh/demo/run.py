@@ -151,13 +151,14 @@ def evaluate_models(out: Path, prompts: list[str], cfg: DemoConfig) -> dict:
     """``{mode: {feedback: {"judge", "polite", "correct"}}}``, means over ``prompts``; the replies go
     to ``eval/<mode>_<feedback>.jsonl``."""
     from coh.data.feedback import Turn
-    from coh.eval.feedback import Sampling, generate, load_model, prompt_ids, write_generations
+    from coh.eval.feedback import Sampling, generate, prompt_ids, write_generations
+    from coh.models import load_for_inference
 
     contexts = [(Turn("user", p),) for p in prompts]
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, batch_size=32, seed=cfg.seed)
     scores: dict = {}
     for mode in MODES:
-        lm = load_model(str(out / mode / "final"), device="cpu")
+        lm = load_for_inference(str(out / mode / "final"), device="cpu")
         scores[mode] = {}
         for fb in FEEDBACK:
             replies = generate(lm, prompt_ids(lm, contexts, fb), sampling, cfg.progress, f"{mode}, phrase {fb}")

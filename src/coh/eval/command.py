@@ -238,9 +238,10 @@ def _run_feedback(args: argparse.Namespace) -> int:
     from coh.eval.judges import load_judge
     from coh.eval.report import EvalResult
     from coh.judge.sources import SetAside
+    from coh.models import load_for_inference, pick_device
 
     progress = _progress(args)
-    fb.pick_device(args.device)  # a device that is not there fails now, not after reading and loading
+    pick_device(args.device)  # a device that is not there fails now, not after reading and loading
     out = _output_dir(args, args.protocol)
     kind = getattr(args, "kind", None) or fb.DEFAULT_KIND[args.protocol]
     set_aside = None if args.strict else SetAside()
@@ -262,7 +263,7 @@ def _run_feedback(args: argparse.Namespace) -> int:
                                                progress, args.limit, args.api_key_env)
         result = EvalResult("pairwise", f"{args.a} vs {args.b}", args.data, metrics, ci95, {**counts, **more}, settings)
         return _finish(result, out, set_aside)
-    lm = fb.load_model(args.model, args.device)
+    lm = load_for_inference(args.model, args.device, label=f"model '{args.model}'")
     if args.protocol == "dialogue":
         metrics, ci95 = fb.eval_dialogue(lm, examples, args.batch_tokens, out, progress)
         more = {"pairs": len(examples)}

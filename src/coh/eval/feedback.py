@@ -17,7 +17,6 @@ rows), so evaluation scores exactly what training optimises. Generation is greed
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 from collections.abc import Sequence
@@ -27,87 +26,18 @@ from pathlib import Path
 from coh.data.errors import DataError, RowError
 from coh.data.feedback import FeedbackExample, Turn
 from coh.data.io import JSON_SUFFIXES
-from coh.data.phrases import DEFAULT_PHRASES, PhraseSet
+from coh.data.phrases import DEFAULT_PHRASES
 from coh.data.records import FeedbackRecord, Segment
-from coh.eval.checks import check_model_folder
 from coh.eval.judges import Judge, conversation_text
 from coh.eval.stats import win_rate
 from coh.judge.sources import SetAside
 from coh.judge.stats import wilson_interval
+from coh.models import LoadedModel, load_for_inference
 
 DIALOGUE_PROMPT = "The following is a dialogue: {dialogue}. This dialogue is"
 DIALOGUE_VERDICTS = (" good", " bad")
 DEFAULT_KIND = {"dialogue": "dialogue", "summarization": "summary", "controllability": "dialogue",
                 "pairwise": "dialogue"}
-
-
-# -- model ------------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """A causal LM with its tokenizer, the phrases it was trained with (``coh.json``; the
-    defaults for other models) and the record tokenizer that renders prompts as training did."""
-
-    path: str
-    model: object
-    tokenizer: object
-    phrases: PhraseSet
-    device: str
-    packs: bool  # attention restarts at position_ids resets, so records can share a row
-
-    @functools.cached_property
-    def record_tokenizer(self):
-        from coh.data.tokenize import RecordTokenizer
-
-        return RecordTokenizer(self.tokenizer, chat_template="never")
-
-
-def pick_device(device: str | None) -> str:
-    """``device``, checked to be here (ValueError otherwise), or a GPU when there is one, else the CPU."""
-    import torch
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps, ...)") from None
-    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if not available.get(parsed.type, lambda: True)():
-        raise ValueError(f"--device {device}: there is no {parsed.type} device here")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s) here")
-    return device
-
-
-def load_model(path: str, device: str | None = None, dtype: str = "auto") -> LoadedModel:
-    """Load a model folder (``coh train``'s ``final/`` or any HF causal LM) for evaluation.
-    ``dtype`` ``auto``: bfloat16 on a GPU that supports it, else float32 (bf16 is emulated on CPUs)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from coh.data.render import trained_phrases
-    from coh.train.trainer import TrainingError, check_position_resets
-
-    device = pick_device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    check_model_folder(path, "model")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except (OSError, ValueError, KeyError) as e:
-        where = "" if Path(path).exists() else "no such folder here, and as a hub id: "
-        raise ValueError(f"cannot load the model '{path}': {where}{e}") from None
-    model.to(device).eval()
-    use_cache, model.config.use_cache = model.config.use_cache, False  # as in scoring: a cache hides the resets
-    try:
-        check_position_resets(model)
-        packs = True
-    except TrainingError:  # e.g. learned absolute positions: score each record in a row of its own
-        packs = False
-    model.config.use_cache = use_cache
-    phrases = trained_phrases(path) if Path(path).is_dir() else PhraseSet()
-    return LoadedModel(path, model, tokenizer, phrases, device, packs)
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -525,7 +455,7 @@ class Side:
                  api_key_env: str | None, progress: bool, desc: str, tag: str = "server") -> list[str]:
         if self.is_server:
             return generate_http(self.source, contexts, feedback, sampling, api_key_env, progress, desc, tag)
-        lm = load_model(self.source, device)
+        lm = load_for_inference(self.source, device, label=f"model '{self.source}'")
         return generate(lm, prompt_ids(lm, contexts, feedback), sampling, progress, desc)
 
 

@@ -89,11 +89,9 @@ def check_reachable(base_url: str) -> None:
 
 def check_tokenizer(path: str) -> None:
     """A tokenizer folder (or a model folder) that exists must hold tokenizer files."""
-    from coh.eval.checks import TOKENIZER_FILES
+    from coh.models import check_tokenizer_folder
 
-    p = Path(path)
-    if p.exists() and not (p.is_dir() and any((p / name).is_file() for name in TOKENIZER_FILES)):
-        raise ValueError(f"--tokenizer '{path}': not a tokenizer folder (no {', '.join(TOKENIZER_FILES[:2])}, ...)")
+    check_tokenizer_folder(path, f"--tokenizer '{path}'")
 
 
 def adds_bos(tokenizer_name: str) -> bool:
@@ -111,11 +109,11 @@ def adds_bos(tokenizer_name: str) -> bool:
 
 def lm_eval_model(cfg: HarnessConfig) -> tuple[str, dict]:
     """lm-eval's model type and ``model_args`` for the configured path."""
-    from coh.eval.checks import check_model_folder
-    from coh.eval.feedback import pick_device
+    from coh.models import check_model_folder, check_tokenizer_folder, pick_device
 
     if cfg.model is not None:
-        check_model_folder(cfg.model, "--model")
+        check_model_folder(cfg.model, f"--model '{cfg.model}'")
+        check_tokenizer_folder(cfg.model, f"--model '{cfg.model}'", "model")
     if cfg.tokenizer is not None:
         check_tokenizer(cfg.tokenizer)
     if cfg.model is not None:

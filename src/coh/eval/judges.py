@@ -79,10 +79,11 @@ class RewardModelJudge:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from coh.eval.checks import check_model_folder
+        from coh.models import check_model_folder, check_tokenizer_folder, pick_device
 
         self.name = name_or_path
-        check_model_folder(name_or_path, "judge")
+        check_model_folder(name_or_path, f"judge '{name_or_path}'")
+        check_tokenizer_folder(name_or_path, f"judge '{name_or_path}'", "model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             self.model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -100,7 +101,7 @@ class RewardModelJudge:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(device)
         self.model.to(self.device).eval()
         self.batch_size, self.max_length, self.progress = batch_size, max_length, progress
 

@@ -24,7 +24,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from coh.serve.engine import DTYPES
+    from coh.models import DTYPES
     from coh.serve.prompts import PROMPT_FORMATS
 
     parser.add_argument("model", metavar="MODEL", help="checkpoint folder or hub id")

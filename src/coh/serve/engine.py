@@ -42,6 +42,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from coh.models import DTYPES, context_length, eos_ids
+
 log = logging.getLogger("coh.serve")
 
 # (token id, logprob, top alternatives as (token id, logprob), most likely first)
@@ -79,7 +81,6 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -185,56 +186,6 @@ class Job:
         if not self.future.done():
             self.future.set_exception(exc)
             self._emit("error", -1, exc)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32  # bf16 is emulated, and slow, on most CPUs
-    return getattr(torch, dtype)
-
-
-def context_length(model, tokenizer, override: int | None) -> int:
-    """The longest sequence (prompt + generated) the model takes."""
-    if override is not None:
-        if override < 2:
-            raise ValueError(f"max_model_len must be at least 2, got {override}")
-        return override
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < 10**7:  # transformers uses a huge number for "unknown"
-        return limit
-    raise ValueError("the model config states no context length; give --max-model-len")
-
-
-def _eos_ids(model, tokenizer) -> tuple[int, ...]:
-    """Every token that ends a reply: the tokenizer's EOS and the model's generation EOS ids."""
-    ids: list[int] = []
-    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None),
-                   getattr(model.config, "eos_token_id", None)):
-        for i in source if isinstance(source, list | tuple) else [source]:
-            if isinstance(i, int) and i not in ids:
-                ids.append(i)
-    return tuple(ids)
 
 
 class TextDecoder:
@@ -385,7 +336,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.device = next(model.parameters()).device
         self.max_model_len = context_length(model, tokenizer, self.config.max_model_len)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
         if tokenizer.pad_token_id is not None:
             self.pad_id = tokenizer.pad_token_id
         elif self.eos_ids:
@@ -416,17 +367,11 @@ class Engine:
     @classmethod
     def load(cls, config: EngineConfig) -> Engine:
         """Load ``config.model`` (a local folder or a hub id) and its tokenizer."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from coh.models import load_model, load_tokenizer
 
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype,
-                                                         trust_remote_code=config.trust_remote_code)
-        except OSError as e:  # no such folder or hub repository, or files missing from it
-            raise FileNotFoundError(f"cannot load the model '{config.model}': {e}") from None
-        model.to(device).eval()
+        model = load_model(config.model, dtype=config.dtype, device=config.device,
+                           trust_remote_code=config.trust_remote_code)
+        tokenizer = load_tokenizer(config.model, config.trust_remote_code, f"model {config.model}")
         return cls(model, tokenizer, config)
 
     # -- the queue ---------------------------------------------------------------------------------

@@ -22,30 +22,16 @@ replies follow no phrase).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from coh.cohjson import CohJson
 from coh.data.feedback import Turn
 from coh.data.phrases import PhraseSet
-from coh.data.render import prompt_record, trained_phrases
+from coh.data.render import prompt_record
 from coh.data.tokenize import RecordTokenizer, tokenizer_adds_bos
 
 PROMPT_FORMATS = ("auto", "coh", "chat-template")
-
-
-def coh_info_file(model: str) -> Path | None:
-    """The checkpoint's ``coh.json`` (a local folder's, or a hub repository's), or None."""
-    if Path(model).is_dir():
-        path = Path(model) / "coh.json"
-        return path if path.exists() else None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(model, "coh.json"))
-    except Exception:  # no such file in the repository, or no hub: a plain model
-        return None
 
 
 @dataclass(frozen=True)
@@ -62,25 +48,22 @@ class Prompter:
     def for_model(cls, model: str, tokenizer, prompt_format: str = "auto") -> Prompter:
         if prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt format must be one of {list(PROMPT_FORMATS)}, got {prompt_format!r}")
-        info_file = coh_info_file(model)
+        info, found_at = CohJson.find(model)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if prompt_format == "chat-template" and not has_template:
             raise ValueError(f"--prompt-format chat-template, but the tokenizer of {model} has no chat template")
-        info: dict = {}
-        if info_file is not None:
-            info = json.loads(info_file.read_text(encoding="utf-8"))
-            phrases = trained_phrases(info_file.parent)
-            default = "none" if info.get("mode") == "sft" else "good"
-            origin = f"{info_file} (mode {info.get('mode', 'coh')})"
+        if info is not None:
+            phrases, default = info.phrases, info.default_feedback
+            origin = f"{found_at} (mode {info.mode})"
         else:
             phrases, default, origin = PhraseSet(), "good", "default phrases (no coh.json)"
         fmt = prompt_format
         if fmt == "auto":
-            if info_file is not None:  # as trained: chat data went through the template (coh.json says so)
-                fmt = info.get("prompt_format", "coh") if has_template else "coh"
+            if info is not None:  # as trained: chat data went through the template (coh.json says so)
+                fmt = info.prompt_format if has_template else "coh"
             else:
                 fmt = "chat-template" if has_template else "coh"
-        if fmt == "chat-template" and info_file is None:
+        if fmt == "chat-template" and info is None:
             default, origin = "none", "the tokenizer's chat template (no coh.json)"
         return cls(tokenizer, fmt, phrases, default, origin)
 

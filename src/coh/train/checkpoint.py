@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from coh.cohjson import CohJson
+
 COMPLETE = "COMPLETE"
 # Options that may differ from the checkpoint's when a run is resumed: the run's length and what is
 # logged, evaluated or saved, and how (not what) the same update is computed. Any other difference
@@ -96,15 +98,15 @@ def config_changes(saved: dict, now: dict, saved_data: dict | None = None, now_d
     return changes
 
 
-def save_model_folder(folder: Path, model, tokenizer, coh_info: dict) -> None:
+def save_model_folder(folder: Path, model, tokenizer, coh_info: CohJson) -> None:
     """A folder any HF tool loads: model, tokenizer, and our ``coh.json``."""
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    (folder / "coh.json").write_text(json.dumps(coh_info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    coh_info.write(folder)
 
 
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, state: dict,
-                    coh_info: dict, keep_last: int, accelerator) -> Path:
+                    coh_info: CohJson, keep_last: int, accelerator) -> Path:
     """Write ``checkpoint-<step>`` atomically and keep only the newest ``keep_last`` complete ones.
     Called by every process: under FSDP each writes its shards (``model_sharded/``,
     ``optim_sharded/``); otherwise the main process writes the model as safetensors. Each process
@@ -130,7 +132,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
         if sharded:
             model.config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            (tmp / "coh.json").write_text(json.dumps(coh_info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            coh_info.write(tmp)
             torch.save({"scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
         else:
             save_model_folder(tmp, accelerator.unwrap_model(model), tokenizer, coh_info)

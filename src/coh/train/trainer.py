@@ -19,11 +19,14 @@ import math
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from coh import models
+from coh.cohjson import CohJson
+from coh.data.phrases import PhraseSet
 from coh.data.records import FeedbackRecord
 from coh.data.tokenize import RecordTokenizer
 from coh.train.checkpoint import (
@@ -62,71 +65,26 @@ class NonFiniteError(TrainingError):
     """A loss, gradient norm or weight that is NaN or infinite: training stops before it is saved."""
 
 
-# Files of which a tokenizer folder holds at least one (fast tokenizer.json, SentencePiece, BPE vocab
-# + merges, WordPiece vocab, tiktoken). Checked by name because transformers, finding none, blames a
-# missing sentencepiece or tiktoken package instead.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
-                   "vocab.txt", "*.tiktoken")
-
-
 # -- loading and checks ------------------------------------------------------------------------------
 def load_tokenizer(cfg: TrainConfig):
-    from transformers import AutoTokenizer
-
     name = cfg.tokenizer or cfg.model
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        local = "" if Path(name).expanduser().exists() else " (no local folder of that name; as a hub id)"
-        raise TrainingError(f"cannot load the tokenizer '{name}'{local}: {e}") from None
-
-
-def _looks_like_path(name: str) -> bool:
-    """A name that cannot be a hub id (``org/name`` or ``name``): absolute, relative to ., ~, deeper."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
-
-
-def check_model_folder(name: str, option: str = "model") -> None:
-    """``option`` names a local folder that must exist (for the model: with config.json, or a peft
-    adapter_config.json), or else a hub id, which transformers checks."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        raise TrainingError(f"{option} {name}: a file; expected a Hugging Face {option} folder or a hub id")
-    if not path.exists() and _looks_like_path(name):
-        raise TrainingError(f"{option} {name}: no such folder")
-    if option == "model" and path.is_dir() and not any((path / f).exists() for f in ("config.json", "adapter_config.json")):
-        raise TrainingError(f"model {name}: no config.json in this folder, so it is not a Hugging Face model "
-                            "folder (write one with save_pretrained, or convert it with `coh convert`)")
-
-
-def check_tokenizer_folder(name: str, option: str) -> None:
-    """A local folder given as the tokenizer (or the model's, without ``tokenizer=``) must hold a
-    tokenizer's vocabulary files."""
-    path = Path(name).expanduser()
-    if not path.is_dir():
-        return
-    if not any(next(path.glob(pattern), None) for pattern in TOKENIZER_FILES):
-        where = "the model folder" if option == "model" else "the tokenizer folder"
-        raise TrainingError(
-            f"{option} {name}: {where} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Copy the "
-            "tokenizer of the base model into it (tokenizer.save_pretrained), or give tokenizer=PATH_OR_HUB_ID")
+        return models.load_tokenizer(name, cfg.trust_remote_code, f"{'tokenizer' if cfg.tokenizer else 'model'} {name}")
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
 
 
 def load_model(name: str, cfg: TrainConfig):
-    from transformers import AutoModelForCausalLM
-
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch.float32, attn_implementation=cfg.attention, trust_remote_code=cfg.trust_remote_code
-        )
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"cannot load the model '{name}': {e}") from None
+        model = models.load_model(name, attention=cfg.attention, trust_remote_code=cfg.trust_remote_code,
+                                  training=True)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
     return model
 
 
@@ -147,24 +105,11 @@ def add_lora(model, cfg: TrainConfig, adapter: Path | None = None):
 
 
 def check_position_resets(model) -> None:
-    """Packing needs attention that honours ``position_ids`` resets: compare a record packed after
-    another with the same record alone. Some architectures (ALiBi, learned absolute positions
-    without ``position_ids``) ignore them; refuse those with a clear message."""
-    vocab = model.config.vocab_size
-    g = torch.Generator().manual_seed(0)
-    first, second = torch.randint(0, vocab, (5,), generator=g), torch.randint(0, vocab, (4,), generator=g)
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        alone = model(input_ids=second[None].to(device), position_ids=torch.arange(4, device=device)[None]).logits
-        packed = model(
-            input_ids=torch.cat([first, second])[None].to(device),
-            position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]], device=device),
-        ).logits[:, 5:]
-    if not torch.allclose(alone.float(), packed.float(), atol=1e-3, rtol=1e-3):
-        raise TrainingError(
-            f"{type(model).__name__} does not restart attention at position_ids resets, so packed records would "
-            "see each other. This architecture cannot be trained with packing here."
-        )
+    """:func:`coh.models.check_position_resets`, as a ``TrainingError``."""
+    try:
+        models.check_position_resets(model)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
 
 
 def load_eval(cfg: TrainConfig, path: Path, tokenizer: RecordTokenizer) -> TokenizedSet:
@@ -228,10 +173,12 @@ def preflight(cfg: TrainConfig) -> RunPlan:
     cfg.check()
     if not cfg.model or not cfg.train_data:
         raise TrainingError("give model=NAME_OR_PATH and train_data=RECORDS (a `coh data build` folder or .jsonl)")
-    check_model_folder(cfg.model)
-    if cfg.tokenizer:
-        check_model_folder(cfg.tokenizer, "tokenizer")
-    check_tokenizer_folder(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
+    try:
+        models.check_model_folder(cfg.model)
+        role = "tokenizer" if cfg.tokenizer else "model"
+        models.check_tokenizer_folder(cfg.tokenizer or cfg.model, f"{role} {cfg.tokenizer or cfg.model}", role)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
     train_path = records_file(cfg.train_data, "train")
     notes = []
     if cfg.eval_data:
@@ -247,7 +194,7 @@ def preflight(cfg: TrainConfig) -> RunPlan:
     for option in ("pretrain_data", "pretrain_eval_data"):
         source = getattr(cfg, option)
         if source and source != "c4" and not source.startswith("hub:") and not Path(source).exists() and (
-                source.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES) or _looks_like_path(source)):
+                source.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES) or models.looks_like_path(source)):
             raise TrainingError(f"{option} {source}: no such file or folder")
     try:
         check_trackers(cfg.report_to)
@@ -263,13 +210,14 @@ def preflight(cfg: TrainConfig) -> RunPlan:
     checkpoints = complete_checkpoints(out) if cfg.resume and out.is_dir() else []
     if checkpoints:
         plan.resume_from = checkpoints[-1]
-        info_file = plan.resume_from / "coh.json"
         try:
-            saved = json.loads(info_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TrainingError(f"{info_file}: cannot read the checkpoint's settings ({e}); resume=false starts "
-                                "afresh, or use another output_dir") from None
-        plan.changes = config_changes(saved.get("training", {}), cfg.to_dict(), saved.get("data"), plan.fingerprint)
+            saved = CohJson.read(plan.resume_from)
+            if saved is None:
+                raise ValueError(f"{plan.resume_from}: no coh.json")
+        except ValueError as e:
+            raise TrainingError(f"cannot read the checkpoint's settings ({e}); resume=false starts afresh, or use "
+                                "another output_dir") from None
+        plan.changes = config_changes(saved.training, cfg.to_dict(), saved.data, plan.fingerprint)
         refused = {k: v for k, v in plan.changes.items() if k not in RESUME_MAY_CHANGE}
         if refused and not cfg.resume_with_changes:
             listed = "\n".join(f"  {k}: {old!r} (checkpoint) -> {new!r} (now)" for k, (old, new) in refused.items())
@@ -279,7 +227,7 @@ def preflight(cfg: TrainConfig) -> RunPlan:
                 "checkpoint's settings back, or give resume_with_changes=true to continue from it with the new "
                 "settings (coh.json records the change).")
         step = json.loads((plan.resume_from / "coh_state.json").read_text(encoding="utf-8"))["step"]
-        plan.resumed = [*saved.get("resumed", []), {
+        plan.resumed = [*saved.resumed, {
             "step": step, "checkpoint": plan.resume_from.name,
             "changes": {k: {"checkpoint": old, "now": new} for k, (old, new) in plan.changes.items()}}]
     return plan
@@ -412,10 +360,9 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     # prompt_format tells `coh serve` how the model saw its context: the CoH text, or the chat template.
     # training: the settings in force from the last resume on; resumed: each resume and what changed at it.
     templated = any(rtok.uses_template(r) for r in records[:5000])
-    coh_info = {"phrases": phrases_of(records), "mode": cfg.mode, "prompt_format": "chat-template" if templated else "coh",
-                "training": cfg.to_dict(), "data": run.fingerprint}
-    if run.resumed:
-        coh_info["resumed"] = run.resumed
+    coh_info = CohJson(phrases=replace(PhraseSet(), **phrases_of(records)), mode=cfg.mode,
+                       prompt_format="chat-template" if templated else "coh", training=cfg.to_dict(),
+                       data=run.fingerprint, resumed=run.resumed)
     log = RunLog(out_dir, cfg.report_to, cfg.to_dict(), resume=resume_from is not None, enabled=main)
     if resume_from is not None:
         log.truncate_after(start_step)
@@ -511,7 +458,7 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     return final_metrics
 
 
-def save_final(out_dir: Path, accelerator, model, tokenizer, coh_info: dict, last_checkpoint: Path | None,
+def save_final(out_dir: Path, accelerator, model, tokenizer, coh_info: CohJson, last_checkpoint: Path | None,
                cfg: TrainConfig) -> None:
     """``final/`` (and with LoRA ``final-merged/``), each written under a temporary name and renamed
     after a ``COMPLETE`` marker like the checkpoints: an earlier run's final/ stays whole until the
