@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from coh.data.errors import DataError, describe
-from coh.data.records import FeedbackRecord, Segment
+from coh.data.records import FeedbackRecord, Segment, separator
 
 EOS, BOS = "<|eos|>", "<|bos|>"
 PROVENANCE_KEYS = ("id", "source", "feedback", "split")
@@ -137,8 +137,8 @@ def record_from_fields(
         text = " ".join(obj[key] for key in keys)
         if loss and not text.strip():
             raise fail("fields", f"piece {i + 1} {raw.strip()!r} is an output (loss) with empty text")
-        if segments and not segments[-1].eos and not text[:1].isspace():
-            text = " " + text
+        if not text[:1].isspace():
+            text = separator(segments[-1] if segments else None) + text
         if loss:
             label = "bad" if all(k.startswith("gpt_bad") for k in keys) else "good"
             segments.append(Segment(text, True, "assistant", False, label))

@@ -57,6 +57,21 @@ class Segment(NamedTuple):
         return out
 
 
+def separator(previous: Segment | None) -> str:
+    """What goes before a segment's text: a space, except at the start of a record and right
+    after an EOS (as the original joins its pieces; the tokenizer's own spacing does the rest)."""
+    return "" if previous is None or previous.eos else " "
+
+
+def join_segments(segments: Iterable[Segment]) -> tuple[Segment, ...]:
+    """``segments`` with their separators redone by :func:`separator` (after some were removed
+    or reordered): each text's leading spaces are replaced by the separator it needs."""
+    out: list[Segment] = []
+    for seg in segments:
+        out.append(seg._replace(text=separator(out[-1] if out else None) + seg.text.lstrip(" ")))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class FeedbackRecord:
     """One training record: segments plus where it came from and which feedback type made it."""

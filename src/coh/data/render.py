@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from coh.data.feedback import Candidate, FeedbackExample, Turn
 from coh.data.phrases import PhraseSet
-from coh.data.records import FeedbackRecord, Segment
+from coh.data.records import FeedbackRecord, Segment, separator
 
 FEEDBACK_TYPES = ("p", "n", "pn", "np", "aux", "chain")
 SHARED_PREFIX_MODES = ("context", "original")
@@ -80,8 +80,7 @@ class _Builder:
         self.segments: list[Segment] = []
 
     def add(self, role: str, text: str, loss: bool = False, eos: bool = False, label: str | None = None) -> None:
-        if self.segments and not self.segments[-1].eos:
-            text = " " + text
+        text = separator(self.segments[-1] if self.segments else None) + text
         self.segments.append(Segment(text=text, loss=loss, role=role, eos=eos, label=label))
 
     def context(self, turns: tuple[Turn, ...], phrases: PhraseSet, good: str, task: str) -> None:

@@ -41,6 +41,7 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coh.data.feedback import Turn
+from coh.data.records import Segment, separator
 from coh.serve.engine import Delta, Engine, QueueFull, Row, RowResult, TextDecoder, TokenLogprob
 from coh.serve.prompts import Prompter
 
@@ -813,8 +814,8 @@ class Server:
         phrases, eos = self.prompter.phrases, self.tokenizer.eos_token or ""
         phrase = self.prompter.phrase(data.feedback)
         turn = f"{phrases.user} {data.prompt}" + (f" {phrase}" if phrase else "")
-        # As training renders context: a space between segments, none right after an EOS.
-        joiner = "" if not data.context or (eos and data.context.endswith(eos)) else " "
+        # As training renders context (coh.data.records.separator): the context as one segment.
+        joiner = separator(Segment(data.context, eos=bool(eos) and data.context.endswith(eos)) if data.context else None)
         context = data.context + joiner + turn
 
         def plan() -> Row:

@@ -18,7 +18,7 @@ from coh.data.errors import DataError
 from coh.data.feedback import FeedbackExample
 from coh.data.fields import record_from_fields
 from coh.data.io import iter_json_lines
-from coh.data.records import FeedbackRecord, Segment, record_from_json
+from coh.data.records import FeedbackRecord, Segment, join_segments, record_from_json
 from coh.data.tokenize import RecordTokenizer, tokenize_many
 from coh.train.packing import PackingReport, fit_records, pack_documents
 
@@ -60,17 +60,6 @@ def _raw_data_error(path: str | Path, line: int, obj: dict) -> DataError:
         f"KIND:{path} -o DIR` (KIND one of {', '.join(sorted(CONVERTERS))}), then give train_data=DIR"))
 
 
-def _respace(segments: list[Segment]) -> tuple[Segment, ...]:
-    """Separators after removing segments: a space between segments unless an EOS intervenes."""
-    out: list[Segment] = []
-    for seg in segments:
-        text = seg.text.lstrip(" ")
-        if out and not out[-1].eos:
-            text = " " + text
-        out.append(seg._replace(text=text))
-    return tuple(out)
-
-
 def for_mode(records: Sequence[FeedbackRecord], mode: str) -> list[FeedbackRecord]:
     """Records for a training mode (see the module docstring). Duplicates that a mode creates
     (``p`` and ``pn`` of one example both give the same preferred record) are kept once."""
@@ -87,7 +76,7 @@ def for_mode(records: Sequence[FeedbackRecord], mode: str) -> list[FeedbackRecor
             kept.append(seg)
         if not any(s.loss for s in kept):
             continue
-        segments = _respace(kept)
+        segments = join_segments(kept)
         key = tuple(segments)
         if key not in seen:
             seen.add(key)

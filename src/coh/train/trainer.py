@@ -27,7 +27,7 @@ import torch
 from coh import models
 from coh.cohjson import CohJson
 from coh.data.phrases import PhraseSet
-from coh.data.records import FeedbackRecord
+from coh.data.records import FeedbackRecord, join_segments
 from coh.data.tokenize import RecordTokenizer
 from coh.train.checkpoint import (
     RESUME_MAY_CHANGE,
@@ -139,10 +139,9 @@ def preference_pairs(records: list[FeedbackRecord]) -> list[tuple[FeedbackRecord
             continue
         good_phrase, good_out = by_label["good"]
         _, bad_out = by_label["bad"]
-        sep = "" if not context or context[-1].eos else " "
-        phrase = good_phrase._replace(text=sep + good_phrase.text.lstrip())
         pairs.append(tuple(
-            FeedbackRecord(f"{rec.id}/{tag}", rec.source, "p", (*context, phrase, out._replace(label="good")))
+            FeedbackRecord(f"{rec.id}/{tag}", rec.source, "p",
+                           (*join_segments((*context, good_phrase)), out._replace(label="good")))
             for tag, out in (("chosen", good_out), ("rejected", bad_out))
         ))
     return pairs
