@@ -13,10 +13,11 @@ from coh.cli import main
 from coh.data.build import BuildConfig, SourceSpec, build
 from coh.data.records import FeedbackRecord, Segment
 from coh.data.render import RenderSpec
+from coh.eval.preference import pairs_from_records
 from coh.train.config import TrainConfig
 from coh.train.data import for_mode
 from coh.train.packing import collate_packed
-from coh.train.trainer import TrainingError, accumulate_gradients, preference_pairs, train
+from coh.train.trainer import TrainingError, accumulate_gradients, train
 
 from .conftest import config, weights
 
@@ -124,7 +125,7 @@ def test_modes_shape_the_records():
     assert csft.text == "User: Hi A helpful answer: Hello!<eos>"
     (sft,) = for_mode([pn, np_], "sft")
     assert sft.text == "User: Hi Hello!<eos>" and [s.loss for s in sft.segments] == [False, False, True]
-    chosen, rejected = preference_pairs([pn])[0]
+    chosen, rejected = pairs_from_records([pn])[0]
     assert chosen.text == "User: Hi A helpful answer: Hello!<eos>"
     assert rejected.text == "User: Hi A helpful answer: Go away.<eos>"
 

@@ -18,7 +18,6 @@ rows), so evaluation scores exactly what training optimises. Generation is greed
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from coh.data.io import JSON_SUFFIXES
 from coh.data.phrases import DEFAULT_PHRASES
 from coh.data.records import FeedbackRecord, Segment
 from coh.eval.judges import Judge, conversation_text
+from coh.eval.preference import preference_accuracy
 from coh.eval.stats import win_rate
 from coh.judge.sources import SetAside
 from coh.judge.stats import wilson_interval
@@ -293,15 +293,12 @@ def dialogue_scores(lm: LoadedModel, examples: Sequence[FeedbackExample], batch_
                     progress: bool = False) -> DialogueScores:
     """Score hh-rlhf pairs for ``eval_dialogue``: replies rendered after the positive phrase and the
     shared context exactly as training renders them, and the authors' verdict prompts."""
-    from coh.data.render import render_one
+    from coh.eval.preference import pairs_from_examples
 
-    good = lm.phrases.good
-    records = []
-    for ex in examples:
-        # Pair (good, good): "n" then renders the rejected reply under the positive phrase as well.
-        for kind in ("p", "n"):
-            segs = render_one(ex, kind, (good, good), lm.phrases, random.Random(0))
-            records.append(FeedbackRecord(f"{ex.id}/{kind}", ex.source, kind, tuple(segs), "eval"))
+    pairs = pairs_from_examples(examples, lm.phrases)
+    if len(pairs) != len(examples):  # every converted dialogue example has a pn record with both outputs
+        raise ValueError(f"{len(examples) - len(pairs)} example(s) gave no preference pair")
+    records = [rec for pair in pairs for rec in pair]
     for ex in examples:
         for cand in (ex.candidates[0], ex.candidates[-1]):
             prompt = DIALOGUE_PROMPT.format(dialogue=conversation_text(ex.transcript(cand)))
@@ -327,8 +324,10 @@ def eval_dialogue(lm: LoadedModel, examples: Sequence[FeedbackExample], batch_to
     metrics: dict[str, float] = {}
     ci95: dict[str, tuple[float, float]] = {}
     pairs = list(zip(s.chosen_logprob, s.rejected_logprob, s.chosen_tokens, s.rejected_tokens))
-    _accuracy("preference_accuracy", [c > r for c, r, _, _ in pairs], metrics, ci95)
-    _accuracy("preference_accuracy_per_token", [c / nc > r / nr for c, r, nc, nr in pairs], metrics, ci95)
+    nll = [x for c, r, _, _ in pairs for x in (-c, -r)]
+    by_sum, by_token = preference_accuracy(nll, [n for _, _, nc, nr in pairs for n in (nc, nr)])
+    _accuracy("preference_accuracy", by_sum, metrics, ci95)
+    _accuracy("preference_accuracy_per_token", by_token, metrics, ci95)
     _accuracy("dialogue_is_good_accuracy", [c > r for c, r in zip(s.verdict_chosen, s.verdict_rejected)],
               metrics, ci95)
     _accuracy("chosen_judged_good", [c > 0 for c in s.verdict_chosen], metrics, ci95)

@@ -27,8 +27,9 @@ import torch
 from coh import models
 from coh.cohjson import CohJson
 from coh.data.phrases import PhraseSet
-from coh.data.records import FeedbackRecord, join_segments
+from coh.data.records import FeedbackRecord
 from coh.data.tokenize import RecordTokenizer
+from coh.eval.preference import pairs_from_records, preference_accuracy
 from coh.train.checkpoint import (
     RESUME_MAY_CHANGE,
     complete_checkpoints,
@@ -119,32 +120,6 @@ def load_eval(cfg: TrainConfig, path: Path, tokenizer: RecordTokenizer) -> Token
         raise TrainingError(f"{path}: no eval records for mode '{cfg.mode}'")
     data, _, _ = tokenize_set(records, tokenizer, cfg.max_length, "split")
     return data
-
-
-def preference_pairs(records: list[FeedbackRecord]) -> list[tuple[FeedbackRecord, FeedbackRecord]]:
-    """From pn / np records: (preferred, dispreferred) outputs, both after the positive phrase and
-    the same context, for the preference accuracy metric."""
-    pairs = []
-    for rec in records:
-        if rec.feedback not in ("pn", "np"):
-            continue
-        segs = list(rec.segments)
-        outs = [i for i, s in enumerate(segs) if s.loss]
-        if len(outs) != 2:
-            continue
-        first_phrase = outs[0] - 1
-        context = segs[:first_phrase]
-        by_label = {segs[i].label: (segs[i - 1], segs[i]) for i in outs}
-        if set(by_label) != {"good", "bad"}:
-            continue
-        good_phrase, good_out = by_label["good"]
-        _, bad_out = by_label["bad"]
-        pairs.append(tuple(
-            FeedbackRecord(f"{rec.id}/{tag}", rec.source, "p",
-                           (*join_segments((*context, good_phrase)), out._replace(label="good")))
-            for tag, out in (("chosen", good_out), ("rejected", bad_out))
-        ))
-    return pairs
 
 
 # -- before anything is loaded ---------------------------------------------------------------------------
@@ -311,7 +286,7 @@ def train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     records, data, plan = epochs.get(0)
     eval_set = None
     if eval_path is not None:
-        pairs = preference_pairs(read_training_records(eval_path)[: cfg.eval_records or None])
+        pairs = pairs_from_records(read_training_records(eval_path)[: cfg.eval_records or None])
         eval_set = prepare_eval(load_eval(cfg, eval_path, rtok), pairs, rtok, cfg.micro_batch_tokens)
 
     world = accelerator.num_processes
@@ -648,6 +623,7 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
     device = accelerator.device
     split_rows = dense_attention(model)
     totals: dict[str, float] = defaultdict(float)
+    pref: dict[str, float] = {}
     data = ev.data
     with torch.no_grad():
         for b in _share(ev.bins, accelerator):
@@ -677,9 +653,10 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
                 if b:
                     nll[b] = r.per_record
             nll = accelerator.reduce(nll.to(device), "sum").cpu()
-            totals["pref_correct"] = float((nll[0::2] < nll[1::2]).sum())
-            totals["pref_n"] = len(ev.pairs) // 2
-    keys = sorted(k for k in totals if k not in ("pref_correct", "pref_n"))
+            by_sum, by_token = preference_accuracy(nll.tolist(), [ev.pairs.targets(i) for i in range(len(ev.pairs))])
+            pref = {"preference_accuracy": sum(by_sum) / len(by_sum),
+                    "preference_accuracy_per_token": sum(by_token) / len(by_token)}
+    keys = sorted(totals)
     summed = accelerator.reduce(torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=device), "sum")
     totals.update(dict(zip(keys, summed.tolist())))
     out = {"eval/loss": totals["loss_sum"] / max(1, totals["targets"]),
@@ -690,7 +667,6 @@ def evaluate(model, ev: EvalSet, cfg: TrainConfig, accelerator, pretrain_eval=No
             out[f"eval/loss_{src}"] = totals[k] / max(1, totals[f"src_n/{src}"])
     if totals.get("pt_n"):
         out["eval/pretrain_loss"] = totals["pt_sum"] / totals["pt_n"]
-    if totals.get("pref_n"):
-        out["eval/preference_accuracy"] = totals["pref_correct"] / totals["pref_n"]
+    out.update({f"eval/{k}": v for k, v in pref.items()})
     model.train()
     return out
