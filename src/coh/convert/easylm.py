@@ -124,7 +124,7 @@ def convert_easylm(path: str | Path, output_dir: str | Path, config: str | None 
     writer.close()
     info = safetensors_io.converted_coh_info("easylm", path) if coh_phrases else None
     safetensors_io.finish_hf_folder(out, source.config, tok, tokenizer, info)
-    print(f"read {source.stream.path}: {source.stream.layout}, {len(source.stream.index)} tensors, {source.stream.dtype}")
+    print(f"read {source.stream.path}: {source.stream.form}, {len(source.stream.index)} tensors, {source.stream.dtype}")
     if tok is None:
         print("no --tokenizer given: the folder has no tokenizer (coh train and coh serve need one)")
     if source.lm_head_tied:
@@ -238,7 +238,7 @@ def read_back_for_check(stream_path: str | Path, config):
     arch = config.model_type
     stream = EasyLMStream(Path(stream_path)).scan()
     if stream.whole_tree is not None or stream.depth != 0:
-        raise ValueError(f"{stream_path}: {stream.layout}; EasyLM's params:: loader needs a stream with no params "
+        raise ValueError(f"{stream_path}: {stream.form}; EasyLM's params:: loader needs a stream with no params "
                          "level")
     layout = layout_of(arch, config)
     check_easylm_tree(layout, stream.shapes, str(stream_path))

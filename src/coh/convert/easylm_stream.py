@@ -82,8 +82,8 @@ def _flatten(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[s
 
 
 PARAM_ROOTS = ("transformer", "lm_head")
-# how many "params" levels stand above transformer/lm_head, and who writes that layout
-LAYOUTS = {
+# how many "params" levels stand above transformer/lm_head in the keys, and who writes them so
+PARAMS_LEVELS = {
     0: "no params level (EasyLM's StreamingCheckpointer.save_all streaming_params, convert_hf_to_easylm.py, "
        "the original's convert_checkpoint.py)",
     1: "one params level",
@@ -111,7 +111,7 @@ class EasyLMStream:
     shapes: dict[tuple[str, ...], tuple[int, ...]] = field(default_factory=dict)
     dtype: torch.dtype | None = None  # of the first parameter
     skipped: int = 0  # non-parameter entries (optimizer state, step)
-    depth: int | None = None  # params levels above transformer/lm_head (see LAYOUTS)
+    depth: int | None = None  # params levels above transformer/lm_head (see PARAMS_LEVELS)
     whole_tree: dict[tuple[str, ...], torch.Tensor] | None = None  # a non-streaming flax file, decoded
 
     def __post_init__(self) -> None:
@@ -120,8 +120,10 @@ class EasyLMStream:
             raise FileNotFoundError(f"{self.path}: no such file (an EasyLM streaming_params / streaming_train_state file)")
 
     @property
-    def layout(self) -> str:
-        return ("whole-tree flax msgpack, " if self.whole_tree is not None else "stream, ") + LAYOUTS.get(self.depth, "?")
+    def form(self) -> str:
+        """In words: a stream or a whole tree, and how many ``params`` levels its keys have."""
+        return ("whole-tree flax msgpack, " if self.whole_tree is not None else "stream, ") + \
+            PARAMS_LEVELS.get(self.depth, "?")
 
     def _entries(self) -> Iterator[tuple[tuple[str, ...], object, int, int]]:
         """(key, payload bytes or decoded value, start, end) for every entry of the file."""

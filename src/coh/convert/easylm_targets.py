@@ -19,6 +19,7 @@ TARGETS = {
            "--load_llama_config / --load_gptj_config 'json::FILE'",
 }
 
+
 def target_problems(config, arch: str) -> dict[str, str | None]:
     """Per target code base: why it cannot run this model as HF does, or None when it can."""
     problems: dict[str, str | None] = {}
