@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from coh.cli import main
-from coh.convert import easylm
-from coh.convert.easylm import EasyLMStream, decode_array, encode_array, open_easylm
+from coh.convert import easylm, easylm_stream
+from coh.convert.easylm import open_easylm
+from coh.convert.easylm_stream import EasyLMStream, decode_array, encode_array
 
 from .conftest import (
     ATOL,
@@ -143,7 +144,7 @@ def test_reference_forwards_match_hf(tmp_path, llama_dir, gptj_dir):
 def test_array_codec_with_chunks(monkeypatch, dtype):
     t = torch.randn(6, 5).to(dtype)
     assert torch.equal(decode_array(encode_array(t)), t)
-    monkeypatch.setattr(easylm, "MAX_CHUNK_BYTES", 16)  # flax splits arrays over its limit into flat chunks
+    monkeypatch.setattr(easylm_stream, "MAX_CHUNK_BYTES", 16)  # flax splits arrays over its limit into flat chunks
     payload = encode_array(t)
     tree = msgpack.unpackb(payload, raw=False, ext_hook=lambda c, d: None)
     assert tree["__msgpack_chunked_array__"] and len(tree["chunks"]) > 1

@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 
 from coh.cli import main
 from coh.data.errors import DataError
-from coh.judge.sources import Generation, SystemSpec, prepare, read_comparisons, read_prompts
+from coh.judge.sources import prepare, read_comparisons, read_prompts
+from coh.judge.systems import Generation, SystemSpec
 
 from ..conftest import hh_rows
 from .conftest import live_server, write_jsonl

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-TOLERANCE = 1e-4
+from coh.convert.config import TOLERANCE
+
 CHECK_PROMPT = "How do I bake bread at home?"
 VOCAB_SAMPLE = 512  # token ids in the vocabulary prompt (all of them for a smaller vocabulary)
 

@@ -86,8 +86,8 @@ def export_sharded_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path
 
     def nbytes(name: str) -> int:
         meta = stored[name]
-        kind = target if target is not None and meta.properties.dtype.is_floating_point else meta.properties.dtype
-        return meta.size.numel() * torch.empty((), dtype=kind).element_size()
+        written = target if target is not None and meta.properties.dtype.is_floating_point else meta.properties.dtype
+        return meta.size.numel() * torch.empty((), dtype=written).element_size()
 
     max_bytes = parse_size(max_shard_size)
     in_place = Path(output_dir).resolve() == ckpt.resolve()  # HF files beside model_sharded/
