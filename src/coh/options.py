@@ -39,14 +39,21 @@ MISSING = dataclasses.MISSING
 
 def option(default: Any = MISSING, help: str = "", *, factory: Any = None, flags: Sequence[str] = (),
            deprecated: Sequence[str] = (), choices: Sequence[Any] | None = None, metavar: str | None = None,
-           positional: bool = False, cli: bool = True) -> Any:
+           positional: bool = False, cli: bool = True, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False, split: bool = True, expected: str | None = None) -> Any:
     """A config field. ``flags``: extra spellings (``-o``); ``deprecated``: old spellings, still
-    taken with a note on stderr; ``choices``: the allowed values (checked for recipe values too);
-    ``positional``: a command-line argument without a flag (``coh serve MODEL``); ``cli`` False:
-    recipe and Python only (values with no sensible flag form, such as a list of mappings)."""
+    taken with a note on stderr; ``choices``: the allowed values; ``low`` / ``high`` (open ends
+    with ``low_open`` / ``high_open``): a number's range. Choices and ranges are checked for flags
+    (a usage error, exit status 2) and for recipe and Python values alike (:func:`check_fields`).
+    ``positional``: a command-line argument without a flag (``coh serve MODEL``); ``split`` False:
+    a list option whose values may hold commas (each flag occurrence is one item); ``cli`` False:
+    recipe and Python only (values with no sensible flag form, such as a list of mappings).
+    ``expected``: the words for a good value in error messages ("a port from 1 to 65535"). A field
+    without a default is required: from a flag or the recipe."""
     meta = {"help": help, "flags": tuple(flags), "deprecated": tuple(deprecated),
             "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
-            "positional": positional, "cli": cli}
+            "positional": positional, "cli": cli, "split": split, "expected": expected,
+            "range": (low, high, low_open, high_open) if low is not None or high is not None else None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -79,10 +86,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif base is list:
-            kwargs["action"] = _ListAction
-            kwargs.setdefault("metavar", "A,B")
+            kwargs["action"] = _ListAction if meta.get("split", True) else _AppendAction
+            kwargs.setdefault("metavar", "A,B" if meta.get("split", True) else "VALUE")
         else:
-            kwargs["type"] = _parse_value(f.name, hint)
+            kwargs["type"] = _parse_value(f.name, hint, meta.get("range"), meta.get("expected"))
             if choices is not None:
                 kwargs["choices"] = choices
         if meta.get("positional"):
@@ -106,7 +113,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
     if key_value_overrides:
         parser.add_argument("_overrides", nargs="*", metavar="KEY=VALUE",
                             help="deprecated spelling of --key value (values parsed as YAML)")
-    parser.set_defaults(_options=cls)
+    parser.set_defaults(_options=cls, _options_parser=parser)
 
 
 def _help_text(text: str, default: Any) -> str:
@@ -134,6 +141,13 @@ class _ListAction(argparse.Action):
         setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *items])
 
 
+class _AppendAction(argparse.Action):
+    """``--x a --x b``: one item per occurrence, commas and all."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), values])
+
+
 def _deprecated(action: Any, old: str, new: str) -> type[argparse.Action]:
     base = {"store": argparse._StoreAction}.get(action, action) if isinstance(action, str) else action
 
@@ -145,16 +159,21 @@ def _deprecated(action: Any, old: str, new: str) -> type[argparse.Action]:
     return Deprecated
 
 
-def _parse_value(name: str, hint: Any):
+def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: str | None = None):
     """The argparse ``type`` of a field: text coerced to the declared type (``none`` for an
-    optional field's null)."""
+    optional field's null), finite, within ``bounds``."""
 
     def parse(text: str) -> Any:
         if type(None) in _types(hint) and text.strip().lower() in ("none", "null"):
             return None
         value = coerce(name, hint, text, raw=text)
+        wanted = expected or _expected(hint) + (f" in {_span(*bounds)}" if bounds is not None else "")
         if _kind_error(hint, value) is not None:
-            raise argparse.ArgumentTypeError(f"expected {_expected(hint)}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {expected or 'a finite number'}, got {text!r}")
+        if bounds is not None and _out_of_range(value, *bounds):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         return value
 
     parse.__name__ = _expected(hint)  # argparse names the type in its error message
@@ -175,6 +194,16 @@ def options_from_args(cls: type, args: argparse.Namespace, extra: dict | None = 
         values.update(key_value_options(cls, args._overrides))
     names = {f.name for f in dataclasses.fields(cls)}
     values.update({k: v for k, v in vars(args).items() if k in names})
+    missing = [f for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        spell = ", ".join(f.name.upper() if f.metadata.get("positional") else
+                          "/".join([f"--{f.name.replace('_', '-')}", *f.metadata.get("flags", ())]) for f in missing)
+        message = f"the following arguments are required: {spell} (as flags or in the --config recipe)"
+        parser = getattr(args, "_options_parser", None)
+        if parser is not None:
+            parser.error(message)  # a usage error, as argparse's own required=True gives
+        raise ValueError(message)
     return cls(**values)
 
 
@@ -204,7 +233,8 @@ def coerce_options(cls: type, values: dict[str, Any], where: str, raw: dict[str,
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; expected some of {sorted(hints)}")
     raw = {k.replace("-", "_"): v for k, v in (raw or {}).items()}
-    return {k: coerce(k, hints[k], v, raw.get(k)) for k, v in out.items()}
+    whole = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("split", True)}
+    return {k: [v] if k in whole and isinstance(v, str) else coerce(k, hints[k], v, raw.get(k)) for k, v in out.items()}
 
 
 def key_value_options(cls: type, items: Sequence[str]) -> dict[str, Any]:
@@ -330,6 +360,9 @@ def check_fields(config: Any, finite_except: Sequence[str] = ()) -> None:
             raise ValueError(f"option {f.name}: expected {expected}, got {describe(value)}")
         if isinstance(value, float) and not math.isfinite(value) and f.name not in finite_except:
             raise ValueError(f"option {f.name}: must be a finite number, got {value}")
+        bounds = f.metadata.get("range")
+        if bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_range(config, f.name, *bounds)
         choices = f.metadata.get("choices")
         if choices is not None and value is not None:
             bad = [v for v in (value if isinstance(value, list) else [value]) if v not in choices]
@@ -341,13 +374,17 @@ def check_range(config: Any, name: str, low: float | None = None, high: float | 
                 low_open: bool = False, high_open: bool = False) -> None:
     """Refuse ``config.name`` outside [low, high] (open ends when asked); None passes."""
     value = getattr(config, name)
-    if value is None:
-        return
+    if value is not None and _out_of_range(value, low, high, low_open, high_open):
+        raise ValueError(f"option {name}: must be in {_span(low, high, low_open, high_open)}, got {value}")
+
+
+def _out_of_range(value: Any, low: float | None, high: float | None, low_open: bool, high_open: bool) -> bool:
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
-        raise ValueError(f"option {name}: must be in {span}, got {value}")
+    return too_low or too_high
+
+
+def _span(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    return f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
 

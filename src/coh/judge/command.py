@@ -21,49 +21,44 @@ import os
 import socket
 import sqlite3
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from coh.judge.config import (
     PASSWORD_ENV,
-    ConfigParser,
     JudgeExportConfig,
     JudgePrepareConfig,
     JudgeResultsConfig,
     JudgeServeConfig,
-    add_config_options,
 )
+from coh.options import add_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="judge_command", required=True, metavar="ACTION", parser_class=ConfigParser)
+    sub = parser.add_subparsers(dest="judge_command", required=True, metavar="ACTION")
 
     p = sub.add_parser("prepare", help="the comparison set: every system's output for every prompt",
                        description="Ask each system for a reply to every prompt and write the comparisons "
                                    "(JSONL: id, prompt, outputs) that `coh judge serve` shows.")
-    system = {f.name: f for f in fields(JudgePrepareConfig)}["system"]
-    p.add_argument("--system", action="append", dest="system", default=argparse.SUPPRESS, metavar="SPEC",
-                   help=system.metadata["help"] + " (required)")
-    add_config_options(p, JudgePrepareConfig)
+    add_options(p, JudgePrepareConfig)
     p.set_defaults(func=_reporting_errors(_run_prepare))
 
     p = sub.add_parser("serve", help="the voting web app",
                        description="Serve the voting page. Votes go to an SQLite database; several people can "
                                    "vote at once, and a person who comes back with the same name goes on where "
                                    "they stopped. The shared password may also come from $" + PASSWORD_ENV + ".")
-    add_config_options(p, JudgeServeConfig)
+    add_options(p, JudgeServeConfig)
     p.set_defaults(func=_reporting_errors(_run_serve))
 
     p = sub.add_parser("results", help="win / tie / loss per pair of systems, with intervals and a plot",
                        description="Win / tie / loss / neither shares per pair of systems with 95% Wilson "
                                    "intervals, as a table (or JSON) and a PNG plot.")
-    add_config_options(p, JudgeResultsConfig)
+    add_options(p, JudgeResultsConfig)
     p.set_defaults(func=_reporting_errors(_run_results))
 
     p = sub.add_parser("export", help="votes as preference rows for `coh data build -s preference:FILE`",
                        description="Write decisive votes as prompt/chosen/rejected rows (plus the voter's "
                                    "comment and provenance). Ties and 'neither' are counted, not written.")
-    add_config_options(p, JudgeExportConfig)
+    add_options(p, JudgeExportConfig)
     p.set_defaults(func=_reporting_errors(_run_export))
 
 
