@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (module.__doc__ or text).strip()
         p = sub.add_parser(name, help=text, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(func=module.run)
+        if hasattr(module, "run"):  # else each action's parser sets its own func
+            p.set_defaults(func=module.run)
     return parser
 
 

@@ -161,9 +161,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         # easylm's --config is the model's config (EasyLM's meaning, kept): no recipe flag there
         add_options(p, cls, recipe=cls is not EasyLMConvertConfig)
         p.set_defaults(func=run_action)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Not called: each action sets its own ``func``, which ``cli.main`` calls with the action's
-    config; ``cli.build_parser`` still asks every stage module for a ``run``."""
-    raise NotImplementedError("coh convert: give an action (llama, easylm, to-easylm, lora-merge, sharded)")

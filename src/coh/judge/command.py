@@ -62,11 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_reporting_errors(_run_export))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Not called: each action above sets its own ``func``, which ``cli.main`` calls with the
-    action's config; ``cli.build_parser`` still asks every stage module for a ``run``."""
-    raise NotImplementedError("coh judge: give an action (prepare, serve, results, export)")
-
 
 def _reporting_errors(func):
     """``func`` with a votes database that broke while in use (corrupt, disk full, locked) and
