@@ -83,17 +83,16 @@ def check_prompts(model_dir: str | Path, vocab_size: int, max_positions: int | N
 def check_ids(model_dir: str | Path, vocab_size: int, seed: int = 0) -> torch.Tensor:
     """Token ids of a CoH prompt (``User: ... A helpful answer:``) tokenized as training would,
     when ``model_dir`` has a tokenizer; else 24 ids drawn with a fixed seed."""
-    from transformers import AutoTokenizer
-
-    from coh.convert.safetensors_io import TOKENIZER_FILES
+    from coh.cohjson import trained_phrases
     from coh.data.feedback import Turn
-    from coh.data.render import prompt_record, trained_phrases
+    from coh.data.render import prompt_record
     from coh.data.tokenize import RecordTokenizer
+    from coh.models import has_tokenizer_files, load_tokenizer
 
     ids: list[int] = []
     # transformers 5 makes an empty tokenizer for a folder without tokenizer files: look first
-    if any((Path(model_dir) / name).is_file() for name in TOKENIZER_FILES):
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if has_tokenizer_files(model_dir):
+        tok = load_tokenizer(str(model_dir))
         if tok.eos_token_id is not None:
             record = prompt_record([Turn("user", CHECK_PROMPT)], trained_phrases(model_dir), "good")
             ids = RecordTokenizer(tok, chat_template="never")(record).input_ids
@@ -103,9 +102,9 @@ def check_ids(model_dir: str | Path, vocab_size: int, seed: int = 0) -> torch.Te
 
 
 def load_float32(model_dir: str | Path):
-    from transformers import AutoModelForCausalLM
+    from coh.models import load_model
 
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    return load_model(str(model_dir), dtype="float32", device="cpu")
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from coh.cohjson import CohJson
 from coh.convert import safetensors_io
 from coh.convert.easylm_configs import (
     config_says_untied,
@@ -122,7 +123,7 @@ def convert_easylm(path: str | Path, output_dir: str | Path, config: str | None 
         bar.update()
     bar.close()
     writer.close()
-    info = safetensors_io.converted_coh_info("easylm", path) if coh_phrases else None
+    info = CohJson.for_original_weights("easylm", path) if coh_phrases else None
     safetensors_io.finish_hf_folder(out, source.config, tok, tokenizer, info)
     print(f"read {source.stream.path}: {source.stream.form}, {len(source.stream.index)} tensors, {source.stream.dtype}")
     if tok is None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from coh.cohjson import copy_coh_json
+
 
 def adapter_base(adapter_dir: str | Path, base: str | None) -> str:
     """The base model: ``base`` if given, else ``base_model_name_or_path`` of ``adapter_config.json``."""
@@ -78,8 +80,6 @@ def merge_lora(adapter_dir: str | Path, output_dir: str | Path, base: str | None
     copied = copy_tokenizer_files(adapter_dir, out) or (Path(base_path).is_dir() and copy_tokenizer_files(base_path, out))
     if not copied:  # a hub id
         AutoTokenizer.from_pretrained(base_path).save_pretrained(out)
-    for folder in (Path(adapter_dir), Path(base_path)):
-        if (folder / "coh.json").is_file():
-            (out / "coh.json").write_bytes((folder / "coh.json").read_bytes())
-            break
+    if not copy_coh_json(adapter_dir, out):
+        copy_coh_json(base_path, out)
     return out

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 
+from coh.cohjson import CohJson
 from coh.convert.reference import LlamaShape
 from coh.convert.safetensors_io import (
-    TOKENIZER_FILES,
     ShardWriter,
-    converted_coh_info,
     finish_hf_folder,
     parse_size,
     prepare_output_dir,
     resolve_dtype,
 )
+from coh.models import TOKENIZER_FILES, has_tokenizer_files
 
 # Meta name (per layer) -> HF name (per layer)
 LAYER_NAMES = {
@@ -220,7 +220,7 @@ def load_tokenizer(path: str | Path, what: str = "--tokenizer"):
     path = Path(path)
     if path.is_file():
         return load_sentencepiece_tokenizer(path)
-    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if path.is_dir() and not has_tokenizer_files(path):
         raise FileNotFoundError(f"{what} {path}: a folder without tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, "
                                 "...); give a SentencePiece tokenizer.model or an HF tokenizer folder")
     try:
@@ -257,7 +257,7 @@ def convert_meta_llama(meta_dir: str | Path, output_dir: str | Path, tokenizer: 
         writer.add(*meta_to_hf(name, ckpt.get(name), ckpt.shape))
     writer.close()
     finish_hf_folder(out, config, tok, tokenizer if tokenizer is not None else ckpt.folder / "tokenizer.model",
-                     converted_coh_info("meta-llama", meta_dir) if coh_phrases else None)
+                     CohJson.for_original_weights("meta-llama", meta_dir) if coh_phrases else None)
     if ckpt.ignored:
         print(f"not converted: {', '.join(ckpt.ignored)} (recomputed by transformers from rope_theta)")
     return out

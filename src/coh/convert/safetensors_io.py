@@ -10,14 +10,17 @@ from pathlib import Path
 
 import torch
 
+from coh.cohjson import CohJson
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 # files of a tokenizer folder (transformers 5 writes the first two; older ones and SentencePiece
 # models the rest); copied as they are so nothing about the tokenizer changes
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+# Every file of a tokenizer, copied beside converted weights (coh.models.TOKENIZER_FILES: those that
+# show a folder holds one).
+TOKENIZER_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "added_tokens.json")
-DEFAULT_COH_PHRASES = {"user": "User:", "good": "A helpful answer:", "bad": "An unhelpful answer:"}
 
 
 def parse_size(size: str | int) -> int:
@@ -149,19 +152,15 @@ def check_tensors(found: dict[str, tuple[int, ...]], config, where: str) -> list
 def copy_tokenizer_files(source_dir: str | Path, output_dir: str | Path) -> list[str]:
     """Copy the tokenizer files found in ``source_dir``; the names copied."""
     src, copied = Path(source_dir), []
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_SIDE_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, Path(output_dir) / name)
             copied.append(name)
     return copied
 
 
-def write_coh_json(output_dir: str | Path, info: dict) -> None:
-    (Path(output_dir) / "coh.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def finish_hf_folder(output_dir: str | Path, config, tokenizer=None, sentencepiece_file: str | Path | None = None,
-                     coh_info: dict | None = None) -> None:
+                     coh_info: CohJson | None = None) -> None:
     """Write the side files of a converted folder: config, tokenizer, the SentencePiece model when
     there is one (kept for users who go back to Meta's or EasyLM's code) and ``coh.json``."""
     out = Path(output_dir)
@@ -171,11 +170,4 @@ def finish_hf_folder(output_dir: str | Path, config, tokenizer=None, sentencepie
     if sentencepiece_file is not None and Path(sentencepiece_file).is_file():
         shutil.copyfile(sentencepiece_file, out / "tokenizer.model")
     if coh_info is not None:
-        write_coh_json(out, coh_info)
-
-
-def converted_coh_info(source_format: str, source: str | Path) -> dict:
-    """``coh.json`` for weights trained by the original CoH code: its default phrases, so
-    ``coh serve`` prompts them the way they were trained."""
-    return {"phrases": dict(DEFAULT_COH_PHRASES), "mode": "coh", "training": {},
-            "converted_from": {"format": source_format, "path": str(source)}}
+        coh_info.write(out)

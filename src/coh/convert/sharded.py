@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from coh.cohjson import copy_coh_json
+
 SHARDED_DIR = "model_sharded"
 
 
@@ -114,8 +116,7 @@ def export_sharded_checkpoint(checkpoint_dir: str | Path, output_dir: str | Path
     config.save_pretrained(out)
     if not in_place:
         copy_tokenizer_files(ckpt, out)
-        if (ckpt / "coh.json").is_file():
-            (out / "coh.json").write_bytes((ckpt / "coh.json").read_bytes())
+        copy_coh_json(ckpt, out)
     if tied:
         print(f"not written: {', '.join(tied)} (tied to {', '.join(aliases[n] for n in tied)})")
     return out

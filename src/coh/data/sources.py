@@ -256,7 +256,8 @@ def convert_summary(row: dict, ex_id: str, split: str) -> FeedbackExample:
 # Generic sources with TRL's column names
 
 
-def _prompt_turns(row: dict) -> list[Turn]:
+def prompt_turns(row: dict) -> list[Turn]:
+    """The ``prompt`` field of a TRL-style row as turns (a string is one user turn), checked."""
     context = _turns(_get(row, "prompt"), "prompt", "user")
     _check_context(context, "prompt")
     return context
@@ -305,7 +306,7 @@ def _without_prompt(turns: list[Turn], context: list[Turn]) -> list[Turn]:
 def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
     chosen_raw, rejected_raw = _get(row, "chosen"), _get(row, "rejected")
     if row.get("prompt") is not None:  # a null prompt (parquet rows without one) means implicit
-        context = _prompt_turns(row)
+        context = prompt_turns(row)
         chosen = _without_prompt(_completion_turns(chosen_raw, "chosen"), context)
         rejected = _without_prompt(_completion_turns(rejected_raw, "rejected"), context)
     elif isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
@@ -333,7 +334,7 @@ def convert_preference(row: dict, ex_id: str, split: str) -> FeedbackExample:
 
 
 def convert_unpaired(row: dict, ex_id: str, split: str) -> FeedbackExample:
-    context = _prompt_turns(row)
+    context = prompt_turns(row)
     label = _get(row, "label")
     if not isinstance(label, bool):
         raise RowError("label", f"expected true or false, got {describe(label)}")
@@ -343,7 +344,7 @@ def convert_unpaired(row: dict, ex_id: str, split: str) -> FeedbackExample:
 
 
 def convert_rated(row: dict, ex_id: str, split: str) -> FeedbackExample | Skip:
-    context = _prompt_turns(row)
+    context = prompt_turns(row)
     completions, scores = _get(row, "completions"), _get(row, "scores")
     if not isinstance(completions, list) or len(completions) < 2:
         raise RowError("completions", f"expected a list of two or more completions, got {describe(completions)}")

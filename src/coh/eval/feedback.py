@@ -29,10 +29,9 @@ from coh.data.phrases import DEFAULT_PHRASES
 from coh.data.records import FeedbackRecord, Segment
 from coh.eval.judges import Judge, conversation_text
 from coh.eval.preference import preference_accuracy
-from coh.eval.stats import win_rate
 from coh.judge.sources import SetAside
-from coh.judge.stats import wilson_interval
 from coh.models import LoadedModel, load_for_inference
+from coh.stats import wilson_interval, win_rate
 
 DIALOGUE_PROMPT = "The following is a dialogue: {dialogue}. This dialogue is"
 DIALOGUE_VERDICTS = (" good", " bad")

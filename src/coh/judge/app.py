@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
-from coh.judge.stats import pair_results, plot
+from coh.judge.results import pair_results, plot
 from coh.judge.store import MAX_COMMENT, JudgeStore, VoteConflict, Voter
 
 COOKIE = "coh_judge"

@@ -190,7 +190,7 @@ def _open_store(path: str):
 
 
 def _run_results(config: JudgeResultsConfig) -> int:
-    from coh.judge.stats import format_table, pair_results, plot
+    from coh.judge.results import format_table, pair_results, plot
 
     if config.plot:
         _output_file(config.plot, "--plot")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from coh.data.errors import DataError, RowError, describe
 from coh.data.io import atomic_writer, iter_local_raw_rows, iter_local_rows
-from coh.data.sources import CONVERTERS, Skip, _prompt_turns
+from coh.data.sources import CONVERTERS, Skip, prompt_turns
 from coh.judge.systems import SYSTEM_NAME, Generation, SystemSpec, generate
 
 # coh.eval imports these two from here; their home is coh.judge.systems
@@ -92,7 +92,7 @@ def _as_messages(turns) -> list[dict]:
 
 def _messages(row: dict) -> list[dict]:
     """A row's ``prompt`` (a string or chat messages) as chat messages."""
-    return _as_messages(_prompt_turns(row))
+    return _as_messages(prompt_turns(row))
 
 
 def _row_id(row: dict, line: int) -> str:

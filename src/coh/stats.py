@@ -1,14 +1,35 @@
-"""Win rates under a judge, with ties counted as half a win (pairwise, controllability), and their
-95 % percentile-bootstrap interval over prompts (scipy), seeded, so the same outcomes always give
-the same interval. (Proportions of yes/no outcomes use ``coh.judge.stats.wilson_interval``; a
-half-win tie makes the win rate no binomial proportion, hence the bootstrap here.)"""
+"""The intervals every stage reports, in one place.
+
+- :func:`wilson_interval`: a 95 % Wilson score interval for a proportion of yes/no outcomes
+  (accuracies, vote shares). Closed-form and deterministic (no resampling seed, the same table
+  every time), and it keeps its coverage at the small counts and the shares near 0 or 1 that
+  evaluations and human studies produce, where the normal (Wald) interval shrinks to nothing.
+- :func:`win_rate`: A over B on the same prompts, ties worth half a win, with a seeded 95 %
+  percentile-bootstrap interval over prompts (scipy). A half-win tie makes the win rate no
+  binomial proportion, hence the bootstrap.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for a binomial proportion (``(0, 1)`` when ``n`` is 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 BOOTSTRAP_RESAMPLES = 10_000
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coh.eval.stats import win_rate
+from coh.stats import win_rate
 
 
 def test_win_rate_counts_ties_as_half():

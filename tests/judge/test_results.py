@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from coh.judge.stats import OUTCOMES, format_table, pair_results, plot, wilson_interval
+from coh.judge.results import OUTCOMES, format_table, pair_results, plot
 from coh.judge.store import Comparison, Vote
+from coh.stats import wilson_interval
 
 
 def score_test_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
