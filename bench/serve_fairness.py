@@ -28,7 +28,7 @@ class Served:
         import uvicorn
 
         from coh.serve.app import Server
-        from coh.serve.engine import Engine, EngineConfig
+        from coh.generation.engine import Engine, EngineConfig
         from coh.serve.prompts import Prompter
 
         config = EngineConfig(model=model, slice_steps=slice_steps)

@@ -10,7 +10,7 @@ from coh.data.feedback import Turn
 from coh.data.phrases import PhraseSet
 from coh.data.render import prompt_record
 from coh.data.tokenize import RecordTokenizer
-from coh.serve.engine import Row, stop_holdback
+from coh.generation.engine import Row, stop_holdback
 from coh.serve.prompts import Prompter
 from tests.serve.conftest import SCRIPT, write_coh_json
 
@@ -195,7 +195,7 @@ def test_a_cancelled_job_stops_and_says_so(coh_server):
 def test_generations_in_slices_give_the_same_tokens_as_in_one_go(coh_server):
     """Generations that take turns (a slice of 2 decode steps each) continue from their KV cache and
     their own random state: greedy and seeded samples equal those of each generation run alone."""
-    from coh.serve.engine import Engine, EngineConfig
+    from coh.generation.engine import Engine, EngineConfig
 
     base = coh_server.engine
     tok = base.tokenizer

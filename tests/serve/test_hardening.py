@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from coh.serve.engine import Row
+from coh.generation.engine import Row
 from tests.serve.conftest import make_server
 
 

@@ -163,41 +163,14 @@ def prompt_ids(lm: LoadedModel, contexts: Sequence[Sequence[Turn]], feedback: st
 
 def generate(lm: LoadedModel, prompts: Sequence[list[int]], sampling: Sampling, progress: bool = False,
              desc: str = "generate") -> list[str]:
-    """Continue each token-id prompt until EOS, the next ``User:`` marker or ``max_new_tokens``;
-    returns the new text, stripped. Batches are left-padded and grouped by length."""
-    import torch
-    from tqdm import tqdm
+    """Continue each token-id prompt until EOS, the next ``User:`` marker or ``max_new_tokens``
+    (through :func:`coh.generation.generate`, the path ``coh serve`` takes too); the new text, stripped."""
+    from coh.generation import generate as generate_texts
 
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    stop = [lm.phrases.user]
-    kwargs: dict = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": pad, "eos_token_id": tok.eos_token_id,
-                    "stop_strings": stop, "tokenizer": tok}
-    if sampling.temperature > 0:
-        kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    torch.manual_seed(sampling.seed)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    out = [""] * len(prompts)
-    with tqdm(total=len(prompts), desc=desc, unit=" prompts", disable=not progress) as bar:
-        for start in range(0, len(order), sampling.batch_size):
-            chunk = order[start:start + sampling.batch_size]
-            width = max(len(prompts[i]) for i in chunk)
-            ids = torch.tensor([[pad] * (width - len(prompts[i])) + list(prompts[i]) for i in chunk], device=lm.device)
-            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk],
-                                device=lm.device)
-            with torch.no_grad():
-                generated = lm.model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, width:]
-            for i, row in zip(chunk, generated.tolist()):
-                if tok.eos_token_id in row:
-                    row = row[: row.index(tok.eos_token_id)]
-                text = tok.decode(row, skip_special_tokens=True)
-                for s in stop:
-                    text = text.split(s, 1)[0]
-                out[i] = text.strip()
-            bar.update(len(chunk))
-    return out
+    texts = generate_texts(lm.model, lm.tokenizer, prompts, sampling.max_new_tokens, temperature=sampling.temperature,
+                           top_p=sampling.top_p, seed=sampling.seed, stop=(lm.phrases.user,),
+                           batch_size=sampling.batch_size, progress=progress, desc=desc)
+    return [t.strip() for t in texts]
 
 
 def write_generations(path: Path, ids: Sequence[str], contexts: Sequence[Sequence[Turn]], feedback: str,

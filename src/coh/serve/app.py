@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coh.data.feedback import Turn
 from coh.data.records import Segment, separator
-from coh.serve.engine import Delta, Engine, QueueFull, Row, RowResult, TextDecoder, TokenLogprob
+from coh.generation.engine import Delta, Engine, QueueFull, Row, RowResult, TextDecoder, TokenLogprob
 from coh.serve.prompts import Prompter
 
 log = logging.getLogger("coh.serve")

@@ -68,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from coh.generation.engine import Engine, EngineConfig
     from coh.serve.app import Server
-    from coh.serve.engine import Engine, EngineConfig
     from coh.serve.prompts import Prompter
 
     if args.max_tokens < 1:
