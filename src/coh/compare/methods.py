@@ -119,6 +119,9 @@ class _MetricsLog:
             def __init__(self):
                 self.log = RunLog(out, [], resume=(out / "metrics.jsonl").exists())
 
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.log.truncate_after(state.global_step)  # resumed: drop what came after the checkpoint
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 values = {f"train/{k}": float(v) for k, v in (logs or {}).items()
                           if isinstance(v, (int, float)) and not k.startswith("train_")}
