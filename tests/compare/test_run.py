@@ -122,3 +122,16 @@ def test_stage_redone_when_its_inputs_change(tmp_path):
         return {"n": 3}
 
     assert stages.run("s", {"a": 2}, resume)["n"] == 3
+
+
+def test_refuses_a_folder_in_use(tmp_path):
+    import fcntl
+
+    from coh.compare.runner import MARKER, run_compare
+
+    (tmp_path / MARKER).write_text("x")
+    with (tmp_path / ".lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        cfg = CompareConfig.load("smoke", {"output_dir": str(tmp_path), "data": str(HH_SAMPLE)})
+        with pytest.raises(ValueError, match="in use by another coh compare"):
+            run_compare(cfg, progress=False)

@@ -102,6 +102,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
         raise ValueError(f"{out} is not empty and was not written by coh compare: choose another output_dir")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by coh compare; a rerun reuses or replaces its stages\n", encoding="utf-8")
+    lock = _lock(out)  # two runs in one folder would train into the same stage folders
     stages = Stages(out)
 
     def step(text: str) -> None:
@@ -184,7 +185,26 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
     report.write_report(results, out)
     print("\n" + report.table_markdown(results))
     print(f"\nreport: {out / 'report.md'}; results: {out / 'results.json'}")
+    lock.close()
     return results
+
+
+def _lock(out: Path):
+    """An exclusive lock on ``out/.lock`` for this process's lifetime (released when it exits)."""
+    import fcntl
+    import os
+
+    f = (out / ".lock").open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        raise ValueError(f"{out} is in use by another coh compare (pid {f.read().strip() or '?'}): wait for it, "
+                         "or choose another output_dir") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def run_label(method: MethodSpec, seed: int, cfg: CompareConfig) -> str:
