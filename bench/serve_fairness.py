@@ -27,8 +27,8 @@ class Served:
     def __init__(self, model: str, slice_steps: int, engine=None):
         import uvicorn
 
-        from coh.serve.app import Server
         from coh.generation.engine import Engine, EngineConfig
+        from coh.serve.app import Server
         from coh.serve.prompts import Prompter
 
         config = EngineConfig(model=model, slice_steps=slice_steps)

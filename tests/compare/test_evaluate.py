@@ -58,12 +58,12 @@ def test_reply_records_plain_text_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory, bpe_tokenizer):
-    from coh.eval.feedback import load_model
+    from coh.models import load_for_inference
     from coh.tiny import make_tiny_model
 
     folder = tmp_path_factory.mktemp("tiny")
     make_tiny_model(folder, bpe_tokenizer, "llama", hidden=32, layers=2, seed=3)
-    return load_model(str(folder), "cpu")
+    return load_for_inference(str(folder), "cpu")
 
 
 def _reference_nll(lm, text: str, reply: str) -> tuple[float, int]:

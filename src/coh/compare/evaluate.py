@@ -22,30 +22,26 @@ from coh.data.records import FeedbackRecord, Segment
 
 def reply_records(examples: Sequence, phrases, feedback: str | None) -> list[FeedbackRecord]:
     """Per example, the preferred then the dispreferred reply as loss segments after the inference
-    prompt (``feedback`` None: no phrase), rendered as training renders records."""
-    from coh.data.render import prompt_segments
+    prompt (``feedback`` None: no phrase; "good": the positive phrase): the pairs of
+    ``coh.eval.preference``, flattened."""
+    from coh.eval.preference import pairs_from_examples
 
-    out = []
-    for ex in examples:
-        prompt = prompt_segments(ex.context, phrases, feedback)
-        sep = " " if prompt and not prompt[-1].eos else ""
-        for tag, cand in (("chosen", ex.candidates[0]), ("rejected", ex.candidates[-1])):
-            reply = Segment(sep + cand.text, True, "assistant", eos=True, label="good")
-            out.append(FeedbackRecord(f"{ex.id}/{tag}", ex.source, "p", (*prompt, reply), "eval"))
-    return out
+    if feedback not in (None, "good"):
+        raise ValueError(f"feedback must be None or 'good', got {feedback!r}")
+    return [rec for pair in pairs_from_examples(examples, phrases, feedback is not None) for rec in pair]
 
 
 def plain_preference(lm, examples: Sequence, batch_tokens: int = 8192, progress: bool = False
                      ) -> tuple[dict, dict]:
     """Preference accuracy after the plain prompt (no feedback phrase), summed and per token,
-    ties as misses, 95 % Wilson intervals; the same definition as ``eval_dialogue``'s."""
+    ties as misses, 95 % Wilson intervals: ``coh.eval.preference`` without the phrase."""
     from coh.eval.feedback import sequence_nll
-    from coh.judge.stats import wilson_interval
+    from coh.eval.preference import preference_accuracy
+    from coh.stats import wilson_interval
 
     nll, count = sequence_nll(lm, reply_records(examples, lm.phrases, None), batch_tokens, progress)
-    pairs = list(zip(nll[0::2], nll[1::2], count[0::2], count[1::2]))
-    hits = {"plain_preference_accuracy": [c < r for c, r, _, _ in pairs],
-            "plain_preference_accuracy_per_token": [c / nc < r / nr for c, r, nc, nr in pairs]}
+    by_sum, by_token = preference_accuracy(nll, count)
+    hits = {"plain_preference_accuracy": by_sum, "plain_preference_accuracy_per_token": by_token}
     metrics = {k: sum(v) / len(v) for k, v in hits.items()}
     return metrics, {k: wilson_interval(sum(v), len(v)) for k, v in hits.items()}
 
@@ -103,10 +99,11 @@ def evaluate_model(folder: str, feedback: str, controllable: bool, likelihood_ex
                    out: Path, device: str | None, progress: bool = False) -> dict:
     """Every protocol on one model folder; writes ``out/results.json`` (``coh eval``'s format,
     readable by ``coh eval compare``), ``out/generations*.jsonl`` and ``out/pairs.jsonl``."""
-    from coh.eval.feedback import eval_controllability, eval_dialogue, load_model
+    from coh.eval.feedback import eval_controllability, eval_dialogue
     from coh.eval.report import EvalResult, write_result
+    from coh.models import load_for_inference
 
-    lm = load_model(folder, device)
+    lm = load_for_inference(folder, device)
     metrics, ci95 = eval_dialogue(lm, likelihood_examples, output_dir=out, progress=progress)
     if feedback == "none":
         m, c = plain_preference(lm, likelihood_examples, progress=progress)
@@ -139,7 +136,7 @@ def evaluate_model(folder: str, feedback: str, controllable: bool, likelihood_ex
 def judge_accuracy(judge, examples: Sequence) -> tuple[float, tuple[float, float], int]:
     """How often the judge scores the preferred reply above the dispreferred one, on held-out
     pairs (ties as misses): its own accuracy, with a 95 % Wilson interval."""
-    from coh.judge.stats import wilson_interval
+    from coh.stats import wilson_interval
 
     contexts = [ex.context for ex in examples]
     chosen = judge.score(contexts, [ex.candidates[0].text for ex in examples])

@@ -153,6 +153,7 @@ def train_dpo(cfg: CompareConfig, method: MethodSpec, seed: int, examples: Seque
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    from coh.cohjson import CohJson
     from coh.data.phrases import DEFAULT_PHRASES, phrases_for
     from coh.train.checkpoint import save_model_folder
 
@@ -170,8 +171,7 @@ def train_dpo(cfg: CompareConfig, method: MethodSpec, seed: int, examples: Seque
     trainer.train(resume_from_checkpoint=_checkpoint(out) or None)
     seconds = time.perf_counter() - t0
     model = trainer.model.merge_and_unload() if cfg.lora_r else trainer.model
-    info = {"phrases": {"user": phrases.user, "good": phrases.good, "bad": phrases.bad}, "mode": "dpo",
-            "prompt_format": "coh", "training": {"dpo": {**options, "pairs_per_step": batch}, "seed": seed}}
+    info = CohJson(phrases=phrases, mode="dpo", training={"dpo": {**options, "pairs_per_step": batch}, "seed": seed})
     save_model_folder(final_model(out, cfg), model, tokenizer, info)
     tokens = int(trainer.state.log_history[-2].get("num_tokens", 0)) if len(trainer.state.log_history) > 1 else 0
     return {"steps": cfg.steps, "pairs_per_step": batch, "mean_pair_tokens": round(pair_tokens, 1),

@@ -2,7 +2,7 @@
 intervals in brackets), ``loss_curves.png`` and ``metrics.png``.
 
 Win rates are computed here, prompt by prompt, from the judge scores each evaluation saved
-(``coh.eval.stats.win_rate``: ties count half, percentile-bootstrap interval over prompts).
+(``coh.stats.win_rate``: ties count half, percentile-bootstrap interval over prompts).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ INTERVAL_NOTE = (
 
 
 def _win(scores_a: dict, scores_b: dict, seed: int) -> dict:
-    from coh.eval.stats import win_rate
+    from coh.stats import win_rate
 
     ids = [i for i in scores_a if i in scores_b]
     w = win_rate([scores_a[i] for i in ids], [scores_b[i] for i in ids], seed)
