@@ -221,3 +221,20 @@ def test_a_strict_template_gives_a_clear_error(bpe_tokenizer):
     pn = ascii_records(40)[2]
     with pytest.raises(ValueError, match=r"record .*/pn: the tokenizer's chat template refused .*alternate.*never"):
         RecordTokenizer(tok, "always")(pn)
+
+
+def test_tokenizer_fingerprint(bpe_tokenizer, llama_tokenizer):
+    from coh.data.tokenize import tokenizer_fingerprint
+
+    fp = tokenizer_fingerprint(bpe_tokenizer)
+    assert fp.startswith("sha256:") and fp != tokenizer_fingerprint(llama_tokenizer)
+    tok = copy.deepcopy(bpe_tokenizer)
+    tok(["a b c d e"], truncation=True, max_length=2, padding="max_length")  # may set these in the Rust state
+    assert tokenizer_fingerprint(tok) == fp
+    tok.chat_template = "{{ messages }}"  # recorded on its own by tokenize_config
+    assert tokenizer_fingerprint(tok) == fp
+    tok.add_tokens(["<new-token>"])
+    assert tokenizer_fingerprint(tok) != fp
+    tok = copy.deepcopy(bpe_tokenizer)
+    tok.eos_token = "<|im_end|>"
+    assert tokenizer_fingerprint(tok) != fp
