@@ -238,3 +238,24 @@ def test_tokenizer_fingerprint(bpe_tokenizer, llama_tokenizer):
     tok = copy.deepcopy(bpe_tokenizer)
     tok.eos_token = "<|im_end|>"
     assert tokenizer_fingerprint(tok) != fp
+
+
+def test_pieces_shared_by_records_are_encoded_once_with_the_same_ids(bpe_tokenizer):
+    rt = RecordTokenizer(bpe_tokenizer)
+    records = ascii_records(40)
+    texts = [text for r in records for text, _, _ in rt._pieces(r.segments)]
+    assert len(set(texts)) < 0.8 * len(texts)  # p, pn and np hold the same good output, n, pn, np the bad
+    calls = []
+    backend = rt.text_backend
+    encode_batch = backend.encode_batch
+
+    class Counting:
+        def encode_batch(self, batch, **kwargs):
+            calls.append(len(batch))
+            return encode_batch(batch, **kwargs)
+
+    rt.text_backend = Counting()
+    got = rt.batch(records)
+    rt.text_backend = backend
+    assert calls == [len(set(texts))]
+    assert got == [rt(r) for r in records]

@@ -70,12 +70,20 @@ def _encode(tokenizer, texts: list[str], backend=None) -> list[list[int]]:
     """Token ids of each text, no special tokens added; through ``backend`` (a Rust tokenizer) if given."""
     if not texts:
         return []
+    # Each distinct text once: the records of one example share their outputs (p, pn and np all
+    # hold the good one), and a text's ids do not depend on the others in the batch.
+    unique = list(dict.fromkeys(texts))
     backend = backend or getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # The Rust tokenizer directly: transformers' per-text Python conversion costs as much as
         # the tokenization itself for short segments.
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = [e.ids for e in backend.encode_batch(unique, add_special_tokens=False)]
+    else:
+        ids = tokenizer(unique, add_special_tokens=False)["input_ids"]
+    if len(unique) == len(texts):
+        return ids
+    of_text = dict(zip(unique, ids))
+    return [of_text[t] for t in texts]  # shared lists: callers copy from them, never change them
 
 
 def _specials_as_text(tokenizer):
