@@ -9,7 +9,8 @@ pages shared by forked workers count once per process, so the sum is an upper bo
 baseline is the same tokenizer encoding the full text of those records with the Rust
 ``encode_batch`` and nothing else, run twice: on one thread (``TOKENIZERS_PARALLELISM=false``,
 as the project's environment sets it, and as earlier figures of this script were taken) and on
-as many threads as the build has processes.
+as many threads as the build has processes. ``(write)`` is the part of the build's time after
+the last row was read: the shuffle and the writing of the JSONL and ``tokenized/`` files.
 Goals: peak memory that does not grow with N (under 2 GB at 160,000 rows x p,n,pn,np), and build
 + tokenize at most 1.5x the bare tokenizer.
 
@@ -42,6 +43,7 @@ def child(spec: dict) -> int:
     """One build, in this (fresh) process; prints its time and the memory held before it started."""
     import psutil
 
+    import coh.data.build as build_module
     from coh.data.build import BuildConfig, SourceSpec, build
     from coh.data.render import RenderSpec
     from coh.data.tokenize import load_tokenizer
@@ -51,9 +53,18 @@ def child(spec: dict) -> int:
     cfg = BuildConfig([SourceSpec.parse(spec["source"])], spec["out"],
                       render=RenderSpec(feedback=tuple(spec["feedback"].split(","))), skip_invalid=True,
                       num_proc=spec["num_proc"], tokenizer=spec["tokenizer"], progress=False)
+    read_done = []  # the final write (shuffle, JSONL, tokenized/) is what follows the last source
+    build_source = build_module.build_source
+
+    def timed_source(*args, **kwargs):
+        build_source(*args, **kwargs)
+        read_done.append(time.perf_counter())
+
+    build_module.build_source = timed_source
     t0 = time.perf_counter()
     summary = build(cfg)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "floor": floor, "records": summary["records"],
+    end = time.perf_counter()
+    print(json.dumps({"seconds": end - t0, "write": end - read_done[-1], "floor": floor, "records": summary["records"],
                       "tokens": {s: summary["tokens"][s]["tokens"] for s in ("train", "eval")}}))
     return 0
 
@@ -169,7 +180,7 @@ def main() -> int:
     threads = sorted({1, args.num_proc})
     print(f"feedback {args.feedback}, --num-proc {args.num_proc}; bare tokenizer on "
           f"{' and '.join(map(str, threads))} thread(s)")
-    print(f"{'rows':>7} {'records':>8} {'tokens':>11} {'build s':>8} {'peak MB':>8} {'(parent':>8} {'workers)':>9} "
+    print(f"{'rows':>7} {'records':>8} {'tokens':>11} {'build s':>8} {'(write)':>8} {'peak MB':>8} {'(parent':>8} {'workers)':>9} "
           f"{'floor MB':>8} " + " ".join(f"{f'bare{t} s':>7} {'ratio':>6}" for t in threads), flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,7 +203,7 @@ def main() -> int:
             bares = {t: run_bare(spec, t) for t in threads}
             records = r["records"]["train"] + r["records"]["eval"]
             tokens = r["tokens"]["train"] + r["tokens"]["eval"]
-            print(f"{rows:>7} {records:>8} {tokens:>11,} {r['seconds']:>8.1f} {r['peak'] / MB:>8,.0f} "
+            print(f"{rows:>7} {records:>8} {tokens:>11,} {r['seconds']:>8.1f} {r['write']:>8.1f} {r['peak'] / MB:>8,.0f} "
                   f"{r['peak_parent'] / MB:>8,.0f} {r['peak_workers'] / MB:>9,.0f} {r['floor'] / MB:>8,.0f} "
                   + " ".join(f"{bares[t]:>7.1f} {r['seconds'] / bares[t]:>5.2f}x" for t in threads), flush=True)
             results.append((rows, {**r, "bare": bares}))
