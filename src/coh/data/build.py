@@ -10,15 +10,18 @@ The whole flow, top to bottom:
    ``skip_invalid`` go to ``rejects.jsonl`` with their raw text (``reject_entry``). The
    dataset's own train/eval split, or a seeded held-out split (``held_out``). Examples into
    records under the feedback types (``coh.data.render``), serialised, and tokenized when a
-   tokenizer is given.
-3. ``build_source`` collects the workers' results in file order and counts everything.
-4. ``build``: all sources mixed into one seeded shuffle per split.
-5. writing: all sources mixed into ``train.jsonl`` / ``eval.jsonl`` (seeded shuffle),
-   ``summary.json``, the rejects, and with ``resample`` the examples (``examples/*.jsonl``), from
-   which the trainer draws fresh phrasing every epoch. Everything is staged and moved into
-   place at the end (``coh.data.io.staged_outputs``): the folder holds one build or none.
-6. with a tokenizer, ``tokenized/{train,eval}``: token ids and loss masks as ``datasets`` on
-   disk, so training need not tokenize again (``coh.data.tokenize``).
+   tokenizer is given; sent back as one Arrow record batch per split (``_records_batch``).
+3. ``build_source`` takes the workers' results in file order, counts everything, and streams
+   them into the staging folder (``coh.data.io.staged_outputs``; the folder holds one build or
+   none): the record batches appended to one file per split (``coh.data.spill.Spill``), the
+   rejects to ``rejects.jsonl``, with ``resample`` the examples to ``examples/*.jsonl`` (from
+   which the trainer draws fresh phrasing every epoch). Nothing grows in memory with the rows.
+4. ``write_split``: all sources mixed into ``train.jsonl`` / ``eval.jsonl`` by one seeded shuffle
+   per split, read back from disk a bounded bucket at a time (``coh.data.spill.read_shuffled``),
+   and with a tokenizer, in the same pass, ``tokenized/{train,eval}``: token ids and loss masks
+   as ``datasets`` folders, so training need not tokenize again, with
+   ``tokenized/coh_tokenize.json`` saying what made them (``coh.data.tokenize``).
+5. ``summary.json`` last; everything is moved into place.
 
 Same inputs and seed give byte-identical files.
 """
