@@ -221,3 +221,41 @@ def test_a_strict_template_gives_a_clear_error(bpe_tokenizer):
     pn = ascii_records(40)[2]
     with pytest.raises(ValueError, match=r"record .*/pn: the tokenizer's chat template refused .*alternate.*never"):
         RecordTokenizer(tok, "always")(pn)
+
+
+def test_tokenizer_fingerprint(bpe_tokenizer, llama_tokenizer):
+    from coh.data.tokenize import tokenizer_fingerprint
+
+    fp = tokenizer_fingerprint(bpe_tokenizer)
+    assert fp.startswith("sha256:") and fp != tokenizer_fingerprint(llama_tokenizer)
+    tok = copy.deepcopy(bpe_tokenizer)
+    tok(["a b c d e"], truncation=True, max_length=2, padding="max_length")  # may set these in the Rust state
+    assert tokenizer_fingerprint(tok) == fp
+    tok.chat_template = "{{ messages }}"  # recorded on its own by tokenize_config
+    assert tokenizer_fingerprint(tok) == fp
+    tok.add_tokens(["<new-token>"])
+    assert tokenizer_fingerprint(tok) != fp
+    tok = copy.deepcopy(bpe_tokenizer)
+    tok.eos_token = "<|im_end|>"
+    assert tokenizer_fingerprint(tok) != fp
+
+
+def test_pieces_shared_by_records_are_encoded_once_with_the_same_ids(bpe_tokenizer):
+    rt = RecordTokenizer(bpe_tokenizer)
+    records = ascii_records(40)
+    texts = [text for r in records for text, _, _ in rt._pieces(r.segments)]
+    assert len(set(texts)) < 0.8 * len(texts)  # p, pn and np hold the same good output, n, pn, np the bad
+    calls = []
+    backend = rt.text_backend
+    encode_batch = backend.encode_batch
+
+    class Counting:
+        def encode_batch(self, batch, **kwargs):
+            calls.append(len(batch))
+            return encode_batch(batch, **kwargs)
+
+    rt.text_backend = Counting()
+    got = rt.batch(records)
+    rt.text_backend = backend
+    assert calls == [len(set(texts))]
+    assert got == [rt(r) for r in records]

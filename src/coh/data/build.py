@@ -10,15 +10,18 @@ The whole flow, top to bottom:
    ``skip_invalid`` go to ``rejects.jsonl`` with their raw text (``reject_entry``). The
    dataset's own train/eval split, or a seeded held-out split (``held_out``). Examples into
    records under the feedback types (``coh.data.render``), serialised, and tokenized when a
-   tokenizer is given.
-3. ``build_source`` collects the workers' results in file order and counts everything.
-4. ``build``: all sources mixed into one seeded shuffle per split.
-5. writing: all sources mixed into ``train.jsonl`` / ``eval.jsonl`` (seeded shuffle),
-   ``summary.json``, the rejects, and with ``resample`` the examples (``examples/*.jsonl``), from
-   which the trainer draws fresh phrasing every epoch. Everything is staged and moved into
-   place at the end (``coh.data.io.staged_outputs``): the folder holds one build or none.
-6. with a tokenizer, ``tokenized/{train,eval}``: token ids and loss masks as ``datasets`` on
-   disk, so training need not tokenize again (``coh.data.tokenize``).
+   tokenizer is given; sent back as one Arrow record batch per split (``_records_batch``).
+3. ``build_source`` takes the workers' results in file order, counts everything, and streams
+   them into the staging folder (``coh.data.io.staged_outputs``; the folder holds one build or
+   none): the record batches appended to one file per split (``coh.data.spill.Spill``), the
+   rejects to ``rejects.jsonl``, with ``resample`` the examples to ``examples/*.jsonl`` (from
+   which the trainer draws fresh phrasing every epoch). Nothing grows in memory with the rows.
+4. ``write_split``: all sources mixed into ``train.jsonl`` / ``eval.jsonl`` by one seeded shuffle
+   per split, read back from disk a bounded bucket at a time (``coh.data.spill.read_shuffled``),
+   and with a tokenizer, in the same pass, ``tokenized/{train,eval}``: token ids and loss masks
+   as ``datasets`` folders, so training need not tokenize again, with
+   ``tokenized/coh_tokenize.json`` saying what made them (``coh.data.tokenize``).
+5. ``summary.json`` last; everything is moved into place.
 
 Same inputs and seed give byte-identical files.
 """
@@ -28,27 +31,36 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import gc
 import hashlib
 import json
 import math
 import os
-import random
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from coh.data.errors import DataError, RowError, describe
 from coh.data.feedback import FeedbackExample
 from coh.data.fields import record_to_fields
-from coh.data.io import atomic_writer, check_output_dir, iter_local_raw_rows, staged_outputs
+from coh.data.io import (
+    atomic_writer,
+    check_output_dir,
+    iter_local_raw_rows,
+    staged_outputs,
+    write_dataset_folder,
+)
 from coh.data.phrases import DEFAULT_PHRASES, PhraseSet, load_phrases, phrases_for
 from coh.data.records import FeedbackRecord
 from coh.data.render import RenderSpec, render_records
 from coh.data.sources import CONVERTERS, HUB_DEFAULTS, Skip
+from coh.data.spill import Spill, read_shuffled, shuffle_order
 
 SPLITS = ("train", "eval")
 _EVAL_SPLIT_NAMES = ("test", "validation", "eval", "dev")
@@ -288,29 +300,47 @@ def held_out(seed: int, ex: FeedbackExample, fraction: float) -> bool:
 
 @dataclass
 class _Row:
-    """One row's outcome. ``status``: ``ok`` (with records), ``skip`` (``reason``) or ``invalid``
-    (``error``, and the parsed ``row`` for rejects.jsonl where the row has no raw text: parquet
-    and hub rows)."""
+    """One row's outcome. ``status``: ``ok`` (``feedback``: the type of each of its records, in
+    order), ``skip`` (``reason``) or ``invalid`` (``error``, and the parsed ``row`` for
+    rejects.jsonl where the row has no raw text: parquet and hub rows)."""
 
     status: str
     split: str = ""
-    info: list[tuple[str, str, str]] = field(default_factory=list)  # (id, source, feedback) per record
-    lines: list[str] = field(default_factory=list)
-    tokens: list = field(default_factory=list)
+    feedback: list[str] = field(default_factory=list)
     example: str | None = None
     reason: str = ""
     error: DataError | None = None
     row: object = None
 
 
-def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[_Row]:
+@dataclass
+class _Chunk:
+    """What ``_work`` sends back for a chunk of rows: one ``_Row`` each, and per split the
+    chunk's records as one Arrow record batch (see ``_records_batch``), in row order."""
+
+    rows: list[_Row]
+    records: dict[str, object]
+
+
+def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> _Chunk:
     """Convert, split, render, serialise and (with a tokenizer) tokenize a chunk of rows
-    (``SourceRow`` s without their raw text, which stays with the parent): one ``_Row`` each."""
-    job, chunk = args
+    (``SourceRow`` s without their raw text, which stays with the parent)."""
+    # The cyclic garbage collector would walk the chunk's many young lists over and over (a
+    # fifth to a third of the time); whatever cycles a chunk makes are collected after it.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _work_chunk(*args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _work_chunk(job: _Job, chunk: list[tuple[str, str, int, object]]) -> _Chunk:
     convert = CONVERTERS[job.kind]
     epoch = 0 if job.render.resample else None
     out: list[_Row] = []
-    pending: list[tuple[_Row, list[FeedbackRecord]]] = []
+    by_split: dict[str, tuple[list[str], list[FeedbackRecord]]] = {}
     for split, where, line, row in chunk:
         ex_id = f"{job.name}/{split}/{line}" if split else f"{job.name}/{line}"
         if isinstance(row, DataError):  # a line the reader could not parse
@@ -344,14 +374,27 @@ def _work(args: tuple[_Job, list[tuple[str, str, int, object]]]) -> list[_Row]:
             out.append(_Row("invalid", split, error=err, row=row))
             continue
         example = json.dumps(ex.to_json(), ensure_ascii=False) + "\n" if job.render.resample else None
-        result = _Row("ok", ex.split, [(r.id, r.source, r.feedback) for r in recs], lines, example=example)
-        out.append(result)
-        pending.append((result, recs))
-    if job.tokenize:
-        tokens = iter(_RECORD_TOKENIZER.batch([r for _, recs in pending for r in recs]))
-        for result, recs in pending:
-            result.tokens = [next(tokens) for _ in recs]
-    return out
+        out.append(_Row("ok", ex.split, [r.feedback for r in recs], example=example))
+        dest_lines, dest_recs = by_split.setdefault(ex.split, ([], []))
+        dest_lines.extend(lines)
+        dest_recs.extend(recs)
+    return _Chunk(out, {split: _records_batch(lines, recs, job.tokenize) for split, (lines, recs) in by_split.items()})
+
+
+def _records_batch(lines: list[str], records: list[FeedbackRecord], tokenize: bool):
+    """Records as one Arrow record batch: ``line`` (the JSONL line, its newline included) and,
+    with ``tokenize``, the columns of ``coh.data.tokenize.tokens_batch``. Arrow, not Python
+    lists, crosses to the parent: it pickles as a few buffers, and the parent writes it as it is."""
+    import pyarrow as pa
+
+    line = pa.array(lines, pa.string())
+    if not tokenize:
+        return pa.RecordBatch.from_arrays([line], ["line"])
+    from coh.data.tokenize import tokens_batch
+
+    tokens = tokens_batch([r.id for r in records], [r.source for r in records], [r.feedback for r in records],
+                          _RECORD_TOKENIZER.batch(records))
+    return pa.RecordBatch.from_arrays([line, *tokens.columns], ["line", *tokens.schema.names])
 
 
 def _encodable(lines: list[str]) -> bool:
@@ -378,18 +421,52 @@ def _in_order(pool: ProcessPoolExecutor | None, chunks: Iterator, ahead: int) ->
         yield in_flight.popleft().result()
 
 
+class _JsonlSink:
+    """A JSON lines file written as rows come (objects, or ready lines), opened on the first row
+    unless ``eager``; ``count`` rows so far, ``head`` the first ``keep`` of them (objects only)."""
+
+    def __init__(self, path: Path, eager: bool = False, keep: int = 0):
+        self.path, self.count, self.head, self._keep, self._file = path, 0, [], keep, None
+        if eager:
+            self._open()
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115  open across add() calls
+
+    def add(self, row: object) -> None:
+        if self._file is None:
+            self._open()
+        # default=str: hub and parquet rows may hold dates and other non-JSON values
+        self._file.write(row if isinstance(row, str) else
+                         json.dumps(row, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+        if self.count < self._keep:
+            self.head.append(row)
+        self.count += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 @dataclass
-class _Split:
-    """What one split collects, record by record in file order, before the final shuffle."""
+class _Outputs:
+    """Where a build streams what it makes, all under its staging folder: per split, the records
+    in file order (``spills``, before the final shuffle) and, with resample, the examples;
+    the rejects."""
 
-    info: list[tuple[str, str, str]] = field(default_factory=list)  # (id, source, feedback)
-    lines: list[str] = field(default_factory=list)
-    tokens: list = field(default_factory=list)
-    examples: list[str] = field(default_factory=list)
+    spills: dict[str, Spill]
+    examples: dict[str, _JsonlSink] | None
+    rejects: _JsonlSink
+
+    def close(self) -> None:
+        for sink in [self.rejects, *(self.examples or {}).values()]:
+            sink.close()
+        for spill in self.spills.values():
+            spill.close()
 
 
-def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report: SourceReport,
-                 rejects: list[dict], out: dict[str, _Split]) -> None:
+def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report: SourceReport, out: _Outputs) -> None:
     """Read, convert and render one source into ``out``, counting everything in ``report``."""
     from tqdm import tqdm
 
@@ -424,7 +501,7 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
     bar = tqdm(desc=f"build {spec.name}", unit=" rows", disable=not cfg.progress, file=sys.stderr)
     try:
         for chunk in _in_order(pool, chunks(), 2 * cfg.num_proc):
-            for r, raw in zip(chunk, raws.popleft()):
+            for r, raw in zip(chunk.rows, raws.popleft()):
                 report.rows += 1
                 if r.status == "invalid":
                     err = r.error
@@ -432,20 +509,18 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
                         raise DataError(err.where, err.line, err.field,
                                         err.problem + " (use --skip-invalid to set such rows aside and go on)")
                     report.invalid += 1
-                    rejects.append(reject_entry(err, spec.name, raw, r.row))
+                    out.rejects.add(reject_entry(err, spec.name, raw, r.row))
                 elif r.status == "skip":
                     report.skipped[r.reason] = report.skipped.get(r.reason, 0) + 1
                 else:
                     report.examples[r.split] = report.examples.get(r.split, 0) + 1
-                    report.no_record += not r.info
-                    counts[r.split].update(feedback for _, _, feedback in r.info)
-                    dest = out[r.split]
-                    dest.info.extend(r.info)
-                    dest.lines.extend(r.lines)
-                    dest.tokens.extend(r.tokens)
+                    report.no_record += not r.feedback
+                    counts[r.split].update(r.feedback)
                     if r.example is not None:
-                        dest.examples.append(r.example)
-            bar.update(len(chunk))
+                        out.examples[r.split].add(r.example)
+            for split, batch in chunk.records.items():
+                out.spills[split].append(batch)
+            bar.update(len(chunk.rows))
     finally:
         bar.close()
         if pool:
@@ -518,7 +593,11 @@ def build(cfg: BuildConfig) -> dict:
 
     The folder holds one build or none: every output is written under a staging folder and moved
     into place at the end (``coh.data.io.staged_outputs``), so a failed build leaves the previous
-    one as it was, and outputs of the previous build that this one does not make are removed."""
+    one as it was, and outputs of the previous build that this one does not make are removed.
+
+    Memory does not grow with the data: records, examples and rejects are streamed into the
+    staging folder as the workers make them (the records as Arrow batches, ``coh.data.spill``),
+    and the final shuffle reads them back a bounded bucket at a time."""
     global _RECORD_TOKENIZER
     names = [s.name for s in cfg.sources]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -533,83 +612,143 @@ def build(cfg: BuildConfig) -> dict:
     if cfg.tokenizer:  # load (and check) the tokenizer before any work is done
         _RECORD_TOKENIZER = None
         _load_record_tokenizer(cfg.tokenizer, cfg.chat_template)
-    rejects: list[dict] = []
     reports: dict[str, SourceReport] = {}
-    splits = {split: _Split() for split in SPLITS}
-    for spec in cfg.sources:
-        reports[spec.name] = SourceReport()
-        build_source(spec, cfg, phrases_for(spec.kind, phrases), reports[spec.name], rejects, splits)
-    if not splits["train"].lines and not splits["eval"].lines:
-        raise ValueError(_nothing_built(reports, rejects, cfg.render.feedback))
-    summary = {
-        "seed": cfg.seed,
-        "feedback": list(cfg.render.feedback),
-        "shared_prefix": cfg.render.shared_prefix,
-        "resample": cfg.render.resample,
-        "phrases_file": cfg.phrases_file,
-        "eval_fraction": cfg.eval_fraction,
-        "sources": {n: {**asdict(s), "spec": _spec_json(sp)} for (n, s), sp in zip(reports.items(), cfg.sources)},
-        "records": {split: len(splits[split].lines) for split in SPLITS},
-        "invalid_rows": len(rejects),
-        "skipped_rows": sum(sum(r.skipped.values()) for r in reports.values()),
-    }
+    # What is loaded by now (libraries, the tokenizer: millions of objects) lives as long as the
+    # build: the garbage collector need not walk it for every few hundred rows read. Forked
+    # workers inherit this.
+    gc.freeze()
+    try:
+        return _build(cfg, phrases, out_dir, reports)
+    finally:
+        gc.unfreeze()
+
+
+def _build(cfg: BuildConfig, phrases: dict[str, PhraseSet], out_dir: Path, reports: dict[str, SourceReport]) -> dict:
     with staged_outputs(out_dir, OUTPUTS, marker="summary.json") as stage:
-        if rejects:
-            write_jsonl(rejects, stage / "rejects.jsonl")
+        out = _Outputs({split: Spill(stage / ".records" / f"{split}.arrow") for split in SPLITS},
+                       {split: _JsonlSink(stage / "examples" / f"{split}.jsonl", eager=True) for split in SPLITS}
+                       if cfg.render.resample else None,
+                       _JsonlSink(stage / "rejects.jsonl", keep=MAX_LISTED))
+        try:
+            for spec in cfg.sources:
+                reports[spec.name] = SourceReport()
+                build_source(spec, cfg, phrases_for(spec.kind, phrases), reports[spec.name], out)
+        finally:
+            out.close()
+        if not out.spills["train"].rows and not out.spills["eval"].rows:
+            raise ValueError(_nothing_built(reports, out.rejects, cfg.render.feedback))
+        summary = {
+            "seed": cfg.seed,
+            "feedback": list(cfg.render.feedback),
+            "shared_prefix": cfg.render.shared_prefix,
+            "resample": cfg.render.resample,
+            "phrases_file": cfg.phrases_file,
+            "eval_fraction": cfg.eval_fraction,
+            "sources": {n: {**asdict(s), "spec": _spec_json(sp)} for (n, s), sp in zip(reports.items(), cfg.sources)},
+            "records": {split: out.spills[split].rows for split in SPLITS},
+            "invalid_rows": out.rejects.count,
+            "skipped_rows": sum(sum(r.skipped.values()) for r in reports.values()),
+        }
         token_stats: dict = {"tokenizer": cfg.tokenizer, "chat_template": cfg.chat_template}
-        for split, data in splits.items():
-            order = list(range(len(data.lines)))
-            random.Random(f"{cfg.seed}/shuffle/{split}").shuffle(order)
-            write_jsonl([data.lines[i] for i in order], stage / f"{split}.jsonl")
-            if cfg.render.resample:  # the trainer re-renders these with fresh phrasing every epoch
-                write_jsonl(data.examples, stage / "examples" / f"{split}.jsonl")
+        for split in SPLITS:
+            spill = out.spills[split]
+            order = shuffle_order(spill.rows, f"{cfg.seed}/shuffle/{split}")
+            with _progress(cfg.progress, spill.rows, f"write {split}") as bar:
+                stats = write_split(spill, order, stage, split, cfg.tokenizer is not None, bar)
+            spill.remove()
             if cfg.tokenizer:
-                token_stats[split] = write_tokenized(data, order, stage / "tokenized" / split)
+                token_stats[split] = stats
         if cfg.tokenizer:
             summary["tokens"] = token_stats
+            from coh.data.tokenize import TOKENIZE_CONFIG, tokenize_config
+
+            saved = {**tokenize_config(_RECORD_TOKENIZER, cfg.tokenizer, cfg.chat_template),
+                     "splits": {split: token_stats[split] for split in SPLITS}}
+            with atomic_writer(stage / "tokenized" / TOKENIZE_CONFIG) as f:
+                json.dump(saved, f, indent=2, ensure_ascii=False)
+                f.write("\n")
         with atomic_writer(stage / "summary.json") as f:
             json.dump(summary, f, indent=2, ensure_ascii=False, allow_nan=False)
             f.write("\n")
     return summary
 
 
-def _nothing_built(reports: dict[str, SourceReport], rejects: list[dict], feedback: tuple[str, ...]) -> str:
+def _progress(enabled: bool, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=" records", disable=not enabled, file=sys.stderr)
+
+
+def write_split(spill: Spill, order: np.ndarray, stage: Path, split: str, tokenized: bool, bar) -> dict | None:
+    """Write a split's records in the order ``order`` (``coh.data.spill.read_shuffled``):
+    ``{split}.jsonl`` and, with ``tokenized``, ``tokenized/{split}`` (``write_tokenized``), in
+    one pass, a bucket at a time. Returns the token counts, or None."""
+    with open(stage / f"{split}.jsonl", "wb") as f:
+        def lines_written(tables: Iterator) -> Iterator:
+            for table in tables:
+                for chunk in table.column("line").chunks:
+                    f.write(_string_values(chunk))
+                bar.update(table.num_rows)
+                yield table.drop_columns(["line"])
+
+        tables = lines_written(read_shuffled(spill, order))
+        if not tokenized:
+            collections.deque(tables, maxlen=0)  # run it through
+            return None
+        from coh.data.tokenize import TOKEN_COLUMNS
+
+        nbytes = sum(spill.column_nbytes.get(name, 0) for name in TOKEN_COLUMNS)
+        return write_tokenized(tables, stage / "tokenized" / split, spill.rows, nbytes)
+
+
+def _string_values(array) -> memoryview:
+    """The bytes of an Arrow string array's values back to back (here: JSONL lines, as the
+    workers serialised them), without making Python strings of them."""
+    if len(array) == 0:
+        return memoryview(b"")
+    offsets = np.frombuffer(array.buffers()[1], np.int32, count=array.offset + len(array) + 1)[array.offset :]
+    return memoryview(array.buffers()[2])[offsets[0] : offsets[-1]]
+
+
+def _nothing_built(reports: dict[str, SourceReport], rejects: _JsonlSink, feedback: tuple[str, ...]) -> str:
     """Why a build made no records; the first invalid rows are listed, as no rejects.jsonl is left."""
     rows = sum(r.rows for r in reports.values())
     skipped = sum(sum(r.skipped.values()) for r in reports.values())
     if rows == 0:
         why = "the sources are empty"
-    elif len(rejects) + skipped == rows:
-        why = f"{len(rejects)} invalid and {skipped} skipped"
-        if rejects:
+    elif rejects.count + skipped == rows:
+        why = f"{rejects.count} invalid and {skipped} skipped"
+        if rejects.count:
             listed = "; ".join(DataError(r["file"], r["line"], r["field"], r["problem"]).message
-                               for r in rejects[:MAX_LISTED])
-            more = f" (and {len(rejects) - MAX_LISTED} more)" if len(rejects) > MAX_LISTED else ""
+                               for r in rejects.head[:MAX_LISTED])
+            more = f" (and {rejects.count - MAX_LISTED} more)" if rejects.count > MAX_LISTED else ""
             why += f": {listed}{more}"
     else:
         why = f"feedback types {list(feedback)} apply to none of them (unpaired data supports only p and n)"
     return f"no records were produced from the {rows} rows read: {why}"
 
 
-def write_tokenized(data: _Split, order: list[int], path: Path) -> dict:
-    """Token ids and loss masks of a split, in the order of its JSONL file, as a ``datasets`` folder."""
-    import datasets
+def write_tokenized(tables: Iterable, path: Path, num_rows: int, nbytes: int) -> dict:
+    """Token ids and loss masks of a split, given in the order of its JSONL file as consecutive
+    Arrow tables of ``coh.data.tokenize.TOKEN_COLUMNS``, as a ``datasets`` folder
+    (``coh.data.io.write_dataset_folder``; ``nbytes``: their size in memory). Returns the counts."""
+    import pyarrow.compute as pc
 
-    from coh.data.tokenize import tokens_dataset
+    from coh.data.tokenize import token_features
 
-    info = [data.info[i] for i in order]
-    tokens = [data.tokens[i] for i in order]
-    ds = tokens_dataset([i[0] for i in info], [i[1] for i in info], [i[2] for i in info], tokens)
-    shown = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # one bar per build is enough; the save is quick
-    try:
-        ds.save_to_disk(str(path))
-    finally:
-        if shown:
-            datasets.enable_progress_bars()
-    lengths = [len(t) for t in tokens]
-    return {"records": len(tokens), "tokens": sum(lengths), "loss_tokens": sum(sum(t.loss_mask) for t in tokens),
-            "max_length": max(lengths, default=0)}
+    stats = {"records": 0, "tokens": 0, "loss_tokens": 0, "max_length": 0}
+
+    def counted(tables: Iterable) -> Iterator:
+        for table in tables:
+            stats["records"] += table.num_rows
+            if table.num_rows:
+                stats["tokens"] += pc.sum(table.column("length")).as_py()
+                stats["loss_tokens"] += pc.sum(table.column("loss_tokens")).as_py()
+                stats["max_length"] = max(stats["max_length"], pc.max(table.column("length")).as_py())
+            yield table
+
+    write_dataset_folder(counted(tables), path, token_features(), num_rows, nbytes)
+    return stats
 
 
 def _spec_json(spec: SourceSpec) -> dict:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -330,6 +331,7 @@ def staged_outputs(out_dir: str | Path, names: Sequence[str], marker: str) -> It
     never touched.
     """
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
     try:
@@ -348,5 +350,90 @@ def staged_outputs(out_dir: str | Path, names: Sequence[str], marker: str) -> It
                 os.unlink(dest)
             if new.exists():
                 os.replace(new, dest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:  # a failed run leaves no empty folder of its own making behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_dataset_folder(tables: Iterable, path: str | Path, features, num_rows: int, nbytes: int) -> str:
+    """Write ``num_rows`` rows, given in order as consecutive Arrow tables of ``features``'
+    columns, as a folder that ``datasets.load_from_disk`` reads, one table in memory at a time.
+
+    The folder is what ``Dataset.save_to_disk`` writes: shards ``data-0000i-of-0000k.arrow``
+    (written by ``datasets``' own ``ArrowWriter``), as many and split as it would split them
+    (``nbytes``, the rows' in-memory size, sets the count), ``dataset_info.json`` and
+    ``state.json``. ``save_to_disk`` itself needs the whole dataset as one object, in memory or
+    memory-mapped (and mapped pages that were read count as the process's memory), hence this.
+    The fingerprint in ``state.json`` is a hash of the shards' bytes, so the same rows give the
+    same folder. An empty dataset gets one empty shard (``save_to_disk`` writes none, and
+    ``load_from_disk`` then fails). Returns the fingerprint.
+    """
+    import datasets
+    import pyarrow as pa
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.utils.py_utils import asdict, convert_file_size_to_int
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    max_shard = convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)
+    shards = max(1, min(num_rows, int(nbytes / max_shard) + 1))
+    # Dataset.shard(shards, i, contiguous=True): the first num_rows % shards shards get one row more
+    ends = [(num_rows // shards) * (i + 1) + min(i + 1, num_rows % shards) for i in range(shards)]
+    names = [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
+    # save_to_disk writes each shard in batches of this many rows from its start; so does this,
+    # whatever the sizes of the tables given, and the files match its files byte for byte.
+    batch_rows = datasets.config.DEFAULT_MAX_BATCH_SIZE
+    shard, written, pending, pending_rows = 0, 0, [], 0  # pending: rows of this shard not yet written
+    writer = ArrowWriter(features=features, path=str(path / names[0]))
+
+    def flush(everything: bool) -> None:
+        nonlocal pending, pending_rows
+        table = pa.concat_tables(pending)
+        n = table.num_rows if everything else table.num_rows - table.num_rows % batch_rows
+        if n:
+            writer.write_table(table.slice(0, n), batch_rows)
+        pending, pending_rows = ([table.slice(n)], table.num_rows - n) if n < table.num_rows else ([], 0)
+
+    try:
+        for table in tables:
+            while table.num_rows:
+                if written == ends[shard] and shard + 1 < shards:
+                    if pending:
+                        flush(everything=True)
+                    writer.finalize()
+                    shard += 1
+                    writer = ArrowWriter(features=features, path=str(path / names[shard]))
+                take = table.num_rows if shard + 1 == shards else min(table.num_rows, ends[shard] - written)
+                pending.append(table.slice(0, take))
+                pending_rows += take
+                written += take
+                table = table.slice(take)
+                if pending_rows >= batch_rows:
+                    flush(everything=False)
+        if pending:
+            flush(everything=True)
+        writer.finalize()
+    finally:
+        writer.close()
+    if written != num_rows or shard + 1 != shards:
+        raise ValueError(f"{path}: expected {num_rows} rows, got {written}")
+    digest = hashlib.sha256()
+    buffer = bytearray(16 << 20)
+    for name in names:
+        with open(path / name, "rb") as f:
+            while n := f.readinto(buffer):
+                digest.update(memoryview(buffer)[:n])
+    state = {"_data_files": [{"filename": name} for name in names], "_fingerprint": digest.hexdigest()[:16],
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+             "_split": None}
+    with open(path / "state.json", "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2, sort_keys=True)
+    info = asdict(datasets.DatasetInfo(features=features))
+    with open(path / "dataset_info.json", "w", encoding="utf-8") as f:
+        json.dump({key: info[key] for key in sorted(info)}, f, indent=2)  # as save_to_disk: top-level keys sorted
+    return state["_fingerprint"]
