@@ -46,7 +46,7 @@ def child(spec: dict) -> int:
     import coh.data.build as build_module
     from coh.data.build import BuildConfig, SourceSpec, build
     from coh.data.render import RenderSpec
-    from coh.data.tokenize import load_tokenizer
+    from coh.models import load_tokenizer
 
     load_tokenizer(spec["tokenizer"])  # the floor: libraries imported and a tokenizer loaded, no data yet
     floor = psutil.Process().memory_info().rss
@@ -119,7 +119,7 @@ def bare(spec: dict) -> int:
     build's records (read in batches; only the ``encode_batch`` calls timed). Prints its seconds
     and the tokens it made."""
     from coh.data.records import read_records
-    from coh.data.tokenize import load_tokenizer
+    from coh.models import load_tokenizer
 
     tok = load_tokenizer(spec["tokenizer"])
     seconds, tokens, texts = 0.0, 0, []

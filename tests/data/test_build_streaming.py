@@ -19,13 +19,13 @@ from coh.data.render import RenderSpec
 from coh.data.tokenize import (
     TOKENIZE_CONFIG,
     RecordTokenizer,
-    load_tokenizer,
     read_tokenize_config,
     tokenize_config,
     tokenize_config_mismatch,
     tokenize_records,
     tokenizer_fingerprint,
 )
+from coh.models import load_tokenizer
 
 from ..conftest import hh_rows
 

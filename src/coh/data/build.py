@@ -283,7 +283,8 @@ _RECORD_TOKENIZER = None
 def _load_record_tokenizer(path: str, chat_template: str) -> None:
     global _RECORD_TOKENIZER
     if _RECORD_TOKENIZER is None:
-        from coh.data.tokenize import RecordTokenizer, load_tokenizer
+        from coh.data.tokenize import RecordTokenizer
+        from coh.models import load_tokenizer
 
         _RECORD_TOKENIZER = RecordTokenizer(load_tokenizer(path), chat_template=chat_template)
 

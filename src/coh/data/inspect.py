@@ -20,7 +20,8 @@ from coh.data.fields import record_from_fields
 from coh.data.io import PARQUET_SUFFIXES, RawRow, iter_json_rows
 from coh.data.records import FeedbackRecord, record_from_json
 from coh.data.render import FEEDBACK_TYPES
-from coh.data.tokenize import RecordTokenizer, load_tokenizer
+from coh.data.tokenize import RecordTokenizer
+from coh.models import load_tokenizer
 
 LEAKED_TOKENS = ("<|eos|>", "</s>", "<|endoftext|>")
 MAX_EXAMPLES, BATCH = 5, 1000

@@ -23,7 +23,6 @@ token that closes a trained output.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,32 +30,6 @@ from pathlib import Path
 from coh.data.records import FeedbackRecord, Segment
 
 CHAT_TEMPLATE_MODES = ("auto", "always", "never")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-def load_tokenizer(name: str):
-    """``AutoTokenizer.from_pretrained(name)`` (a folder or a hub id), or a ``ValueError`` that
-    says which: a folder that does not exist or holds no tokenizer files, or a hub id that is
-    neither cached nor reachable."""
-    from transformers import AutoTokenizer
-
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not any((path / f).exists() for f in TOKENIZER_FILES):
-            raise ValueError(f"tokenizer {name}: the folder holds no tokenizer (none of {list(TOKENIZER_FILES)})")
-    elif path.exists():
-        raise ValueError(f"tokenizer {name}: is a file; give the folder that holds tokenizer.json or a hub id")
-    elif not _HUB_ID.fullmatch(name):
-        raise ValueError(f"tokenizer {name}: no such folder")
-    try:
-        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name)
-    except Exception as e:  # transformers raises OSError, ValueError, ... with long advice: keep its first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        where = "folder" if path.is_dir() else "no such folder, and as a hub id"
-        raise ValueError(f"tokenizer {name}: {where}: cannot load: {first}") from None
-
-
 @dataclass(frozen=True)
 class TokenizedRecord:
     input_ids: list[int]
@@ -66,8 +39,9 @@ class TokenizedRecord:
         return len(self.input_ids)
 
 
-def _encode(tokenizer, texts: list[str], backend=None) -> list[list[int]]:
-    """Token ids of each text, no special tokens added; through ``backend`` (a Rust tokenizer) if given."""
+def encode_texts(tokenizer, texts: list[str], backend=None) -> list[list[int]]:
+    """Token ids of each text, no special tokens added; through ``backend`` (a Rust tokenizer) if
+    given. The one batched encoder of plain text (records here, pretraining text in coh.train)."""
     if not texts:
         return []
     # Each distinct text once: the records of one example share their outputs (p, pn and np all
@@ -110,8 +84,8 @@ def leading_space_is_doubled(tokenizer) -> bool:
     """True if encoding ``" word"`` alone differs from ``" word"`` in running text, and encoding
     ``"word"`` alone matches it (a tokenizer that prepends a word-start marker to every call)."""
     head, tail = "Answer:", " Hello world"
-    joint = _encode(tokenizer, [head + tail])[0]
-    alone_head, alone_tail, alone_bare = _encode(tokenizer, [head, tail, tail[1:]])
+    joint = encode_texts(tokenizer, [head + tail])[0]
+    alone_head, alone_tail, alone_bare = encode_texts(tokenizer, [head, tail, tail[1:]])
     if joint[: len(alone_head)] != alone_head:
         return False
     in_context = joint[len(alone_head) :]
@@ -195,7 +169,7 @@ class RecordTokenizer:
 
     def _plain_batch(self, records: Sequence[FeedbackRecord]) -> list[TokenizedRecord]:
         pieces = [self._pieces(r.segments) for r in records]
-        encoded = _encode(self.tokenizer, [text for ps in pieces for text, _, _ in ps], self.text_backend)
+        encoded = encode_texts(self.tokenizer, [text for ps in pieces for text, _, _ in ps], self.text_backend)
         out = []
         k = 0
         for ps in pieces:
@@ -245,7 +219,7 @@ class RecordTokenizer:
             return self._assemble([(joint[0], joint[1], False)], add_bos)
         # Piece by piece when a token would straddle a loss boundary or the data holds special-token
         # strings: template text with its special tokens, message text with specials as plain text.
-        encoded = [_encode(self.tokenizer, [text], None if tpl else self.text_backend)[0] if text else []
+        encoded = [encode_texts(self.tokenizer, [text], None if tpl else self.text_backend)[0] if text else []
                    for (text, _, _), tpl in zip(pieces, is_template)]
         return self._assemble(((e, loss, eos) for e, (_, loss, eos) in zip(encoded, pieces)), add_bos)
 

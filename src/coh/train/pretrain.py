@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from coh.data.errors import DataError, describe
-from coh.data.tokenize import _encode, tokenizer_adds_bos
+from coh.data.tokenize import encode_texts, tokenizer_adds_bos
 from coh.train.packing import collate_packed
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
@@ -116,7 +116,7 @@ class PretrainStream:
         if not self._lookahead:
             batch = list(itertools.islice(self._reader, _TOKENIZE_BATCH))
             n = self.max_length
-            for ids, (_, epoch, cursor) in zip(_encode(self.tokenizer, [text for text, _, _ in batch]), batch):
+            for ids, (_, epoch, cursor) in zip(encode_texts(self.tokenizer, [text for text, _, _ in batch]), batch):
                 doc = [*self.bos, *ids, self.tokenizer.eos_token_id]
                 self._lookahead.append(([doc[i : i + n] for i in range(0, len(doc), n)], epoch, cursor))
         pieces, epoch, cursor = self._lookahead.popleft()
