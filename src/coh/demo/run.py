@@ -9,7 +9,7 @@ Stages, each through the code users run:
 4. train: ``coh train`` twice with the same budget (steps, tokens per step, learning rate): CoH on
           all feedback, and plain SFT on the preferred replies.
 5. eval:  greedy replies to the held-out prompts under the positive phrase, the negative phrase and
-          no phrase (``coh.eval.feedback``), scored by the task's judge.
+          no phrase (``coh.eval.generations``), scored by the task's judge.
 
 Writes ``results.json``, ``report.md`` and ``demo.png`` into the output folder, prints a table and
 the command that serves the CoH model.
@@ -74,7 +74,7 @@ def _cli(argv: list[str]) -> None:
 def held_out_prompts(rows_file: Path, seed: int, fraction: float) -> list[str]:
     """The distinct prompts ``coh data build`` put in the eval split (same seeded hash), in file order."""
     from coh.data.build import held_out
-    from coh.eval.feedback import read_examples, unique_contexts
+    from coh.eval.examples import read_examples, unique_contexts
 
     examples, _ = read_examples("preference", str(rows_file))
     return [ex.context[0].text for ex in unique_contexts(examples) if held_out(seed, ex, fraction)]
@@ -151,7 +151,8 @@ def evaluate_models(out: Path, prompts: list[str], cfg: DemoConfig) -> dict:
     """``{mode: {feedback: {"judge", "polite", "correct"}}}``, means over ``prompts``; the replies go
     to ``eval/<mode>_<feedback>.jsonl``."""
     from coh.data.feedback import Turn
-    from coh.eval.feedback import Sampling, generate, prompt_ids, write_generations
+    from coh.eval.config import Sampling
+    from coh.eval.generations import generate, prompt_ids, write_generations
     from coh.models import load_for_inference
 
     contexts = [(Turn("user", p),) for p in prompts]
@@ -248,7 +249,7 @@ def report_markdown(out: Path, results: dict) -> str:
         "```bash",
         f"coh serve {out / 'coh' / 'final'}",
         f"coh eval feedback controllability --model {out / 'coh' / 'final'} --data {out / 'task' / 'heldout.jsonl'} "
-        f"--kind preference --judge coh.demo.task:judge --max-new-tokens {cfg['max_new_tokens']}",
+        f"--kind preference --scorer coh.demo.task:judge --max-new-tokens {cfg['max_new_tokens']}",
         "```",
         "",
     ]
