@@ -20,41 +20,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from coh.data.build import write_jsonl
 from coh.demo import task
+from coh.demo.config import DemoConfig
 from coh.train.metrics import read_metrics
 
 FEEDBACK = ("good", "bad", "none")  # phrase asked for at inference; none: the bare prompt
 MODES = ("coh", "sft")
 STAGE_DIRS = ("task", "base", "data", "coh", "sft", "eval")
 MARKER = ".coh-demo"  # written first: only a folder that has it is cleared on a rerun
-
-
-@dataclass
-class DemoConfig:
-    """Sizes of one demo run. ``steps`` optimizer steps of ``micro_batch_tokens`` tokens each, for
-    both models; the full run takes about 2 minutes on 2 CPU cores, ``quick()`` seconds."""
-
-    output_dir: str = "runs/demo"
-    seed: int = 0
-    rows: int = 3000
-    eval_fraction: float = 0.1
-    vocab: int = 400
-    hidden: int = 128
-    layers: int = 2
-    steps: int = 1200
-    micro_batch_tokens: int = 1024
-    lr: float = 5e-3  # a random tiny model; real fine-tuning wants 1e-5 to 2e-5
-    max_new_tokens: int = 24
-    progress: bool = True
-
-    @classmethod
-    def quick(cls, **kw) -> DemoConfig:
-        """A run of seconds that exercises every stage (tests); its scores mean nothing."""
-        return cls(**{"rows": 300, "vocab": 300, "hidden": 32, "layers": 1, "steps": 12, "max_new_tokens": 12, **kw})
 
 
 def _stage(n: int, text: str, t0: float) -> None:
