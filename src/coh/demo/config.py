@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coh.eval.config import AT_LEAST_1
 from coh.options import check_fields, option
 
-AT_LEAST_1 = {"low": 1, "expected": "a whole number of at least 1"}
 # The full run's sizes (about 2 minutes on 2 CPU cores) and --quick's (seconds; its scores mean nothing).
 SIZES = {"rows": 3000, "vocab": 400, "hidden": 128, "layers": 2, "steps": 1200, "max_new_tokens": 24}
 QUICK_SIZES = {"rows": 300, "vocab": 300, "hidden": 32, "layers": 1, "steps": 12, "max_new_tokens": 12}
