@@ -25,60 +25,6 @@ STAGES = {
 }
 
 
-# -- argparse types shared by the stages: a bad number is a usage error naming the flag, before any work --
-def _parse(text: str, cast: type, what: str):
-    try:
-        return cast(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    """A whole number of at least 1."""
-    value = _parse(text, int, "a whole number of at least 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _parse(text, int, "a whole number of at least 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text}")
-    return value
-
-
-def seed_int(text: str) -> int:
-    """A seed: 0 to 2**32 - 1 (what numpy, torch and servers all take)."""
-    value = _parse(text, int, "a whole number")
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {2**32 - 1}, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number of at least 0 (not nan, not inf)."""
-    value = _parse(text, float, "a number")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number of at least 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _parse(text, float, "a number")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A share in (0, 1], as for top-p."""
-    value = _parse(text, float, "a number")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number above 0 and at most 1, got {text}")
-    return value
-
-
 def _data_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML recipe whose keys are these options (underscores); flags override it")
     p.add_argument("--source", "-s", action="append", default=None, metavar="SPEC",

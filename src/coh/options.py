@@ -40,7 +40,8 @@ MISSING = dataclasses.MISSING
 def option(default: Any = MISSING, help: str = "", *, factory: Any = None, flags: Sequence[str] = (),
            deprecated: Sequence[str] = (), choices: Sequence[Any] | None = None, metavar: str | None = None,
            positional: bool = False, cli: bool = True, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False, split: bool = True, expected: str | None = None) -> Any:
+           low_open: bool = False, high_open: bool = False, split: bool = True, expected: str | None = None,
+           check: Any = None) -> Any:
     """A config field. ``flags``: extra spellings (``-o``); ``deprecated``: old spellings, still
     taken with a note on stderr; ``choices``: the allowed values; ``low`` / ``high`` (open ends
     with ``low_open`` / ``high_open``): a number's range. Choices and ranges are checked for flags
@@ -48,11 +49,13 @@ def option(default: Any = MISSING, help: str = "", *, factory: Any = None, flags
     ``positional``: a command-line argument without a flag (``coh serve MODEL``); ``split`` False:
     a list option whose values may hold commas (each flag occurrence is one item); ``cli`` False:
     recipe and Python only (values with no sensible flag form, such as a list of mappings).
-    ``expected``: the words for a good value in error messages ("a port from 1 to 65535"). A field
-    without a default is required: from a flag or the recipe."""
+    ``expected``: the words for a good value in error messages ("a port from 1 to 65535"); ``check``:
+    a predicate a good value passes (with ``expected`` saying what it wants), tested at the flag and
+    in :func:`check_fields` like the ranges. A field without a default is required: from a flag or
+    the recipe."""
     meta = {"help": help, "flags": tuple(flags), "deprecated": tuple(deprecated),
             "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
-            "positional": positional, "cli": cli, "split": split, "expected": expected,
+            "positional": positional, "cli": cli, "split": split, "expected": expected, "check": check,
             "range": (low, high, low_open, high_open) if low is not None or high is not None else None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
@@ -89,12 +92,15 @@ def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
             kwargs["action"] = _ListAction if meta.get("split", True) else _AppendAction
             kwargs.setdefault("metavar", "A,B" if meta.get("split", True) else "VALUE")
         else:
-            kwargs["type"] = _parse_value(f.name, hint, meta.get("range"), meta.get("expected"))
+            kwargs["type"] = _parse_value(f.name, hint, meta.get("range"), meta.get("expected"), meta.get("check"))
             if choices is not None:
                 kwargs["choices"] = choices
         if meta.get("positional"):
             kwargs.pop("dest")
-            if f.default is not MISSING or f.default_factory is not MISSING:
+            optional = f.default is not MISSING or f.default_factory is not MISSING
+            if base is list:  # the remaining arguments, each one item (coh eval compare RUN RUN ...)
+                kwargs.update(action="extend", nargs="*" if optional else "+")
+            elif optional:
                 kwargs["nargs"] = "?"
             kwargs.setdefault("metavar", f.name.upper())
             parser.add_argument(f.name, **kwargs)
@@ -159,7 +165,7 @@ def _deprecated(action: Any, old: str, new: str) -> type[argparse.Action]:
     return Deprecated
 
 
-def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: str | None = None):
+def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: str | None = None, check: Any = None):
     """The argparse ``type`` of a field: text coerced to the declared type (``none`` for an
     optional field's null), finite, within ``bounds``."""
 
@@ -172,7 +178,7 @@ def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: st
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected {expected or 'a finite number'}, got {text!r}")
-        if bounds is not None and _out_of_range(value, *bounds):
+        if (bounds is not None and _out_of_range(value, *bounds)) or (check is not None and not check(value)):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
         return value
 
@@ -363,6 +369,10 @@ def check_fields(config: Any, finite_except: Sequence[str] = ()) -> None:
         bounds = f.metadata.get("range")
         if bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             check_range(config, f.name, *bounds)
+        check = f.metadata.get("check")
+        if check is not None and value is not None and not check(value):
+            raise ValueError(f"option {f.name}: expected {f.metadata.get('expected') or 'another value'}, "
+                             f"got {describe(value)}")
         choices = f.metadata.get("choices")
         if choices is not None and value is not None:
             bad = [v for v in (value if isinstance(value, list) else [value]) if v not in choices]

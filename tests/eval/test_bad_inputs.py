@@ -204,7 +204,7 @@ def test_every_protocol_skips_unusable_rows(yes_no_dir, tmp_path):
     """controllability and pairwise on the same real rows: 11 prompts, 1 row set aside."""
     from coh.data.io import iter_json_lines
 
-    judge = "tests.eval.judge_functions:prompt_words"
+    judge = "tests.eval.scorer_functions:prompt_words"
     out = tmp_path / "ctl"
     assert main(["eval", "feedback", "controllability", "--model", str(yes_no_dir), "--data", str(HH_81_92),
                  "--judge", judge, "--max-new-tokens", "2", "--no-progress", "-o", str(out)]) == 0

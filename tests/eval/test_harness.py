@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coh.eval.harness import HarnessConfig, completions_url, lm_eval_model, run_harness
+from coh.cli import main
+from coh.eval.config import HarnessConfig
+from coh.eval.harness import completions_url, lm_eval_model, run_harness
 from tests.eval.conftest import MC_ROWS, MC_TASK, needs_serve
 
 
@@ -77,3 +79,17 @@ def test_http_and_in_process_paths_give_the_same_scores(tiny_llama_dir, mc_task_
     assert remote.settings["model_args"]["add_bos_token"] is True
     assert sample_logliks(remote_raw) == [pytest.approx(r, abs=1e-4) for r in sample_logliks(local_raw)]
     assert remote.metrics == pytest.approx(local.metrics)
+
+
+def test_no_progress_silences_lm_eval_bars_too(tiny_llama_dir, mc_task_dir, tmp_path, capsys):
+    argv = ["eval", "harness", "--model", str(tiny_llama_dir), "--tasks", MC_TASK, "--include-path",
+            str(mc_task_dir), "--device", "cpu", "--limit", "2"]
+    assert main([*argv, "-o", str(tmp_path / "bars")]) == 0
+    assert "Running loglikelihood requests" in capsys.readouterr().err  # lm-eval's own bar
+    assert main([*argv, "--no-progress", "-o", str(tmp_path / "quiet")]) == 0
+    err = capsys.readouterr().err
+    assert "Running loglikelihood requests" not in err and "%|" not in err, err
+    import tqdm
+
+    with tqdm.tqdm(range(1)) as bar:
+        assert not bar.disable  # bars are back after the run

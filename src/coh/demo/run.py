@@ -9,7 +9,7 @@ Stages, each through the code users run:
 4. train: ``coh train`` twice with the same budget (steps, tokens per step, learning rate): CoH on
           all feedback, and plain SFT on the preferred replies.
 5. eval:  greedy replies to the held-out prompts under the positive phrase, the negative phrase and
-          no phrase (``coh.eval.feedback``), scored by the task's judge.
+          no phrase (``coh.eval.generations``), scored by the task's judge.
 
 Writes ``results.json``, ``report.md`` and ``demo.png`` into the output folder, prints a table and
 the command that serves the CoH model.
@@ -20,41 +20,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from coh.data.build import write_jsonl
 from coh.demo import task
+from coh.demo.config import DemoConfig
 from coh.train.metrics import read_metrics
 
 FEEDBACK = ("good", "bad", "none")  # phrase asked for at inference; none: the bare prompt
 MODES = ("coh", "sft")
 STAGE_DIRS = ("task", "base", "data", "coh", "sft", "eval")
 MARKER = ".coh-demo"  # written first: only a folder that has it is cleared on a rerun
-
-
-@dataclass
-class DemoConfig:
-    """Sizes of one demo run. ``steps`` optimizer steps of ``micro_batch_tokens`` tokens each, for
-    both models; the full run takes about 2 minutes on 2 CPU cores, ``quick()`` seconds."""
-
-    output_dir: str = "runs/demo"
-    seed: int = 0
-    rows: int = 3000
-    eval_fraction: float = 0.1
-    vocab: int = 400
-    hidden: int = 128
-    layers: int = 2
-    steps: int = 1200
-    micro_batch_tokens: int = 1024
-    lr: float = 5e-3  # a random tiny model; real fine-tuning wants 1e-5 to 2e-5
-    max_new_tokens: int = 24
-    progress: bool = True
-
-    @classmethod
-    def quick(cls, **kw) -> DemoConfig:
-        """A run of seconds that exercises every stage (tests); its scores mean nothing."""
-        return cls(**{"rows": 300, "vocab": 300, "hidden": 32, "layers": 1, "steps": 12, "max_new_tokens": 12, **kw})
 
 
 def _stage(n: int, text: str, t0: float) -> None:
@@ -74,7 +51,7 @@ def _cli(argv: list[str]) -> None:
 def held_out_prompts(rows_file: Path, seed: int, fraction: float) -> list[str]:
     """The distinct prompts ``coh data build`` put in the eval split (same seeded hash), in file order."""
     from coh.data.build import held_out
-    from coh.eval.feedback import read_examples, unique_contexts
+    from coh.eval.examples import read_examples, unique_contexts
 
     examples, _ = read_examples("preference", str(rows_file))
     return [ex.context[0].text for ex in unique_contexts(examples) if held_out(seed, ex, fraction)]
@@ -151,7 +128,8 @@ def evaluate_models(out: Path, prompts: list[str], cfg: DemoConfig) -> dict:
     """``{mode: {feedback: {"judge", "polite", "correct"}}}``, means over ``prompts``; the replies go
     to ``eval/<mode>_<feedback>.jsonl``."""
     from coh.data.feedback import Turn
-    from coh.eval.feedback import Sampling, generate, prompt_ids, write_generations
+    from coh.eval.config import Sampling
+    from coh.eval.generations import generate, prompt_ids, write_generations
     from coh.models import load_for_inference
 
     contexts = [(Turn("user", p),) for p in prompts]
@@ -248,7 +226,7 @@ def report_markdown(out: Path, results: dict) -> str:
         "```bash",
         f"coh serve {out / 'coh' / 'final'}",
         f"coh eval feedback controllability --model {out / 'coh' / 'final'} --data {out / 'task' / 'heldout.jsonl'} "
-        f"--kind preference --judge coh.demo.task:judge --max-new-tokens {cfg['max_new_tokens']}",
+        f"--kind preference --scorer coh.demo.task:judge --max-new-tokens {cfg['max_new_tokens']}",
         "```",
         "",
     ]

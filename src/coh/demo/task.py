@@ -119,6 +119,6 @@ def is_correct(prompt: str, reply: str) -> bool:
 
 
 def judge(prompt: str, reply: str) -> float:
-    """The demo's automatic judge, a ``coh eval --judge`` function: 0.5 for politeness plus 0.5
-    for correctness."""
+    """The demo's automatic judge, usable as a ``coh eval --scorer`` function: 0.5 for politeness
+    plus 0.5 for correctness."""
     return 0.5 * is_polite(reply) + 0.5 * is_correct(prompt, reply)

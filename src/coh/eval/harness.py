@@ -12,46 +12,15 @@ HTTP, so the two paths score the same tokens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from coh.eval.config import HarnessConfig
 from coh.eval.report import EvalResult
-
-DEFAULT_TASKS = ("wsc", "piqa", "winogrande", "openbookqa", "logiqa")
-
-
-@dataclass
-class HarnessConfig:
-    """One harness run. Exactly one of ``model`` (a folder or hub id, evaluated here) and
-    ``base_url`` (an OpenAI-compatible server, ``http://HOST:PORT/v1``) is set. ``tokenizer``: for
-    a server, the tokenizer its model uses (a folder or hub id); without it the server's
-    ``/tokenizer_info``-style endpoints are used when it has them. ``limit``: examples per task."""
-
-    model: str | None = None
-    base_url: str | None = None
-    served_model: str | None = None  # the name the server knows the model by (default: its first /v1/models)
-    tokenizer: str | None = None
-    api_key_env: str | None = None  # the environment variable holding the server's key
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    include_path: str | None = None
-    num_fewshot: int = 0
-    limit: int | None = None
-    batch_size: int = 8
-    num_concurrent: int = 1
-    device: str | None = None
-    seed: int = 0
-    max_length: int | None = None
-    log_samples: bool = False
-    extra: dict = field(default_factory=dict)  # more model_args for lm-eval
-
-    def __post_init__(self) -> None:
-        if (self.model is None) == (self.base_url is None):
-            raise ValueError("give exactly one of a model (--model) or a server (--base-url)")
-        if not self.tasks:
-            raise ValueError("no tasks given")
 
 
 def completions_url(base_url: str) -> str:
@@ -64,7 +33,7 @@ def served_model_name(base_url: str, api_key_env: str | None) -> str:
     """The first model id the server lists at ``/v1/models`` (``coh judge``'s lookup)."""
     import httpx
 
-    from coh.judge.sources import SystemSpec, served_model
+    from coh.judge.systems import SystemSpec, served_model
 
     root = base_url.rstrip("/").removesuffix("/completions")
     with httpx.Client(timeout=30) as client:
@@ -78,7 +47,7 @@ def check_reachable(base_url: str) -> None:
     """Something answers at ``base_url`` (any HTTP status will do), else a ValueError saying so."""
     import httpx
 
-    from coh.judge.sources import SystemSpec, unreachable
+    from coh.judge.systems import SystemSpec, unreachable
 
     url = base_url.rstrip("/").removesuffix("/completions") + "/models"
     try:
@@ -94,17 +63,12 @@ def check_tokenizer(path: str) -> None:
     check_tokenizer_folder(path, f"--tokenizer '{path}'")
 
 
-def adds_bos(tokenizer_name: str) -> bool:
-    from transformers import AutoTokenizer
-
+def adds_bos(tokenizer_name: str, trust_remote_code: bool = False) -> bool:
+    """Whether the tokenizer adds BOS by itself (lm-eval's ``add_bos_token`` must say the same)."""
     from coh.data.tokenize import tokenizer_adds_bos
+    from coh.models import load_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
-    except (OSError, ValueError) as e:
-        where = "" if Path(tokenizer_name).exists() else "no such folder here, and as a hub id: "
-        raise ValueError(f"cannot load the tokenizer of '{tokenizer_name}': {where}{e}") from None
-    return tokenizer_adds_bos(tokenizer)
+    return tokenizer_adds_bos(load_tokenizer(tokenizer_name, trust_remote_code, f"tokenizer '{tokenizer_name}'"))
 
 
 def lm_eval_model(cfg: HarnessConfig) -> tuple[str, dict]:
@@ -117,32 +81,34 @@ def lm_eval_model(cfg: HarnessConfig) -> tuple[str, dict]:
     if cfg.tokenizer is not None:
         check_tokenizer(cfg.tokenizer)
     if cfg.model is not None:
+        model_type = "hf"
         args = {"pretrained": cfg.model, "device": pick_device(cfg.device), "dtype": "auto",
-                "add_bos_token": adds_bos(cfg.tokenizer or cfg.model)}
+                "add_bos_token": adds_bos(cfg.tokenizer or cfg.model, cfg.trust_remote_code)}
         if cfg.tokenizer:
             args["tokenizer"] = cfg.tokenizer
-        if cfg.max_length:
-            args["max_length"] = cfg.max_length
-        return "hf", {**args, **cfg.extra}
-    args = {"base_url": completions_url(cfg.base_url),
-            "model": cfg.served_model or served_model_name(cfg.base_url, cfg.api_key_env),
-            "num_concurrent": cfg.num_concurrent, "max_retries": 3, "seed": cfg.seed}
-    if cfg.tokenizer:
-        args.update(tokenizer_backend="huggingface", tokenizer=cfg.tokenizer, tokenized_requests=True,
-                    add_bos_token=adds_bos(cfg.tokenizer))
     else:
-        args["tokenizer_backend"] = "auto"  # lm-eval uses the server's tokenizer endpoints when there are any
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise ValueError(f"--api-key-env {cfg.api_key_env}: the variable is not set")
-        args["auth_token"] = key
+        model_type = "local-completions"
+        args = {"base_url": completions_url(cfg.base_url),
+                "model": cfg.served_model or served_model_name(cfg.base_url, cfg.api_key_env),
+                "num_concurrent": cfg.num_concurrent, "max_retries": 3, "seed": cfg.seed}
+        if cfg.tokenizer:
+            args.update(tokenizer_backend="huggingface", tokenizer=cfg.tokenizer, tokenized_requests=True,
+                        add_bos_token=adds_bos(cfg.tokenizer, cfg.trust_remote_code))
+        else:
+            args["tokenizer_backend"] = "auto"  # lm-eval uses the server's tokenizer endpoints when there are any
+        if cfg.api_key_env:
+            key = os.environ.get(cfg.api_key_env)
+            if not key:
+                raise ValueError(f"--api-key-env {cfg.api_key_env}: the variable is not set")
+            args["auth_token"] = key
     if cfg.max_length:
         args["max_length"] = cfg.max_length
-    return "local-completions", {**args, **cfg.extra}
+    if cfg.trust_remote_code:  # lm-eval loads the model (hf) or the tokenizer (local-completions) with it
+        args["trust_remote_code"] = True
+    return model_type, {**args, **cfg.extra}
 
 
-def task_manager(tasks: tuple[str, ...], include_path: str | None):
+def task_manager(tasks: Sequence[str], include_path: str | None):
     """lm-eval's task index. Indexing the ~15,000 built-in tasks takes seconds, so when every
     task is found in ``include_path`` the built-in ones are left out."""
     from lm_eval.tasks import TaskManager
@@ -163,24 +129,26 @@ def task_manager(tasks: tuple[str, ...], include_path: str | None):
 
 def run_harness(cfg: HarnessConfig, output_dir: Path | None = None) -> tuple[EvalResult, dict]:
     """Run lm-eval; returns our result (``TASK/METRIC`` keys, 95 % intervals as value +- 1.96
-    lm-eval standard errors, the normal approximation) and lm-eval's own results. ``output_dir`` gets ``lm_eval_results.json``."""
+    lm-eval standard errors, the normal approximation) and lm-eval's own results. ``output_dir`` gets
+    ``lm_eval_results.json``. ``cfg.progress`` False: no progress bars, lm-eval's included."""
     from lm_eval import evaluator
     from lm_eval.utils import handle_non_serializable
 
     if cfg.base_url is not None:
         check_reachable(cfg.base_url)
     model_type, model_args = lm_eval_model(cfg)  # checks the model or server first: indexing tasks takes seconds
-    manager = task_manager(cfg.tasks, cfg.include_path)
-    try:
-        raw = evaluator.simple_evaluate(
-            model=model_type, model_args=model_args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
-            batch_size=cfg.batch_size if model_type == "hf" else 1, limit=cfg.limit, task_manager=manager,
-            log_samples=cfg.log_samples, random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-            fewshot_random_seed=cfg.seed,
-        )
-    except OSError as e:  # a model or tokenizer that is neither a folder here nor reachable on the hub, a lost server
-        where = "no such folder here, and as a hub id: " if cfg.model and not Path(cfg.model).exists() else ""
-        raise ValueError(f"lm-eval on {cfg.model or cfg.base_url}: {where}{e}") from None
+    with contextlib.nullcontext() if cfg.progress else progress_bars_off():
+        manager = task_manager(cfg.tasks, cfg.include_path)
+        try:
+            raw = evaluator.simple_evaluate(
+                model=model_type, model_args=model_args, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot,
+                batch_size=cfg.batch_size if model_type == "hf" else 1, limit=cfg.limit, task_manager=manager,
+                log_samples=cfg.log_samples, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
+                torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
+            )
+        except OSError as e:  # a model or tokenizer neither a folder here nor reachable on the hub, a lost server
+            where = "no such folder here, and as a hub id: " if cfg.model and not Path(cfg.model).exists() else ""
+            raise ValueError(f"lm-eval on {cfg.model or cfg.base_url}: {where}{e}") from None
     if raw is None:  # lm-eval returns None on non-zero ranks of a distributed run
         raise RuntimeError("lm-eval returned no results")
     metrics: dict[str, float] = {}
@@ -213,6 +181,35 @@ def run_harness(cfg: HarnessConfig, output_dir: Path | None = None) -> tuple[Eva
             (output_dir / "lm_eval_samples.json").write_text(
                 json.dumps(raw["samples"], default=handle_non_serializable, ensure_ascii=False), encoding="utf-8")
     return result, raw
+
+
+@contextlib.contextmanager
+def progress_bars_off() -> Iterator[None]:
+    """No progress bars while the block runs: lm-eval's, transformers' and datasets'. lm-eval makes
+    its tqdm bars itself with no switch that ``simple_evaluate`` passes down (and ``TQDM_DISABLE``
+    is read when tqdm is imported), so every tqdm bar made meanwhile is made disabled."""
+    import datasets
+    import tqdm.std
+    from transformers.utils import logging as hf_logging
+
+    original = tqdm.std.tqdm.__init__
+
+    def disabled(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    datasets_on, transformers_on = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    tqdm.std.tqdm.__init__ = disabled
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = original
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if transformers_on:
+            hf_logging.enable_progress_bar()
 
 
 def _lm_eval_version() -> str:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from coh.data.feedback import Turn
-from coh.eval.judges import FunctionJudge, RewardModelJudge, conversation_text, is_function_spec, load_judge
+from coh.eval.examples import conversation_text
+from coh.eval.scorers import FunctionScorer, RewardModelScorer, is_function_spec, load_scorer
 
 CONTEXTS = [(Turn("user", "How do I boil an egg?"),),
             (Turn("user", "hi"), Turn("assistant", "Hello! How can I help?"), Turn("user", "Tell me a joke."))]
@@ -34,8 +35,8 @@ def test_conversation_text():
 
 def test_reward_model_with_chat_template_scores_like_one_at_a_time(tmp_path, bpe_tokenizer):
     model = _reward_model(tmp_path, bpe_tokenizer, 1, chat_template=True)
-    judge = load_judge(str(tmp_path), device="cpu", batch_size=2)
-    assert isinstance(judge, RewardModelJudge)
+    judge = load_scorer(str(tmp_path), device="cpu", batch_size=2)
+    assert isinstance(judge, RewardModelScorer)
     scores = judge.score(CONTEXTS, REPLIES)  # one padded batch
     for turns, reply, got in zip(CONTEXTS, REPLIES, scores):
         messages = [{"role": t.role, "content": t.text} for t in turns] + [{"role": "assistant", "content": reply}]
@@ -48,7 +49,7 @@ def test_reward_model_with_chat_template_scores_like_one_at_a_time(tmp_path, bpe
 
 def test_reward_model_without_template_takes_text_pairs(tmp_path, bpe_tokenizer):
     model = _reward_model(tmp_path, bpe_tokenizer, 2, chat_template=False)
-    judge = RewardModelJudge(str(tmp_path), device="cpu", batch_size=2)
+    judge = RewardModelScorer(str(tmp_path), device="cpu", batch_size=2)
     scores = judge.score(CONTEXTS, REPLIES)
     for turns, reply, got in zip(CONTEXTS, REPLIES, scores):
         ids = judge.tokenizer(conversation_text(turns), reply, return_tensors="pt").input_ids
@@ -61,16 +62,16 @@ def test_function_judges_from_a_file_and_a_module(tmp_path):
     path = tmp_path / "my_judges.py"
     path.write_text("def words(prompt, reply):\n    return len(reply.split())\n\n"
                     "def broken(prompt, reply):\n    return 'good'\n")
-    judge = load_judge(f"{path}:words")
-    assert isinstance(judge, FunctionJudge)
+    judge = load_scorer(f"{path}:words")
+    assert isinstance(judge, FunctionScorer)
     assert judge.score(CONTEXTS, REPLIES) == [11.0, 1.0]
-    assert load_judge("tests.eval.judge_functions:prompt_words").score(CONTEXTS, REPLIES) == [6.0, 13.0]
+    assert load_scorer("tests.eval.scorer_functions:prompt_words").score(CONTEXTS, REPLIES) == [6.0, 13.0]
     with pytest.raises(ValueError, match="returned str 'good'; expected a number"):
-        load_judge(f"{path}:broken").score(CONTEXTS, REPLIES)
+        load_scorer(f"{path}:broken").score(CONTEXTS, REPLIES)
     with pytest.raises(ValueError, match="has no function 'missing'"):
-        load_judge(f"{path}:missing")
+        load_scorer(f"{path}:missing")
     with pytest.raises(FileNotFoundError, match="no such file"):
-        load_judge(f"{tmp_path / 'nope.py'}:words")
+        load_scorer(f"{tmp_path / 'nope.py'}:words")
 
 
 def test_function_spec_detection(tmp_path):
@@ -78,4 +79,4 @@ def test_function_spec_detection(tmp_path):
     assert not is_function_spec("OpenAssistant/reward-model-deberta-v3-large-v2")
     assert not is_function_spec(str(tmp_path))
     with pytest.raises(ValueError, match=r"no config\.json in that folder"):
-        load_judge(str(tmp_path))  # an empty folder
+        load_scorer(str(tmp_path))  # an empty folder
