@@ -17,7 +17,7 @@ trl_data = pytest.importorskip("trl.data_utils", reason="TRL (the compare extra)
 def setup(smollm2_dir):
     from transformers import AutoTokenizer
 
-    from coh.eval.feedback import read_examples
+    from coh.eval.examples import read_examples
 
     if not HH_SAMPLE.exists():
         pytest.skip(f"{HH_SAMPLE} not present")
@@ -45,10 +45,10 @@ def test_dpo_prompt_tokens_are_the_evaluation_prompt(setup):
 
 
 def test_reward_model_trains_on_what_the_judge_scores(setup):
-    from coh.eval.judges import RewardModelJudge
+    from coh.eval.scorers import RewardModelScorer
 
     tok, examples, _ = setup
-    judge = RewardModelJudge.__new__(RewardModelJudge)  # its encoder only; no model needed
+    judge = RewardModelScorer.__new__(RewardModelScorer)  # its encoder only; no model needed
     judge.tokenizer, judge.max_length = tok, 4096
     for ex, row in zip(examples, conversation_rows(examples)):
         trl_ids = trl_data._tokenize(tok, row["chosen"])["input_ids"]

@@ -54,7 +54,7 @@ class MethodSpec:
 @dataclass
 class JudgeSpec:
     """Scores replies for the win rates. ``spec``: a reward model (hub id or folder) or a
-    ``MODULE:FUNCTION`` judge (``coh.eval.judges.load_judge``); or, with ``spec`` empty, a reward
+    ``MODULE:FUNCTION`` judge (``coh.eval.scorers.load_scorer``); or, with ``spec`` empty, a reward
     model trained here with TRL's ``RewardTrainer`` on the judge rows, from the same base model,
     with the recipe's LoRA setting, for ``steps`` steps of about ``tokens_per_step`` tokens."""
 

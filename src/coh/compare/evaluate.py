@@ -1,13 +1,13 @@
 """The protocols every compared model goes through, on the same held-out rows.
 
-- likelihood: ``coh.eval.feedback.eval_dialogue`` (preferred vs dispreferred reply after the
+- likelihood: ``coh.eval.dialogue.eval_dialogue`` (preferred vs dispreferred reply after the
   positive phrase, summed and per token; the authors' ``This dialogue is`` good/bad protocol),
   and for models trained without phrases (SFT, DPO, the base) the same preference accuracy after
   the plain prompt (``plain_preference``), which is their headline number;
 - generation quality: greedy replies to held-out prompts (after the positive phrase or the plain
   prompt, as the model was trained), scored by the judge; win rates are computed across models
   afterwards from the saved per-prompt scores;
-- controllability (models trained with phrases): ``coh.eval.feedback.eval_controllability``;
+- controllability (models trained with phrases): ``coh.eval.controllability.eval_controllability``;
 - the regulariser's purpose: per-token loss on held-out plain text (``plain_text_loss``).
 """
 
@@ -35,7 +35,7 @@ def plain_preference(lm, examples: Sequence, batch_tokens: int = 8192, progress:
                      ) -> tuple[dict, dict]:
     """Preference accuracy after the plain prompt (no feedback phrase), summed and per token,
     ties as misses, 95 % Wilson intervals: ``coh.eval.preference`` without the phrase."""
-    from coh.eval.feedback import sequence_nll
+    from coh.eval.likelihood import sequence_nll
     from coh.eval.preference import preference_accuracy
     from coh.stats import wilson_interval
 
@@ -53,7 +53,7 @@ def plain_text_loss(lm, documents: Sequence[str], max_tokens: int, seed: int = 0
     import numpy as np
     from scipy.stats import bootstrap
 
-    from coh.eval.feedback import sequence_nll
+    from coh.eval.likelihood import sequence_nll
 
     chosen, total = [], 0
     for doc, ids in zip(documents, lm.tokenizer(list(documents))["input_ids"]):
@@ -77,7 +77,8 @@ def judged_replies(lm, examples: Sequence, feedback: str, judge, sampling, path:
                    ) -> dict[str, float]:
     """Greedy replies to the examples' prompts after ``feedback`` (``good`` or ``none``), scored by
     the judge and written to ``path`` (``coh eval``'s generations format, with the score)."""
-    from coh.eval.feedback import generate, prompt_ids, unique_contexts, write_generations
+    from coh.eval.examples import unique_contexts
+    from coh.eval.generations import generate, prompt_ids, write_generations
 
     posts = unique_contexts(examples)
     contexts = [ex.context for ex in posts]
@@ -99,7 +100,8 @@ def evaluate_model(folder: str, feedback: str, controllable: bool, likelihood_ex
                    out: Path, device: str | None, progress: bool = False) -> dict:
     """Every protocol on one model folder; writes ``out/results.json`` (``coh eval``'s format,
     readable by ``coh eval compare``), ``out/generations*.jsonl`` and ``out/pairs.jsonl``."""
-    from coh.eval.feedback import eval_controllability, eval_dialogue
+    from coh.eval.controllability import eval_controllability
+    from coh.eval.dialogue import eval_dialogue
     from coh.eval.report import EvalResult, write_result
     from coh.models import load_for_inference
 

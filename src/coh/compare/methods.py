@@ -23,7 +23,7 @@ from coh.compare.config import CompareConfig, MethodSpec
 # -- shared data ------------------------------------------------------------------------------------
 def prompt_text(context, phrases, eos_token: str, feedback: str | None = None) -> str:
     """The inference prompt as text, exactly as records render it (an EOS token after each
-    earlier assistant turn): what ``coh.eval.feedback.prompt_ids`` tokenizes."""
+    earlier assistant turn): what ``coh.eval.generations.prompt_ids`` tokenizes."""
     from coh.data.render import prompt_segments
 
     return "".join(s.text + (eos_token if s.eos else "") for s in prompt_segments(context, phrases, feedback))

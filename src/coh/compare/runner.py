@@ -91,7 +91,8 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
     from coh.compare import evaluate, methods, report
     from coh.compare.split import split_rows
     from coh.compare.text import read_documents, write_plain_text
-    from coh.eval.feedback import Sampling, read_examples
+    from coh.eval.config import Sampling
+    from coh.eval.examples import read_examples
 
     if not cfg.data or not Path(cfg.data).exists():
         raise FileNotFoundError(f"data {cfg.data!r}: no such file (give raw {cfg.kind} rows)")
@@ -221,15 +222,15 @@ def _mix(cfg: CompareConfig, method: MethodSpec) -> str:
 
 
 def _load_judge(cfg: CompareConfig, spec: str, progress: bool):
-    from coh.eval.judges import load_judge
+    from coh.eval.scorers import load_scorer
 
-    return load_judge(spec, cfg.device, cfg.judge.batch_size, progress)
+    return load_scorer(spec, cfg.device, cfg.judge.batch_size, progress)
 
 
 def _train(cfg: CompareConfig, method: MethodSpec, seed: int, folder: Path, base: str, stages: Stages,
            split_key: dict, split_dir: Path, plain_text: Path, progress: bool) -> dict:
     from coh.compare import methods
-    from coh.eval.feedback import read_examples
+    from coh.eval.examples import read_examples
 
     if method.method == "dpo":
         examples, _ = read_examples(cfg.kind, str(split_dir / "policy.jsonl"))
