@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from coh.generation.engine import Engine, EngineConfig
+    from coh.generation.config import EngineConfig
+    from coh.generation.engine import Engine
     from coh.serve.app import Server
     from coh.serve.prompts import Prompter
 
@@ -80,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
                           trust_remote_code=args.trust_remote_code, max_batch_size=args.max_batch_size,
                           queue_size=args.queue_size, batch_wait_ms=args.batch_wait_ms,
                           max_model_len=args.max_model_len, seed=args.seed, slice_steps=args.slice_steps,
-                          max_running=args.max_running_batches)
+                          max_running_batches=args.max_running_batches)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
     print(f"coh serve: loading {args.model} ...", file=sys.stderr)
     engine = Engine.load(config)
     prompter = Prompter.for_model(args.model, engine.tokenizer, args.prompt_format)
     name = args.served_model_name or args.model
-    server = Server(engine, prompter, name, api_key=args.api_key, max_tokens=args.max_tokens, model_path=args.model,
+    server = Server(engine, prompter, name, api_key=args.api_key, max_new_tokens=args.max_tokens, model_path=args.model,
                     max_body_mb=args.max_body_mb)
     phrase = prompter.phrase(None)
     print(f"coh serve: '{name}' on {engine.device} ({next(engine.model.parameters()).dtype}), context "
