@@ -36,9 +36,9 @@ from fastapi.staticfiles import StaticFiles
 from coh.generation.decoding import TextDecoder
 from coh.generation.engine import Engine, QueueFull
 from coh.generation.requests import EventCallback, GenRequest, GenResult, Job
+from coh.serve.config import DEFAULT_MAX_BODY_MB
 from coh.serve.errors import (
     CLIENT_GONE,
-    DEFAULT_MAX_BODY_MB,
     BodyLimit,
     ServeError,
     add_error_handlers,

@@ -14,7 +14,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from coh.generation.engine import QueueFull
 from coh.serve.schemas import Refusal, describe_validation
 
-DEFAULT_MAX_BODY_MB = 8.0  # holds lm-eval batches of 128 prompts of 8k token ids
 RETRY_AFTER_S = 1
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, the logs do
 # OpenAI's error "type" for each status this server answers.
