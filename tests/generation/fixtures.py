@@ -143,8 +143,8 @@ def paused(engine):
 
     taken, release = threading.Event(), threading.Event()
 
-    def hold(kind, index, payload):
-        if kind == "done":
+    def hold(event, index, payload):
+        if event == "done":
             taken.set()
             release.wait()
 

@@ -81,7 +81,7 @@ def test_stop_strings_cut_the_text_and_streamed_deltas_add_up_to_it(scripted_eng
     assert full.text == " " + SCRIPT and full.finish_reason == "stop"  # EOS after the script
     deltas = []
     job = engine.submit([GenRequest(ids, max_new_tokens=20, stop=("alert(", "nothing"))],
-                        on_event=lambda kind, i, p: deltas.append(p) if kind == "delta" else None)
+                        on_event=lambda event, i, p: deltas.append(p) if event == "delta" else None)
     (res,) = job.future.result(timeout=60)
     assert res.text == " <img src onerror=" and res.finish_reason == "stop"
     assert "".join(d.text for d in deltas) == res.text

@@ -36,7 +36,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens:
     with tqdm(total=len(requests), desc=desc, unit=" prompts", disable=not progress) as bar:
         engine.start()
         try:
-            job = engine.submit(requests, on_event=lambda kind, i, payload: bar.update(1) if kind == "done" else None)
+            job = engine.submit(requests, on_event=lambda event, i, payload: bar.update(1) if event == "done" else None)
             results = job.future.result()
         finally:
             engine.close()

@@ -8,7 +8,7 @@ Contract:
 - ``Engine.submit(requests)`` queues a ``Job`` (one ``GenRequest`` per output asked for) and
   returns at once; it raises ``QueueFull`` when ``queue_size`` jobs already wait. Callers wait on
   ``job.future`` (one ``GenResult`` per request) or get events as they happen through
-  ``on_event(kind, index, payload)`` (see ``Job``). ``job.cancel()`` stops its work at the next
+  ``on_event(event, index, payload)`` (see ``Job``). ``job.cancel()`` stops its work at the next
   decode step.
 - Scoring (prompt logprobs and single greedy steps, lm-evaluation-harness's loglikelihood
   requests) is one forward pass per chunk of at most ``max_batch_size`` requests. Longer or

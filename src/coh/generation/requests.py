@@ -12,7 +12,7 @@ from typing import Any
 
 # (token id, logprob, top alternatives as (token id, logprob), most likely first)
 TokenLogprob = tuple[int, float, list[tuple[int, float]]]
-# on_event(kind, index of the request in its job, payload): see Job
+# on_event(event, index of the request in its job, payload): see Job
 EventCallback = Callable[[str, int, Any], None]
 
 
@@ -82,7 +82,7 @@ class Job:
     """Requests submitted together; their results come back together.
 
     ``future``: a ``concurrent.futures.Future`` of one ``GenResult`` per request, set as soon as
-    the job's own requests are done. ``on_event(kind, index, payload)``, called on the engine's
+    the job's own requests are done. ``on_event(event, index, payload)``, called on the engine's
     worker thread: ``"delta"`` (a ``Delta``), ``"done"`` (the request's ``GenResult``),
     ``"error"`` (the exception: the whole job failed; index -1)."""
 
@@ -102,9 +102,9 @@ class Job:
         finish_reason ``abort``)."""
         self.cancelled = True
 
-    def emit(self, kind: str, index: int, payload: Any) -> None:
+    def emit(self, event: str, index: int, payload: Any) -> None:
         if self.on_event is not None:
-            self.on_event(kind, index, payload)
+            self.on_event(event, index, payload)
 
     def part_done(self, index: int) -> None:
         """One part of request ``index`` (its forward pass or its generation) is finished."""

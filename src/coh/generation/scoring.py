@@ -33,8 +33,8 @@ def left_padded(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 
 
 def token_logprobs(lp: torch.Tensor, targets: Sequence[int], top: int) -> list[TokenLogprob]:
-    """(token, logprob, top alternatives) for each row of ``lp`` (log-softmax, [n, vocab]) and
-    its target token; ``top`` alternatives, most likely first (none for 0)."""
+    """(token, logprob, top alternatives) for each of the ``n`` positions of ``lp`` (log-softmax,
+    [n, vocab]) and its target token; ``top`` alternatives, most likely first (none for 0)."""
     if not len(targets):
         return []
     t = torch.tensor(list(targets), device=lp.device)

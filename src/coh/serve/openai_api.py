@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -27,7 +28,7 @@ from coh.serve.schemas import (
     message_turns,
     refuse_unknown,
 )
-from coh.serve.streaming import stream
+from coh.serve.streaming import Chunk, stream
 
 if TYPE_CHECKING:
     from coh.serve.app import Server
@@ -155,24 +156,33 @@ class OpenAIRoutes:
     def _token_name(self, as_ids: bool):
         return (lambda t: f"token_id:{t}") if as_ids else self.server.token_text
 
-    async def completions(self, req: CompletionRequest, request: Request):
-        server = self.server
-        plan = await server.off_loop(self._plan_completion, req)
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        base = {"id": rid, "object": "text_completion", "created": created, "model": server.model_name}
+    def _answer_base(self, id_prefix: str, object_name: str) -> dict:
+        return {"id": f"{id_prefix}-{uuid.uuid4().hex}", "object": object_name, "created": int(time.time()),
+                "model": self.server.model_name}
+
+    async def _reply(self, req: SamplingRequest, request: Request, plan: Plan, base: dict, chunk: Chunk,
+                     answer: Callable, lstrip: bool):
+        """The plan's answer: streamed in ``chunk``s, or run and rendered by ``answer(req, plan,
+        results, base)`` on the tokenizer thread."""
         if req.stream:
-            name = self._token_name(req.return_tokens_as_token_ids)
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return stream(self.server.submit, plan, chunk, include_usage, lstrip)
+        results = await self.server.run(plan.requests, request)
+        return await self.server.off_loop(answer, req, plan, results, base)
 
-            def chunk(i: int, text: str, finish: str | None, delta: Delta | None = None) -> dict:
-                logprobs = None
-                if delta is not None and req.logprobs is not None:
-                    logprobs = {**completions_logprob_entries(delta.logprobs or [], delta.token_ids, name),
-                                "text_offset": delta.offsets}
-                return {**base, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
+    async def completions(self, req: CompletionRequest, request: Request):
+        plan = await self.server.off_loop(self._plan_completion, req)
+        base = self._answer_base("cmpl", "text_completion")
+        name = self._token_name(req.return_tokens_as_token_ids)
 
-            return stream(server.submit, plan, chunk, _include_usage(req), lstrip=False)
-        results = await server.run(plan.requests, request)
-        return await server.off_loop(self._completion_answer, req, plan, results, base)
+        def chunk(i: int, text: str, finish: str | None, delta: Delta | None = None) -> dict:
+            logprobs = None
+            if delta is not None and req.logprobs is not None:
+                logprobs = {**completions_logprob_entries(delta.logprobs or [], delta.token_ids, name),
+                            "text_offset": delta.offsets}
+            return {**base, "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
+
+        return await self._reply(req, request, plan, base, chunk, self._completion_answer, lstrip=False)
 
     def _completion_answer(self, req: CompletionRequest, plan: Plan, results: list[GenResult],
                            base: dict) -> JSONResponse:
@@ -211,22 +221,19 @@ class OpenAIRoutes:
         return Plan(requests, len(ids))
 
     async def chat_completions(self, req: ChatRequest, request: Request):
-        server = self.server
-        plan = await server.off_loop(self._plan_chat, req)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        base = {"id": rid, "object": "chat.completion", "created": created, "model": server.model_name}
-        if req.stream:
-            def chunk(i: int, text: str | None, finish: str | None, delta: Delta | None = None) -> dict:
-                content = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
-                logprobs = None
-                if delta is not None and req.logprobs:
-                    logprobs = {"content": [chat_logprob(server.token_text, e) for e in delta.logprobs or []]}
-                return {**base, "object": "chat.completion.chunk",
-                        "choices": [{"index": i, "delta": content, "logprobs": logprobs, "finish_reason": finish}]}
+        plan = await self.server.off_loop(self._plan_chat, req)
+        base = self._answer_base("chatcmpl", "chat.completion")
+        token_text = self.server.token_text
 
-            return stream(server.submit, plan, chunk, _include_usage(req), lstrip=True)
-        results = await server.run(plan.requests, request)
-        return await server.off_loop(self._chat_answer, req, plan, results, base)
+        def chunk(i: int, text: str | None, finish: str | None, delta: Delta | None = None) -> dict:
+            content = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+            logprobs = None
+            if delta is not None and req.logprobs:
+                logprobs = {"content": [chat_logprob(token_text, e) for e in delta.logprobs or []]}
+            return {**base, "object": "chat.completion.chunk",
+                    "choices": [{"index": i, "delta": content, "logprobs": logprobs, "finish_reason": finish}]}
+
+        return await self._reply(req, request, plan, base, chunk, self._chat_answer, lstrip=True)
 
     def _chat_answer(self, req: ChatRequest, plan: Plan, results: list[GenResult], base: dict) -> JSONResponse:
         choices = []
@@ -237,7 +244,3 @@ class OpenAIRoutes:
             choices.append({"index": i, "message": {"role": "assistant", "content": res.text.lstrip()},
                             "logprobs": logprobs, "finish_reason": res.finish_reason})
         return JSONResponse({**base, "choices": choices, "usage": usage(plan.prompt_tokens, results)})
-
-
-def _include_usage(req: SamplingRequest) -> bool:
-    return bool(req.stream_options and req.stream_options.include_usage)

@@ -187,13 +187,13 @@ CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assist
 
 
 def message_turns(messages: Sequence[Message]) -> list[Turn]:
-    """OpenAI messages into turns; text content parts are joined, other kinds refused."""
+    """OpenAI messages into turns; text content parts are joined, parts of other types refused."""
     turns = []
     for k, m in enumerate(messages):
         if isinstance(m.content, list):
-            kinds = [p.type for p in m.content if p.type != "text"]
-            if kinds:
-                raise Refusal(f"messages[{k}].content: only text parts are supported, got {kinds[0]!r}",
+            others = [p.type for p in m.content if p.type != "text"]
+            if others:
+                raise Refusal(f"messages[{k}].content: only text parts are supported, got {others[0]!r}",
                               f"messages[{k}].content")
             text = "".join(p.text or "" for p in m.content)
         else:

@@ -33,9 +33,9 @@ def stream(submit: Callable[[list[GenRequest], EventCallback], Job], plan: Plan,
     events: asyncio.Queue = asyncio.Queue()
     requests = plan.requests
 
-    def on_event(kind: str, index: int, payload: Any) -> None:
+    def on_event(event: str, index: int, payload: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop is gone (shutdown): nobody listens
-            loop.call_soon_threadsafe(events.put_nowait, (kind, index, payload))
+            loop.call_soon_threadsafe(events.put_nowait, (event, index, payload))
 
     job = submit(requests, on_event)
 
@@ -49,15 +49,15 @@ def stream(submit: Callable[[list[GenRequest], EventCallback], Job], plan: Plan,
                     yield sse(chunk(i, plan.echo[i], None, None))
             left, results = len(requests), [None] * len(requests)
             while left:
-                kind, i, payload = await events.get()
-                if kind == "delta":
+                event, i, payload = await events.get()
+                if event == "delta":
                     text = payload.text
                     if not started[i]:
                         text = text.lstrip()
                         started[i] = bool(text)
                     if text or payload.token_ids:
                         yield sse(chunk(i, text, None, payload))
-                elif kind == "done":
+                elif event == "done":
                     results[i] = payload
                     left -= 1
                     yield sse(chunk(i, "", payload.finish_reason, None))
