@@ -27,7 +27,8 @@ class Served:
     def __init__(self, model: str, slice_steps: int, engine=None):
         import uvicorn
 
-        from coh.generation.engine import Engine, EngineConfig
+        from coh.generation.config import EngineConfig
+        from coh.generation.engine import Engine
         from coh.serve.app import Server
         from coh.serve.prompts import Prompter
 

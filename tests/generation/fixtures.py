@@ -104,7 +104,8 @@ def scripted_model_dir(tmp_path_factory, corpus) -> Path:
 
 def engine_for(model_dir: Path, **options):
     """An engine over ``model_dir``, started (close it when done)."""
-    from coh.generation.engine import Engine, EngineConfig
+    from coh.generation.config import EngineConfig
+    from coh.generation.engine import Engine
 
     engine = Engine.load(EngineConfig(model=str(model_dir), **options))
     engine.start()

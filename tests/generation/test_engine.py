@@ -126,7 +126,8 @@ def test_a_cancelled_job_stops_and_says_so(coh_engine):
 def test_generations_in_slices_give_the_same_tokens_as_in_one_go(coh_engine):
     """Generations that take turns (a slice of 2 decode steps each) continue from their KV cache and
     their own random state: greedy and seeded samples equal those of each generation run alone."""
-    from coh.generation.engine import Engine, EngineConfig
+    from coh.generation.config import EngineConfig
+    from coh.generation.engine import Engine
 
     base = coh_engine
     tok = base.tokenizer

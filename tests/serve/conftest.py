@@ -43,7 +43,8 @@ class RunningServer:
 def make_server(model_dir: Path, name: str = "tiny", api_key: str | None = None, prompt_format: str = "auto",
                 engine=None, max_body_mb: float = 8.0, **engine_options) -> RunningServer:
     """Load ``model_dir`` (or reuse ``engine``'s model) and serve it."""
-    from coh.generation.engine import Engine, EngineConfig
+    from coh.generation.config import EngineConfig
+    from coh.generation.engine import Engine
     from coh.serve.app import Server
     from coh.serve.prompts import Prompter
 
