@@ -21,6 +21,7 @@ STAGES = {
     "convert": ("coh.convert.command", "checkpoints in and out (Meta LLaMA, EasyLM, LoRA, sharded, HF)"),
     "demo": ("coh.demo.command", "the whole pipeline on a tiny model, in minutes on a laptop CPU"),
     "judge": ("coh.judge.command", "pairwise human evaluation in the browser"),
+    "compare": ("coh.compare.command", "CoH vs conditional SFT, SFT, DPO and the base model: one recipe, one report"),
 }
 
 

@@ -7,7 +7,7 @@ the default phrases. Fields (``version`` 1)::
 
     {"version": 1,
      "phrases": {"user": "User:", "good": "A helpful answer:", "bad": "An unhelpful answer:"},
-     "mode": "coh" | "conditional-sft" | "sft",
+     "mode": "coh" | "conditional-sft" | "sft" | "dpo",
      "prompt_format": "coh" | "chat-template",   # how training saw its context
      "training": {...},                          # the resolved TrainConfig in force
      "data": {"path": ..., "sha256": ...},       # fingerprint of the training records
@@ -28,7 +28,7 @@ from coh.data.phrases import PhraseSet
 
 FILE = "coh.json"
 VERSION = 1
-MODES = ("coh", "conditional-sft", "sft")
+MODES = ("coh", "conditional-sft", "sft", "dpo")  # dpo: coh compare's TRL baseline
 PROMPT_FORMATS = ("coh", "chat-template")
 
 
@@ -47,9 +47,9 @@ class CohJson:
 
     @property
     def default_feedback(self) -> str:
-        """The phrase a reply is conditioned on by default: ``none`` for ``sft`` models (they
-        were trained with no phrase), else ``good``."""
-        return "none" if self.mode == "sft" else "good"
+        """The phrase a reply is conditioned on by default: ``none`` for ``sft`` and ``dpo``
+        models (they were trained with no phrase), else ``good``."""
+        return "none" if self.mode in ("sft", "dpo") else "good"
 
     @classmethod
     def for_original_weights(cls, source_format: str, source: str | Path) -> CohJson:

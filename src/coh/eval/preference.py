@@ -11,7 +11,9 @@ mean (``preference_accuracy_per_token``).
 Pairs come from ``pn`` / ``np`` records (:func:`pairs_from_records`, a build's ``eval.jsonl``) or
 from raw examples (:func:`pairs_from_examples`), which renders each example as a ``pn`` record
 exactly as ``coh data build`` does and then takes the same path, so both report the same number
-on the same model and data.
+on the same model and data. With ``with_phrase=False`` the outputs follow the context with no
+phrase at all, as ``sft``-mode records and the plain prompt of models trained without phrases
+(SFT, DPO, the base model in ``coh compare``) render them.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ from coh.data.records import FeedbackRecord, Segment, join_segments
 Pair = tuple[FeedbackRecord, FeedbackRecord]
 
 
-def _as_positive(segments: Sequence[Segment], phrase: str) -> list[Segment]:
-    """An output's segments with every feedback phrase replaced by ``phrase`` (label good)."""
+def _as_positive(segments: Sequence[Segment], phrase: str | None) -> list[Segment]:
+    """An output's segments with every feedback phrase replaced by ``phrase`` (None: removed),
+    its outputs labelled good."""
     return [s._replace(text=phrase, label="good") if s.role == "feedback" else s._replace(label="good")
-            if s.loss else s for s in segments]
+            if s.loss else s for s in segments if phrase is not None or s.role != "feedback"]
 
 
-def pairs_from_records(records: Sequence[FeedbackRecord]) -> list[Pair]:
+def pairs_from_records(records: Sequence[FeedbackRecord], with_phrase: bool = True) -> list[Pair]:
     """(preferred, dispreferred) pairs from the ``pn`` / ``np`` records among ``records`` (others,
-    and records without both a good and a bad output, are left out)."""
+    and records without both a good and a bad output, are left out); ``with_phrase`` False: the
+    outputs without any phrase."""
     pairs: list[Pair] = []
     for rec in records:
         if rec.feedback not in ("pn", "np"):
@@ -57,7 +61,7 @@ def pairs_from_records(records: Sequence[FeedbackRecord]) -> list[Pair]:
         if not any(s.loss for s in good) or not any(s.loss for s in bad):
             continue
         context = segs[:first]
-        phrase = next(s.text for s in good if s.role == "feedback").strip()
+        phrase = next(s.text for s in good if s.role == "feedback").strip() if with_phrase else None
         chosen = join_segments((*context, *_as_positive(good, phrase)))
         rejected = join_segments((*context, *_as_positive(bad, phrase)))
         pairs.append((FeedbackRecord(f"{rec.id}/chosen", rec.source, "p", chosen, rec.split),
@@ -65,7 +69,8 @@ def pairs_from_records(records: Sequence[FeedbackRecord]) -> list[Pair]:
     return pairs
 
 
-def pairs_from_examples(examples: Sequence[FeedbackExample], phrases: PhraseSet) -> list[Pair]:
+def pairs_from_examples(examples: Sequence[FeedbackExample], phrases: PhraseSet, with_phrase: bool = True
+                        ) -> list[Pair]:
     """One pair per example: its ``pn`` record under ``phrases`` (rendered as ``coh data build``
     renders it), through :func:`pairs_from_records`."""
     from coh.data.render import render_one
@@ -75,7 +80,7 @@ def pairs_from_examples(examples: Sequence[FeedbackExample], phrases: PhraseSet)
         segs = render_one(ex, "pn", (phrases.good, phrases.bad), phrases, random.Random(0))
         if segs is not None:
             records.append(FeedbackRecord(ex.id, ex.source, "pn", tuple(segs), "eval"))
-    return pairs_from_records(records)
+    return pairs_from_records(records, with_phrase)
 
 
 def preference_accuracy(nll: Sequence[float], targets: Sequence[int]) -> tuple[list[bool], list[bool]]:
