@@ -97,10 +97,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
                 kwargs["choices"] = choices
         if meta.get("positional"):
             kwargs.pop("dest")
-            optional = f.default is not MISSING or f.default_factory is not MISSING
+            # Optional for argparse even when required: a recipe may give it, and options_from_args
+            # reports it missing as a usage error otherwise.
             if base is list:  # the remaining arguments, each one item (coh eval compare RUN RUN ...)
-                kwargs.update(action="extend", nargs="*" if optional else "+")
-            elif optional:
+                kwargs.update(action="extend", nargs="*")
+            else:
                 kwargs["nargs"] = "?"
             kwargs.setdefault("metavar", f.name.upper())
             parser.add_argument(f.name, **kwargs)
