@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-OVERLONG_POLICIES = ("error", "split", "skip")
+from coh.train.config import OVERLONG_POLICIES
 
 
 def pack_documents(lengths: Sequence[int], capacity: int) -> list[list[int]]:
