@@ -213,11 +213,12 @@ def device_peak_flops() -> float | None:
 
 class ProgressBar:
     """A tqdm bar of optimizer steps: ``step/total`` with elapsed time and ETA (``<remaining``), loss
-    and tokens/s in the postfix. Shown only if ``enabled`` (the main process) and stderr is a tty;
-    ``.enabled`` says whether it is shown."""
+    and tokens/s in the postfix. Shown only if ``enabled`` (the main process), ``shown`` (the user
+    did not turn it off) and stderr is a tty; ``.enabled`` says whether it is shown."""
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train") -> None:
-        self.main, self.enabled = enabled, enabled and sys.stderr.isatty()
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train",
+                 shown: bool = True) -> None:
+        self.main, self.enabled = enabled, enabled and shown and sys.stderr.isatty()
         self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                          disable=not self.enabled)
 
