@@ -43,7 +43,7 @@ def preflight(cfg: TrainConfig) -> RunPlan:
 
     cfg.check()
     if not cfg.model or not cfg.train_data:
-        raise TrainingError("give model=NAME_OR_PATH and train_data=RECORDS (a `coh data build` folder or .jsonl)")
+        raise TrainingError("give --model NAME_OR_PATH and --train-data RECORDS (a `coh data build` folder or .jsonl)")
     try:
         models.check_model_folder(cfg.model)
         role = "tokenizer" if cfg.tokenizer else "model"
@@ -61,7 +61,7 @@ def preflight(cfg: TrainConfig) -> RunPlan:
         eval_path = built if Path(cfg.train_data).is_dir() and built.exists() and built.stat().st_size else None
         if eval_path is None:
             notes.append("no evaluation: " + (f"{built} is empty" if built.exists() else
-                                              "give eval_data=RECORDS, or a `coh data build` folder with eval.jsonl"))
+                                              "give --eval-data RECORDS, or a `coh data build` folder with eval.jsonl"))
     for option in ("pretrain_data", "pretrain_eval_data"):
         source = getattr(cfg, option)
         if source and source != "c4" and not source.startswith("hub:") and not Path(source).exists() and (
@@ -86,7 +86,7 @@ def preflight(cfg: TrainConfig) -> RunPlan:
             if saved is None:
                 raise ValueError(f"{plan.resume_from}: no coh.json")
         except ValueError as e:
-            raise TrainingError(f"cannot read the checkpoint's settings ({e}); resume=false starts afresh, or use "
+            raise TrainingError(f"cannot read the checkpoint's settings ({e}); --no-resume starts afresh, or use "
                                 "another output_dir") from None
         plan.changes = config_changes(saved.training, cfg.to_dict(), saved.data, plan.fingerprint)
         refused = {k: v for k, v in plan.changes.items() if k not in RESUME_MAY_CHANGE}
@@ -95,8 +95,8 @@ def preflight(cfg: TrainConfig) -> RunPlan:
             raise TrainingError(
                 f"output_dir {out} holds {plan.resume_from.name} of a run with other settings:\n{listed}\n"
                 "Continuing it would silently mix the two. Use another output_dir for a new run, put the "
-                "checkpoint's settings back, or give resume_with_changes=true to continue from it with the new "
-                "settings (coh.json records the change).")
+                "checkpoint's settings back, or give --resume-with-changes (resume_with_changes=true) to continue "
+                "from it with the new settings (coh.json records the change).")
         step = json.loads((plan.resume_from / "coh_state.json").read_text(encoding="utf-8"))["step"]
         plan.resumed = [*saved.resumed, {
             "step": step, "checkpoint": plan.resume_from.name,

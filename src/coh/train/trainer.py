@@ -88,7 +88,7 @@ def train(cfg: TrainConfig) -> dict:
     main = accelerator.is_main_process
     if cfg.attention == "flex_attention" and accelerator.device.type == "cpu":
         raise TrainingError("attention flex_attention trains on GPUs only (torch has no CPU backward for it): "
-                            "use attention=sdpa on a CPU")
+                            "use --attention sdpa on a CPU")
     out_dir = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg)
     rtok = RecordTokenizer(tokenizer)
@@ -271,7 +271,7 @@ def nonfinite_weights(model, accelerator) -> int:
 
 def _nonfinite_advice(cfg: TrainConfig, last_checkpoint: Path | None) -> str:
     where = (f"The last good checkpoint is {last_checkpoint}; lower lr (now {cfg.lr:g}) or max_grad_norm, or "
-             "check the data, then run again with resume_with_changes=true to continue from it."
+             "check the data, then run again with --resume-with-changes to continue from it."
              if last_checkpoint is not None else
              f"No checkpoint was written before it (save_every={cfg.save_every}); lower lr (now {cfg.lr:g}) or "
              "max_grad_norm, or check the data, and start again.")
