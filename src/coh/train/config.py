@@ -26,6 +26,7 @@ ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 DISTRIBUTED = ("ddp", "fsdp")
 REPORT_TO = ("tensorboard", "wandb", "none")
 OVERLONG_POLICIES = ("error", "split", "skip")
+LOSS_KERNELS = ("chunked", "liger")
 
 AT_LEAST_0 = {"low": 0}
 AT_LEAST_1 = {"low": 1}
@@ -56,6 +57,8 @@ class TrainConfig:
                                     "installed, no FCM)", choices=ATTENTION)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory, "
                                                  "more compute")
+    compile: bool = option(False, "torch.compile each decoder layer (the first steps compile; then faster "
+                                  "steps on GPUs)")
     distributed: str = option("ddp", "with several processes (torchrun, accelerate launch): ddp, or fsdp "
                                      "(FSDP2 shards)", choices=DISTRIBUTED)
     lora_r: int = option(0, "LoRA rank through peft, 0: full fine-tuning. With LoRA only the adapters train and "
@@ -87,6 +90,9 @@ class TrainConfig:
                                 choices=NORMALIZATIONS)
     loss_chunk: int | None = option(1024, "target positions per slice of the vocabulary projection (none: all "
                                           "at once)", **AT_LEAST_1)
+    loss_kernel: str = option("chunked", "the output layer and its loss: chunked (loss_chunk positions at a time, "
+                                         "any device), or liger (Liger's fused linear cross-entropy: GPUs only, "
+                                         "needs liger-kernel)", choices=LOSS_KERNELS)
     fcm_min_ratio: float = option(0.0, "random past-token masking: each record drops keys at a ratio drawn from "
                                        "U(fcm_min_ratio, fcm_max_ratio); 0 <= min <= max < 1")
     fcm_max_ratio: float = option(0.0, "the largest masking ratio (the paper: 0.05); 0: no masking")

@@ -12,6 +12,10 @@ it computes logits and losses ``chunk`` target positions at a time and recompute
 logits in backward, so at most ``chunk x vocab`` logits exist at once (a 150k vocabulary and 8k
 targets would otherwise hold several GB of fp32 logits). The swap happens inside the model's own
 forward, so DDP's and FSDP's hooks run as usual.
+
+``kernel="liger"`` swaps in ``LigerTargetHead`` instead: Liger's fused linear cross-entropy (Triton,
+GPUs only), which never holds more than one chunk of logits either and returns the same per-target
+NLL and argmax hits (``check_loss_kernel`` refuses it on a CPU or without liger-kernel).
 """
 
 from __future__ import annotations
@@ -72,6 +76,42 @@ class TargetHead(torch.nn.Module):
         return torch.cat(parts)[None]
 
 
+class LigerTargetHead(torch.nn.Module):
+    """``TargetHead``'s contract through Liger's fused linear cross-entropy: hidden states of the
+    predicting positions (…, n, H) to (1, n, 2) = [NLL (fp32), argmax hit] per target. Per-target
+    losses (``reduction="none"``), so per-record sums and token accuracy stay exact."""
+
+    def __init__(self, head: torch.nn.Module, targets: torch.Tensor):
+        super().__init__()
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+        self.head, self.targets = head, targets
+        self.loss = LigerFusedLinearCrossEntropyLoss(reduction="none", return_token_accuracy=True)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        # One dtype for the kernel: under bf16 autocast the fp32 weight is cast as autocast would
+        # cast it for a plain matmul (gradients flow back to the fp32 weight through the cast).
+        weight = self.head.weight.to(hidden.dtype)
+        bias = self.head.bias.to(hidden.dtype) if getattr(self.head, "bias", None) is not None else None
+        out = self.loss(weight, hidden, self.targets, bias)
+        return torch.stack([out.loss.float(), out.token_accuracy.detach().float()], -1)[None]
+
+
+def check_loss_kernel(kernel: str, device: torch.device) -> None:
+    """Refuse a loss kernel this machine cannot run, before any model is loaded: ``ValueError``."""
+    if kernel != "liger":
+        return
+    if device.type != "cuda":
+        raise ValueError("loss_kernel liger runs on GPUs only (Liger's kernels are Triton, CUDA): use "
+                         "--loss-kernel chunked on this device")
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ValueError("loss_kernel liger needs the liger-kernel package: pip install liger-kernel (or "
+                         "chain-of-hindsight[liger]), or use --loss-kernel chunked")
+
+
 @contextlib.contextmanager
 def _output_layer(model: torch.nn.Module, replacement: torch.nn.Module | None):
     """Swap the (unwrapped) model's output layer for ``replacement`` for the duration."""
@@ -94,13 +134,14 @@ def chunkable(model: torch.nn.Module) -> bool:
 
 
 def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attention_mask: object = None,
-                chunk: int | None = None) -> TargetLoss:
+                chunk: int | None = None, kernel: str = "chunked") -> TargetLoss:
     """Loss of one packed micro-batch (see ``coh.train.packing.collate_packed``, either layout).
 
     ``attention_mask``: None (record boundaries come from ``position_ids``) or a prepared 4D mask
     / flex ``BlockMask`` (random past-token masking composed with the boundaries). ``chunk``:
     target positions per slice of the vocabulary projection (None: all at once); ignored for
-    models that transform logits after the output layer (see ``chunkable``).
+    models that transform logits after the output layer (see ``chunkable``). ``kernel``: chunked
+    (the above) or liger (``LigerTargetHead``; such models are refused there).
     """
     target_mask = batch["target_mask"]
     per_record = torch.zeros(int(batch["record_index"].max()) + 1, dtype=torch.float64)
@@ -111,8 +152,14 @@ def target_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], attentio
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], logits_to_keep=1, use_cache=False)
         return TargetLoss(out.logits.float().sum() * 0.0, 0, 0, per_record)
     head = None
-    if chunk is not None and chunkable(model):
-        head = TargetHead(getattr(model, "module", model).get_output_embeddings(), targets, chunk)
+    output_layer = getattr(model, "module", model).get_output_embeddings()
+    if kernel == "liger":
+        if not chunkable(model):
+            raise ValueError("loss_kernel liger needs the output layer's logits untransformed; this model "
+                             f"transforms them ({', '.join(LOGIT_TRANSFORMS)}): use loss_kernel chunked")
+        head = LigerTargetHead(output_layer, targets)
+    elif chunk is not None and chunkable(model):
+        head = TargetHead(output_layer, targets, chunk)
     with _output_layer(model, head):
         out = model(
             input_ids=batch["input_ids"],

@@ -58,6 +58,25 @@ def add_lora(model, cfg: TrainConfig, adapter: Path | None = None):
         raise TrainingError(f"cannot add LoRA adapters ({targets}): {e}") from None
 
 
+def compile_decoder_layers(model) -> int:
+    """``torch.compile`` each decoder layer in place (``nn.Module.compile``: parameter names and
+    checkpoints unchanged), as torchtitan does: one graph that every layer reuses, while the
+    output-layer swap of ``coh.train.loss`` and the FCM masks stay outside compiled code. Returns
+    the number of layers compiled."""
+    from coh.train.distributed import decoder_layer_classes
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft keeps the model inside
+    try:
+        names = decoder_layer_classes(base)
+    except ValueError as e:
+        raise TrainingError(str(e).replace("cannot shard it layer by layer; use distributed=ddp",
+                                           "cannot compile it layer by layer; leave compile off")) from None
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def check_position_resets(model) -> None:
     """:func:`coh.models.check_position_resets`, as a ``TrainingError``."""
     try:

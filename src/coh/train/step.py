@@ -44,11 +44,12 @@ def accumulate_gradients(model, work: list, cfg: TrainConfig, step: int, fb_targ
 
 def step_loss(model, batch: dict, cfg: TrainConfig, attention_mask: object = None) -> TargetLoss:
     """``target_loss`` as configured: bf16 autocast for ``dtype=bfloat16`` (fp32 weights and
-    optimizer; under FSDP its mixed precision does this instead), the chunked projection."""
+    optimizer; under FSDP its mixed precision does this instead), the output layer's loss kernel
+    (``loss_kernel``: chunked, or Liger's fused one)."""
     device_type = batch["input_ids"].device.type
     autocast = cfg.dtype == "bfloat16" and not is_sharded(model)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-        return target_loss(model, batch, attention_mask, chunk=cfg.loss_chunk)
+        return target_loss(model, batch, attention_mask, chunk=cfg.loss_chunk, kernel=cfg.loss_kernel)
 
 
 def micro_batch_loss(result: TargetLoss, stream: str, cfg: TrainConfig, fb_targets: int, pt_targets: int,

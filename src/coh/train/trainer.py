@@ -38,12 +38,14 @@ from coh.train.config import TrainConfig
 from coh.train.data import TrainingEpochs
 from coh.train.distributed import clip_grad_norm, is_sharded, shard_model
 from coh.train.evaluation import evaluate, load_eval_set
+from coh.train.loss import check_loss_kernel
 from coh.train.packing import collate_packed, dense_attention
 from coh.train.preflight import TrainingError, preflight
 from coh.train.setup import (
     add_lora,
     apply_optimizer_settings,
     check_position_resets,
+    compile_decoder_layers,
     load_model,
     load_tokenizer,
     make_optimizer,
@@ -89,6 +91,10 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.attention == "flex_attention" and accelerator.device.type == "cpu":
         raise TrainingError("attention flex_attention trains on GPUs only (torch has no CPU backward for it): "
                             "use --attention sdpa on a CPU")
+    try:
+        check_loss_kernel(cfg.loss_kernel, accelerator.device)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
     out_dir = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg)
     rtok = RecordTokenizer(tokenizer)
@@ -113,6 +119,8 @@ def train(cfg: TrainConfig) -> dict:
     split_sequences = dense_attention(model)  # see coh.train.packing: sequences as long as the longest record
     if cfg.lora_r:
         model = add_lora(model, cfg, resume_from)
+    if cfg.compile:  # before FSDP wraps the layers, as torchtitan orders it
+        compile_decoder_layers(model)
     if fsdp:
         model = shard_model(model, accelerator.device, accelerator.num_processes, cfg.dtype == "bfloat16")
     pretrain, pretrain_eval = pretrain_streams(cfg, tokenizer, (accelerator.process_index, accelerator.num_processes))
