@@ -73,7 +73,7 @@ def compile_decoder_layers(model) -> int:
                                            "cannot compile it layer by layer; leave compile off")) from None
     layers = [m for m in model.modules() if type(m).__name__ in names]
     for layer in layers:
-        layer.compile()
+        layer.compile(dynamic=True)  # packed micro-batches change shape every step: one graph for all
     return len(layers)
 
 
