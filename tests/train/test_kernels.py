@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coh.train.loss import LigerTargetHead, check_loss_kernel, target_loss
+from coh.train.loss import check_loss_kernel, target_loss
 from coh.train.packing import collate_packed
 from coh.train.preflight import TrainingError
 from coh.train.trainer import train
@@ -38,7 +38,7 @@ def test_liger_is_refused_on_a_cpu_before_any_model_loads(workspace, monkeypatch
     import coh.train.trainer as trainer
 
     monkeypatch.setattr(trainer, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    with pytest.raises(TrainingError, match="loss_kernel liger runs on GPUs only.*--loss-kernel chunked"):
+    with pytest.raises(TrainingError, match=r"loss_kernel liger runs on GPUs only.*--loss-kernel chunked"):
         train(config(workspace, "liger-cpu", loss_kernel="liger"))
 
 
@@ -56,9 +56,9 @@ class TorchFusedLinearCrossEntropy(torch.nn.Module):
     """What Liger's ``LigerFusedLinearCrossEntropyLoss(reduction="none", return_token_accuracy=True)``
     computes, in plain torch: per-target NLL of ``input @ weight.T + bias`` and argmax hits."""
 
-    def __init__(self, reduction: str, return_token_accuracy: bool):
+    def __init__(self, reduction: str, return_token_accuracy: bool, accum_dtype: torch.dtype):
         super().__init__()
-        assert reduction == "none" and return_token_accuracy
+        assert reduction == "none" and return_token_accuracy and accum_dtype == torch.float32
 
     def forward(self, weight, hidden, target, bias=None):
         logits = F.linear(hidden, weight, bias).float()
@@ -66,25 +66,39 @@ class TorchFusedLinearCrossEntropy(torch.nn.Module):
                                      token_accuracy=(logits.argmax(-1) == target).float())
 
 
-def test_liger_head_keeps_the_target_loss_contract_on_cpu(monkeypatch):
-    """The wiring (which positions, which targets, per-record sums, hits, gradients), with the kernel
-    replaced by the same function in torch: liger-kernel itself needs CUDA."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_liger_head_keeps_the_target_loss_contract_on_cpu(monkeypatch, bf16):
+    """The wiring (which positions, which targets, per-record sums, hits, gradients, the dtype under
+    autocast), with the kernel replaced by the same function in torch: liger-kernel needs CUDA."""
+    seen = []
+
+    class Recording(TorchFusedLinearCrossEntropy):
+        def forward(self, weight, hidden, target, bias=None):
+            seen.append((weight.dtype, hidden.dtype, torch.is_autocast_enabled("cpu")))
+            return super().forward(weight, hidden, target, bias)
+
     module = types.ModuleType("liger_kernel.transformers.fused_linear_cross_entropy")
-    module.LigerFusedLinearCrossEntropyLoss = TorchFusedLinearCrossEntropy
+    module.LigerFusedLinearCrossEntropyLoss = Recording
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers.fused_linear_cross_entropy", module)
     model = tiny_llama(97)
     batch = collate_packed(random_records(97, 6, seed=3), split_sequences=True)
-    want = target_loss(model, batch)
-    want.loss_sum.backward()
-    want_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    got = target_loss(model, batch, kernel="liger")
-    got.loss_sum.backward()
-    assert got.targets == want.targets and got.correct == want.correct
-    assert got.loss_sum.item() == pytest.approx(want.loss_sum.item(), rel=1e-6)
-    assert got.per_record.tolist() == pytest.approx(want.per_record.tolist(), rel=1e-6)
-    for a, b in zip(want_grads, (p.grad for p in model.parameters())):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    results = {}
+    for kernel in ("chunked", "liger"):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            r = target_loss(model, batch, kernel=kernel)
+        r.loss_sum.backward()
+        results[kernel] = (r, [p.grad.clone() for p in model.parameters()])
+    (want, want_grads), (got, got_grads) = results["chunked"], results["liger"]
+    # the kernel computes in the autocast dtype with autocast off inside, as Liger's Triton code needs
+    assert seen == [(torch.bfloat16, torch.bfloat16, False)] if bf16 else [(torch.float32, torch.float32, False)]
+    rel = 2e-2 if bf16 else 1e-6
+    assert got.targets == want.targets
+    assert abs(got.correct - want.correct) <= (2 if bf16 else 0)
+    assert got.loss_sum.item() == pytest.approx(want.loss_sum.item(), rel=rel)
+    assert got.per_record.tolist() == pytest.approx(want.per_record.tolist(), rel=rel)
+    for a, b in zip(want_grads, got_grads):
+        assert float((a - b).norm() / a.norm().clamp_min(1e-12)) < (5e-2 if bf16 else 1e-5)
     assert isinstance(model.get_output_embeddings(), torch.nn.Linear)  # the head is put back
 
 

@@ -86,15 +86,21 @@ class LigerTargetHead(torch.nn.Module):
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
 
         self.head, self.targets = head, targets
-        self.loss = LigerFusedLinearCrossEntropyLoss(reduction="none", return_token_accuracy=True)
+        # fp32 accumulation of the weight gradient over the kernel's chunks, as the chunked loss has it
+        self.loss = LigerFusedLinearCrossEntropyLoss(reduction="none", return_token_accuracy=True,
+                                                     accum_dtype=torch.float32)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.reshape(-1, hidden.shape[-1])
-        # One dtype for the kernel: under bf16 autocast the fp32 weight is cast as autocast would
-        # cast it for a plain matmul (gradients flow back to the fp32 weight through the cast).
-        weight = self.head.weight.to(hidden.dtype)
-        bias = self.head.bias.to(hidden.dtype) if getattr(self.head, "bias", None) is not None else None
-        out = self.loss(weight, hidden, self.targets, bias)
+        # One dtype for the kernel, chosen here rather than by autocast inside it: the autocast
+        # dtype (bf16 compute over fp32 weights) if on, else the hidden states' (FSDP's bf16
+        # parameters, or fp32). Gradients reach the fp32 weight and hidden states through the casts.
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        bias = getattr(self.head, "bias", None)
+        with torch.autocast(device, enabled=False):
+            out = self.loss(self.head.weight.to(dtype), hidden.to(dtype), self.targets,
+                            None if bias is None else bias.to(dtype))
         return torch.stack([out.loss.float(), out.token_accuracy.detach().float()], -1)[None]
 
 
