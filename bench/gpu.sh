@@ -61,7 +61,7 @@ else
   FSDP=(--rows 60 --hidden 512 --layers 4 --heads 8 --vocab 8000 --max-length 1024 --micro-batch-tokens 4096)
   LOSS=(--tokens 16384)
   SERVE=(--clients 1,32 --requests 2 --max-tokens 128)
-  BUDGET=(env=20 a=180 b=50 c=70 d=85 e=55)  # seconds, 460 in all: under 8 minutes with the install and summary
+  BUDGET=(env=20 a=170 b=45 c=65 d=110 e=50)  # seconds, 460 in all: under 8 minutes with the install and summary
 fi
 budget() { for kv in "${BUDGET[@]}"; do [[ ${kv%%=*} == "$1" ]] && echo "${kv#*=}"; done; }
 
