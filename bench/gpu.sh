@@ -16,14 +16,15 @@
 # the most the device tool brings back. A summary table is printed last.
 #
 # What it expects in the image ('cuda', /work/.library/device/KINDS.md): python3 (3.12) with torch >= 2.5 built
-# for CUDA, triton, transformers >= 5, accelerate, peft, safetensors, tokenizers, huggingface-hub, pyarrow,
+# for CUDA, triton, accelerate, peft, safetensors, tokenizers, huggingface-hub, pyarrow,
 # pandas, xxhash, numpy, pyyaml, tqdm, matplotlib, tensorboard, httpx, anyio, h11, click, psutil, msgpack,
 # sentencepiece, protobuf; and the torchrun module. What it lacks comes as wheels in .whl/ (bench/gpu_wheels.sh:
-# trl, datasets, dill, multiprocess, liger-kernel, fastapi, starlette, pydantic, pydantic-core,
-# annotated-types, typing-inspection, typing-extensions, opentelemetry-api, importlib-metadata, uvicorn),
-# installed here with pip --no-index into $WORK/site. Nothing is downloaded.
+# transformers 5.24 and peft 0.21 (the image's transformers 5.17 fails on coh's 2-D logits_to_keep), trl,
+# datasets, dill, multiprocess, liger-kernel, fastapi, starlette, pydantic, pydantic-core, annotated-types,
+# typing-inspection, typing-extensions, opentelemetry-api, importlib-metadata, uvicorn), installed with pip --no-index into $WORK/site. Nothing is downloaded.
 #
-# The device tool's call (from the repository root, after bench/gpu_wheels.sh):
+# The device tool's call, after bench/gpu_wheels.sh in the checkout that the tool sends (the session's own
+# repository root: .whl/ must be there, ~20 MB; the code ~6 MB; the limit 64 MiB):
 #   run(command="bash bench/gpu.sh", carry=[".whl"], timeout_s=600)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -83,7 +84,7 @@ part env "$PY" - "$WORK/status/env-info.json" <<'PYEOF'
 import importlib.metadata as md, json, os, platform, sys
 import torch
 names = ["torch", "triton", "transformers", "accelerate", "peft", "trl", "datasets", "liger-kernel", "pyarrow",
-         "fastapi", "uvicorn", "pydantic", "safetensors", "tokenizers", "httpx"]
+         "fastapi", "uvicorn", "pydantic", "safetensors", "tokenizers", "huggingface-hub", "regex", "httpx"]
 versions = {}
 for n in names:
     try:

@@ -3,18 +3,24 @@
 # image lacks, into .whl/ at the repository root (gitignored; it travels to the GPU machine with
 # the code when the device tool's call names it in `carry`). The image ('cuda', see
 # /work/.library/device/KINDS.md) runs Python 3.12 on x86-64 with torch 2.11, triton 3.6,
-# transformers 5.17, accelerate 1.15, peft, pyarrow, pandas, xxhash, huggingface-hub, httpx, anyio,
+# transformers 5.17 (too old for coh, see below), accelerate 1.15, peft, pyarrow, pandas, xxhash, huggingface-hub, httpx, anyio,
 # click, h11, psutil, msgpack, sentencepiece, matplotlib, tensorboard, pyyaml, tokenizers,
 # safetensors; it has no trl, datasets (nor its dill and multiprocess), liger-kernel, fastapi,
 # pydantic or uvicorn. One version of each, no dependencies resolved (--no-deps): every
 # requirement of these wheels that the image lacks is listed here.
 #
-#   bench/gpu_wheels.sh [DIR]      # default .whl ; prints the sizes (about 6 MB in all; the limit is 64 MiB)
+#   bench/gpu_wheels.sh [DIR]      # default .whl ; prints the sizes (about 20 MB in all; the limit is 64 MiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="${1:-.whl}"
 mkdir -p "$DIR"
 WHEELS=(
+  # The image's transformers 5.17 cannot run coh train: its LLaMA forward indexes hidden states with a
+  # 1-D logits_to_keep only, and coh passes a 2-D boolean mask (found by running bench/train_throughput.py
+  # here under transformers 5.17: IndexError in modeling_llama). So the version coh is developed with comes
+  # along (it accepts the image's huggingface-hub 1.33, tokenizers 0.23.2, safetensors 0.8.0), with the
+  # peft it is tested with.
+  transformers==5.24.0 peft==0.21.2
   liger-kernel==0.8.5          # loss_kernel=liger (Triton kernels; needs torch and triton, both in the image)
   trl==1.16.0                  # the peer in bench/train_throughput.py
   datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19   # coh data / coh train, and TRL
