@@ -21,7 +21,8 @@
 # sentencepiece, protobuf; and the torchrun module. What it lacks comes as wheels in .whl/ (bench/gpu_wheels.sh:
 # transformers 5.24 and peft 0.21 (the image's transformers 5.17 fails on coh's 2-D logits_to_keep), trl,
 # datasets, dill, multiprocess, liger-kernel, fastapi, starlette, pydantic, pydantic-core, annotated-types,
-# typing-inspection, typing-extensions, opentelemetry-api, importlib-metadata, uvicorn), installed with pip --no-index into $WORK/site. Nothing is downloaded.
+# typing-inspection, typing-extensions, opentelemetry-api, importlib-metadata, uvicorn), installed with
+# pip --no-index into $WORK/site. Nothing is downloaded.
 #
 # The device tool's call, after bench/gpu_wheels.sh in the checkout that the tool sends (the session's own
 # repository root: .whl/ must be there, ~20 MB; the code ~6 MB; the limit 64 MiB):
