@@ -229,8 +229,8 @@ def plot_loss_curves(results: dict, out: Path, png: Path) -> Path | None:
 
 
 def plot_metrics(results: dict, png: Path) -> Path | None:
-    """One bar chart per metric with 95 % intervals (``coh eval compare``'s plot)."""
-    from coh.eval.report import EvalResult, compare_plot
+    """One bar chart per metric with 95 % intervals (``coh eval table``'s plot)."""
+    from coh.eval.report import EvalResult, metrics_plot
 
     labels = list(results["runs"])
     if not labels:
@@ -239,4 +239,4 @@ def plot_metrics(results: dict, png: Path) -> Path | None:
     evals = [EvalResult("compare", label, None, {k: row["values"][k] for k in keys if k in row["values"]},
                         {k: tuple(row["ci95"][k]) for k in keys if k in row["ci95"]})
              for label, row in results["runs"].items()]
-    return compare_plot(evals, labels, png)
+    return metrics_plot(evals, labels, png)
