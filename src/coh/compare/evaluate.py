@@ -50,10 +50,8 @@ def plain_text_loss(lm, documents: Sequence[str], max_tokens: int, seed: int = 0
     """Token-weighted mean loss (nats per token) of the model on held-out plain text: whole
     documents in order until ``max_tokens`` tokens; the first token of each is not scored. Returns
     (loss, 95 % percentile-bootstrap interval over documents, tokens scored)."""
-    import numpy as np
-    from scipy.stats import bootstrap
-
     from coh.eval.likelihood import sequence_nll
+    from coh.stats import ratio_interval
 
     chosen, total = [], 0
     for doc, ids in zip(documents, lm.tokenizer(list(documents))["input_ids"]):
@@ -64,13 +62,8 @@ def plain_text_loss(lm, documents: Sequence[str], max_tokens: int, seed: int = 0
     records = [FeedbackRecord(f"text/{i}", "text", "text", (Segment(d, True, "assistant"),), "eval")
                for i, d in enumerate(chosen)]
     nll, count = sequence_nll(lm, records)
-    sums, counts = np.asarray(nll), np.asarray(count, dtype=float)
-    loss = float(sums.sum() / counts.sum())
-    if len(sums) < 2:
-        return loss, (loss, loss), int(counts.sum())
-    ci = bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis) / c.sum(axis), paired=True, vectorized=True,
-                   n_resamples=2000, method="percentile", rng=np.random.default_rng(seed)).confidence_interval
-    return loss, (float(ci.low), float(ci.high)), int(counts.sum())
+    # 2,000 resamples: what the runs in docs/alignment.md were made with
+    return float(sum(nll) / sum(count)), ratio_interval(nll, count, seed, n_resamples=2000), int(sum(count))
 
 
 def judged_replies(lm, examples: Sequence, feedback: str, judge, sampling, path: Path, progress: bool = False
@@ -137,11 +130,14 @@ def evaluate_model(folder: str, feedback: str, controllable: bool, likelihood_ex
 
 def judge_accuracy(judge, examples: Sequence) -> tuple[float, tuple[float, float], int]:
     """How often the judge scores the preferred reply above the dispreferred one, on held-out
-    pairs (ties as misses): its own accuracy, with a 95 % Wilson interval."""
+    pairs (ties as misses): its own accuracy, with a 95 % Wilson interval. The pairwise rule is
+    ``coh.eval.preference.preference_accuracy``'s, on negated scores (lower wins there)."""
+    from coh.eval.preference import preference_accuracy
     from coh.stats import wilson_interval
 
     contexts = [ex.context for ex in examples]
     chosen = judge.score(contexts, [ex.candidates[0].text for ex in examples])
     rejected = judge.score(contexts, [ex.candidates[-1].text for ex in examples])
-    hits = sum(c > r for c, r in zip(chosen, rejected))
+    by_score, _ = preference_accuracy([-s for pair in zip(chosen, rejected) for s in pair], [1] * 2 * len(examples))
+    hits = sum(by_score)
     return hits / len(examples), wilson_interval(hits, len(examples)), len(examples)

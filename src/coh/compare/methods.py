@@ -150,14 +150,14 @@ def train_dpo(cfg: CompareConfig, method: MethodSpec, seed: int, examples: Seque
               progress: bool) -> dict:
     """TRL ``DPOTrainer`` on the policy pairs; returns what it spent. Resumes from its own checkpoints."""
     import datasets
-    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from coh.cohjson import CohJson
     from coh.data.phrases import DEFAULT_PHRASES, phrases_for
+    from coh.models import load_tokenizer
     from coh.train.checkpoint import save_model_folder
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = load_tokenizer(base)
     phrases = phrases_for(cfg.kind, DEFAULT_PHRASES)
     rows = preference_rows(examples, phrases, tokenizer.eos_token)
     batch, pair_tokens = _pairs_per_step(cfg, rows, tokenizer, conversational=False)
@@ -183,10 +183,11 @@ def train_reward_model(cfg: CompareConfig, examples: Sequence, out: Path, base: 
                        progress: bool) -> dict:
     """TRL ``RewardTrainer`` on the judge pairs; the merged model goes to ``out/model``."""
     import datasets
-    from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    from coh.models import load_tokenizer
+
+    tokenizer = load_tokenizer(base)
     rows = conversation_rows(examples)
     batch, pair_tokens = _pairs_per_step(cfg, rows, tokenizer, conversational=True)
     batch = max(1, round(batch * cfg.judge.tokens_per_step / cfg.tokens_per_step))

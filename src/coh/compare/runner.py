@@ -86,13 +86,12 @@ def _base_model(cfg: CompareConfig, stages: Stages) -> tuple[str, dict]:
 
 def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
     """Run the whole comparison; returns the results (also in ``results.json``)."""
-    from transformers import AutoTokenizer
-
     from coh.compare import evaluate, methods, report
     from coh.compare.split import split_rows
     from coh.compare.text import read_documents, write_plain_text
     from coh.eval.config import Sampling
     from coh.eval.examples import read_examples
+    from coh.models import load_tokenizer
 
     if not cfg.data or not Path(cfg.data).exists():
         raise FileNotFoundError(f"data {cfg.data!r}: no such file (give raw {cfg.kind} rows)")
@@ -111,7 +110,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
 
     step("base model")
     base, base_key = _base_model(cfg, stages)
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = load_tokenizer(base)
 
     step(f"split {cfg.data} by prompt: policy / judge / eval")
     split_key = {**base_key, "data": cfg.data, "kind": cfg.kind, "seed": cfg.split_seed, "eval": cfg.eval_fraction,
