@@ -1,10 +1,15 @@
-"""Recipes: the presets validate (every run's TrainConfig included), errors name the problem."""
+"""Recipes: the presets validate (every run's TrainConfig included), errors name the problem; the
+command line: every option in --help, --print-config prints the resolved recipe, old spellings work."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import yaml
 
 from coh.compare.config import CompareConfig, MethodSpec
+from coh.compare.recipe import PRESETS_DIR as PRESETS
 
 
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu-knobs", "gpu"])
@@ -57,3 +62,61 @@ def test_errors_name_the_problem(tmp_path):
     loop.write_text("extends: a.yaml\n")
     with pytest.raises(ValueError, match="loops"):
         CompareConfig.load(loop)
+
+
+def test_recipe_values_are_checked_naming_the_recipe(tmp_path):
+    """The checks every stage's options get (coh.options), with the recipe's name in the error."""
+    recipe = tmp_path / "r.yaml"
+    for text, message in ((f"extends: {PRESETS / 'smoke.yaml'}\nsteps: many\n", "option steps: expected a whole number"),
+                          ("extends: nothing.yaml\n", "extends: no such recipe file"),
+                          ("steps: 0\n", "option steps: must be in"),
+                          ("eval_fraction: 1.5\n", "option eval_fraction: must be in"),
+                          ("methods: [{method: coh, bogus: 1}]\n", r"methods\[0\]: unknown option\(s\) \['bogus'\]"),
+                          ("judge: {steps: 0}\n", "option steps: must be in"),
+                          ("judge: 3\n", "judge: expected a spec string or a mapping"),
+                          ("methods: [{method: coh, train: 5}]\n", "'train': expected a mapping"),
+                          ("train: [1]\n", "option train: expected a mapping"),
+                          ("seeds: [0, one]\n", "option seeds: expected a list of whole numbers"),
+                          ("steps: [1\n", "not valid YAML"),
+                          ("- steps\n", "expected a mapping")):
+        recipe.write_text(text)
+        with pytest.raises(ValueError, match=f"recipe {recipe}: .*{message}"):
+            CompareConfig.load(recipe)
+    # YAML reads 1e-5 as text: it is the number the option declares
+    recipe.write_text(f"extends: {PRESETS / 'smoke.yaml'}\nlr: 1e-5\nlora_alpha: 8\njudge: {{lr: 2e-5}}\n")
+    cfg = CompareConfig.load(recipe)
+    assert (cfg.lr, cfg.lora_alpha, cfg.judge.lr) == (1e-5, 8.0, 2e-5)
+
+
+def test_help_lists_every_option_with_help_and_default(capsys, monkeypatch):
+    from coh.cli import main
+    from coh.compare.config import CompareOptions
+
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(CompareOptions):
+        shown = "RECIPE" if f.metadata["positional"] else "--" + f.name.replace("_", "-")
+        assert shown in text and " ".join(f.metadata["help"].split()) in text, f.name
+    for spelling in ("--output-dir DIR, -o DIR", "--data FILE", "--seeds", "--device", "--no-progress",
+                     "--print-config", "(default: none)", "(default: on)"):
+        assert spelling in text
+
+
+def test_print_config_is_the_resolved_recipe(tmp_path, capsys):
+    from coh.cli import main
+
+    assert main(["compare", "smoke", "--seeds", "3,4", "-o", str(tmp_path), "--data", "d.jsonl", "--device", "cpu",
+                 "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["seeds"], printed["output_dir"], printed["data"], printed["device"]) == \
+        ([3, 4], str(tmp_path), "d.jsonl", "cpu")
+    smoke = CompareConfig.load("smoke")
+    assert printed["steps"] == smoke.steps and printed["judge"] == dataclasses.asdict(smoke.judge)
+    assert CompareConfig.from_dict(printed).to_dict() == printed  # a recipe that reproduces the run
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", "smoke", "--seeds", "one", "--print-config"])
+    assert stop.value.code == 2
+    assert "option seeds: expected whole numbers" in capsys.readouterr().err
