@@ -55,7 +55,7 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="feedback"):
         MethodSpec("sft", feedback="p,n")
     with pytest.raises(ValueError, match="sum < 1"):
-        CompareConfig.from_dict({"eval_fraction": 0.5, "judge_fraction": 0.5})
+        CompareConfig.from_dict({"eval_fraction": 0.5, "scorer_fraction": 0.5})
     with pytest.raises(FileNotFoundError, match="presets"):
         CompareConfig.load(str(tmp_path / "nothing.yaml"))
     loop = tmp_path / "a.yaml"
@@ -72,8 +72,8 @@ def test_recipe_values_are_checked_naming_the_recipe(tmp_path):
                           ("steps: 0\n", "option steps: must be in"),
                           ("eval_fraction: 1.5\n", "option eval_fraction: must be in"),
                           ("methods: [{method: coh, bogus: 1}]\n", r"methods\[0\]: unknown option\(s\) \['bogus'\]"),
-                          ("judge: {steps: 0}\n", "option steps: must be in"),
-                          ("judge: 3\n", "judge: expected a spec string or a mapping"),
+                          ("scorer: {steps: 0}\n", "option steps: must be in"),
+                          ("scorer: 3\n", "scorer: expected a spec string or a mapping"),
                           ("methods: [{method: coh, train: 5}]\n", "'train': expected a mapping"),
                           ("train: [1]\n", "option train: expected a mapping"),
                           ("seeds: [0, one]\n", "option seeds: expected a list of whole numbers"),
@@ -83,9 +83,22 @@ def test_recipe_values_are_checked_naming_the_recipe(tmp_path):
         with pytest.raises(ValueError, match=f"recipe {recipe}: .*{message}"):
             CompareConfig.load(recipe)
     # YAML reads 1e-5 as text: it is the number the option declares
-    recipe.write_text(f"extends: {PRESETS / 'smoke.yaml'}\nlr: 1e-5\nlora_alpha: 8\njudge: {{lr: 2e-5}}\n")
+    recipe.write_text(f"extends: {PRESETS / 'smoke.yaml'}\nlr: 1e-5\nlora_alpha: 8\nscorer: {{lr: 2e-5}}\n")
     cfg = CompareConfig.load(recipe)
-    assert (cfg.lr, cfg.lora_alpha, cfg.judge.lr) == (1e-5, 8.0, 2e-5)
+    assert (cfg.lr, cfg.lora_alpha, cfg.scorer.lr) == (1e-5, 8.0, 2e-5)
+
+
+def test_old_judge_spellings_still_read_with_a_note(tmp_path, capsys):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(f"extends: {PRESETS / 'smoke.yaml'}\njudge_fraction: 0.2\njudge:\n  steps: 2\n")
+    cfg = CompareConfig.load(recipe)
+    assert (cfg.scorer_fraction, cfg.scorer.steps, cfg.scorer.tokens_per_step) == (0.2, 2, 512)  # merged with smoke's
+    err = capsys.readouterr().err
+    assert "'judge' is deprecated" in err and "use 'scorer'" in err and "use 'scorer_fraction'" in err
+    assert CompareConfig.from_dict({"judge": "tests.compare.judge_functions:reply_words"}).scorer.spec == \
+        "tests.compare.judge_functions:reply_words"
+    with pytest.raises(ValueError, match="give 'scorer' only"):
+        CompareConfig.from_dict({"judge": "a:b", "scorer": "a:b"})
 
 
 def test_help_lists_every_option_with_help_and_default(capsys, monkeypatch):
@@ -114,7 +127,7 @@ def test_print_config_is_the_resolved_recipe(tmp_path, capsys):
     assert (printed["seeds"], printed["output_dir"], printed["data"], printed["device"]) == \
         ([3, 4], str(tmp_path), "d.jsonl", "cpu")
     smoke = CompareConfig.load("smoke")
-    assert printed["steps"] == smoke.steps and printed["judge"] == dataclasses.asdict(smoke.judge)
+    assert printed["steps"] == smoke.steps and printed["scorer"] == dataclasses.asdict(smoke.scorer)
     assert CompareConfig.from_dict(printed).to_dict() == printed  # a recipe that reproduces the run
     with pytest.raises(SystemExit) as stop:
         main(["compare", "smoke", "--seeds", "one", "--print-config"])

@@ -8,7 +8,8 @@
 Methods: coh, conditional-sft and sft (coh train's modes), dpo (TRL's DPOTrainer: pip install
 'chain-of-hindsight[compare]') and the untrained base. Each is evaluated by the same protocols on
 the same held-out rows: preference accuracy by likelihood, the paper's 'This dialogue is'
-protocol, judged replies (win rates against the base and SFT), controllability and the loss on held-out plain text. Writes report.md, results.json and
+protocol, scored replies (win rates against the base and SFT, under a reward model or a Python
+scorer), controllability and the loss on held-out plain text. Writes report.md, results.json and
 plots into the output folder; a rerun reuses every finished stage. The recipe's keys are the
 fields of coh.compare.config.CompareConfig; --print-config prints the resolved recipe.
 """
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args._print_config:
         print(to_yaml(cfg), end="")
         return 0
-    if any(m.method == "dpo" for m in cfg.methods) or cfg.judge.spec is None:
+    if any(m.method == "dpo" for m in cfg.methods) or cfg.scorer.spec is None:
         import importlib.util
 
         if importlib.util.find_spec("trl") is None:

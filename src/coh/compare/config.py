@@ -1,5 +1,5 @@
 """The options of ``coh compare``: the recipe (``CompareConfig``, with ``MethodSpec`` per compared
-system and ``JudgeSpec`` for what scores replies) and the command line (``CompareOptions``: which
+system and ``ScorerSpec`` for what scores replies) and the command line (``CompareOptions``: which
 recipe, and the few of its keys a flag overrides). Fields are made with ``coh.options.option``
 (help text, default, range) and checked by ``coh.options.check_fields`` plus the rules of their
 own, so a recipe, the flags and a Python caller get the same checks. Reading a recipe file (its
@@ -62,10 +62,10 @@ class MethodSpec:
 
 
 @dataclass
-class JudgeSpec:
-    """What scores replies for the win rates: a recipe's ``judge:``, a spec string or a mapping of
+class ScorerSpec:
+    """What scores replies for the win rates: a recipe's ``scorer:``, a spec string or a mapping of
     these keys. With ``spec`` empty, a reward model is trained here with TRL's ``RewardTrainer``
-    on the judge rows, from the same base model, with the recipe's LoRA setting."""
+    on the scorer rows, from the same base model, with the recipe's LoRA setting."""
 
     spec: str | None = option(None, "a reward model (hub id or folder) or MODULE:FUNCTION, as coh eval's --scorer "
                                     "(coh.eval.scorers.load_scorer); none: train a reward model here")
@@ -85,8 +85,8 @@ class CompareConfig:
     gets the same steps, tokens, learning rate schedule, LoRA setting and seed.
 
     Splits (fractions of prompts, decided by a seeded hash of each prompt, so no prompt lands in
-    two): ``eval_fraction`` held out for evaluation, ``judge_fraction`` to train the reward model,
-    the rest trains the policies. ``max_record_tokens``
+    two): ``eval_fraction`` held out for evaluation, ``scorer_fraction`` to train the reward model
+    (the split called ``judge`` in ``split/``), the rest trains the policies. ``max_record_tokens``
     keeps examples whose longest CoH record (``pn``) fits; the others are counted, per split, in
     ``split/summary.json``."""
 
@@ -99,7 +99,7 @@ class CompareConfig:
     split_seed: int = option(0, "seed of the split by prompt (and of the records and plain text)")
     eval_fraction: float = option(0.15, "share of prompts held out for evaluation", low=0, high=1, low_open=True,
                                   high_open=True, expected="a number between 0 and 1")
-    judge_fraction: float = option(0.25, "share of prompts that train the reward model (0: give a judge spec)",
+    scorer_fraction: float = option(0.25, "share of prompts that train the reward model (0: give a scorer spec)",
                                     low=0, high=1, high_open=True, expected="a number from 0 to below 1")
     max_record_tokens: int | None = option(384, "keep examples whose longest CoH record fits (none: all)",
                                            **AT_LEAST_1)
@@ -128,7 +128,7 @@ class CompareConfig:
     generation_prompts: int = option(64, "held-out prompts answered and scored", **AT_LEAST_1)
     max_new_tokens: int = option(64, "longest reply in tokens", **AT_LEAST_1)
     generation_batch_size: int = option(16, "prompts generated together", **AT_LEAST_1)
-    judge: JudgeSpec = option(factory=JudgeSpec, help="what scores replies (a spec string or a mapping)",
+    scorer: ScorerSpec = option(factory=ScorerSpec, help="what scores replies (a spec string or a mapping)",
                                 cli=False)
     device: str | None = option(None, "cuda, cuda:1, cpu ... for evaluation (none: cuda when there is one)")
     # tiny base model (model: tiny), for the smoke preset
@@ -145,12 +145,12 @@ class CompareConfig:
             raise ValueError(f"option seeds: expected a list of whole numbers, got {self.seeds!r}")
         if not isinstance(self.train, dict):
             raise ValueError(f"option train: expected a mapping of coh train options, got {describe(self.train)}")
-        if not all(isinstance(m, MethodSpec) for m in self.methods) or not isinstance(self.judge, JudgeSpec):
-            raise ValueError("methods and judge: expected MethodSpec items and a JudgeSpec (a recipe gives mappings: "
+        if not all(isinstance(m, MethodSpec) for m in self.methods) or not isinstance(self.scorer, ScorerSpec):
+            raise ValueError("methods and scorer: expected MethodSpec items and a ScorerSpec (a recipe gives mappings: "
                              "CompareConfig.from_dict)")
-        if self.eval_fraction + self.judge_fraction >= 1:
-            raise ValueError(f"need 0 < eval_fraction, 0 <= judge_fraction and their sum < 1 (the rest trains the "
-                             f"policies), got {self.eval_fraction} and {self.judge_fraction}")
+        if self.eval_fraction + self.scorer_fraction >= 1:
+            raise ValueError(f"need 0 < eval_fraction, 0 <= scorer_fraction and their sum < 1 (the rest trains the "
+                             f"policies), got {self.eval_fraction} and {self.scorer_fraction}")
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"method names must differ, got {names}; give repeated methods a name")
@@ -158,8 +158,8 @@ class CompareConfig:
             raise ValueError("methods: give at least one")
         if not self.seeds:
             raise ValueError("seeds: give at least one")
-        if self.judge.spec is None and self.judge_fraction == 0:
-            raise ValueError("the reward model is trained on the judge rows: give judge_fraction > 0, or a judge "
+        if self.scorer.spec is None and self.scorer_fraction == 0:
+            raise ValueError("the reward model is trained on the scorer rows: give scorer_fraction > 0, or a scorer "
                              "spec")
         if self.max_record_tokens is not None and self.max_record_tokens > self.tokens_per_step:
             raise ValueError(f"max_record_tokens ({self.max_record_tokens}) must fit in tokens_per_step "
@@ -204,7 +204,7 @@ class CompareConfig:
 
     @staticmethod
     def from_dict(values: dict, where: str = "recipe") -> CompareConfig:
-        """A config from a recipe's mapping (methods and the judge as names, strings or mappings)."""
+        """A config from a recipe's mapping (methods and the scorer as names, strings or mappings)."""
         from coh.compare.recipe import config_from_dict
 
         return config_from_dict(values, where)

@@ -2,41 +2,44 @@
 
 A recipe is a YAML mapping of ``CompareConfig`` keys. ``extends: OTHER.yaml`` (relative to the
 file) starts from another recipe: mappings merge key by key, lists and values are replaced.
-``methods:`` items and ``judge:`` are nested specs (``MethodSpec``, ``JudgeSpec``): a name or a
+``methods:`` items and ``scorer:`` are nested specs (``MethodSpec``, ``ScorerSpec``): a name or a
 spec string, or a mapping of their keys. Keys and values go through ``coh.options``, the checks
 every stage's options get (``coerce_options``: unknown keys, YAML reading ``1e-5`` as text;
-``check_fields`` in each class: types, ranges), and errors name the recipe.
+``check_fields`` in each class: types, ranges), and errors name the recipe. The old spellings
+``judge:`` and ``judge_fraction:`` are still read, with a deprecation note, for one release.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from coh.compare.config import CompareConfig, JudgeSpec, MethodSpec
+from coh.compare.config import CompareConfig, MethodSpec, ScorerSpec
 from coh.data.errors import describe
 from coh.options import coerce_options, parse_yaml
 
 PRESETS_DIR = Path(__file__).resolve().parents[3] / "configs" / "compare"  # in a source checkout
+RENAMED = {"judge": "scorer", "judge_fraction": "scorer_fraction"}  # old key -> new key
 
 
 def load_recipe(path: str | Path, overrides: dict | None = None) -> CompareConfig:
     """The config of a recipe file or preset, with ``overrides`` (recipe keys) on top."""
     file = resolve_recipe(path)
-    values = _merge(_read(file), overrides or {})
+    values = _merge(_read(file), _renamed(overrides or {}, "overrides"))
     return config_from_dict(values, f"recipe {file}")
 
 
 def config_from_dict(values: dict, where: str = "recipe") -> CompareConfig:
     """A config from a recipe's mapping; a ``ValueError`` naming ``where`` and the key at fault."""
-    values = coerce_options(CompareConfig, dict(values), where)
+    values = coerce_options(CompareConfig, _renamed(dict(values), where), where)
     try:
         if "methods" in values:
             if not isinstance(values["methods"], list):
                 raise ValueError(f"methods: expected a list of methods, got {describe(values['methods'])}")
             values["methods"] = [MethodSpec(**coerce_options(MethodSpec, m, f"methods[{i}]")) if isinstance(m, dict)
                                  else MethodSpec(str(m)) for i, m in enumerate(values["methods"])]
-        if "judge" in values:
-            values["judge"] = _judge(values["judge"])
+        if "scorer" in values:
+            values["scorer"] = _scorer(values["scorer"])
         if isinstance(values.get("seeds"), int):
             values["seeds"] = [values["seeds"]]
         return CompareConfig(**values)
@@ -44,12 +47,12 @@ def config_from_dict(values: dict, where: str = "recipe") -> CompareConfig:
         raise ValueError(f"{where}: {e}") from None
 
 
-def _judge(value: object) -> JudgeSpec:
+def _scorer(value: object) -> ScorerSpec:
     if isinstance(value, str):
-        return JudgeSpec(spec=value)
+        return ScorerSpec(spec=value)
     if value is None or isinstance(value, dict):
-        return JudgeSpec(**coerce_options(JudgeSpec, value or {}, "judge"))
-    raise ValueError(f"judge: expected a spec string or a mapping of {sorted(JudgeSpec.__dataclass_fields__)}, "
+        return ScorerSpec(**coerce_options(ScorerSpec, value or {}, "scorer"))
+    raise ValueError(f"scorer: expected a spec string or a mapping of {sorted(ScorerSpec.__dataclass_fields__)}, "
                      f"got {describe(value)}")
 
 
@@ -66,7 +69,7 @@ def resolve_recipe(path: str | Path) -> Path:
 
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """A recipe file's mapping with the ones it extends merged under it."""
+    """A recipe file's mapping with the ones it extends merged under it, old keys renamed."""
     if path.resolve() in seen:
         raise ValueError(f"{path}: 'extends' loops back to itself")
     where = f"recipe {path}"
@@ -79,7 +82,7 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         loaded = {}
     if not isinstance(loaded, dict):
         raise ValueError(f"{where}: expected a mapping of option names to values, got {describe(loaded)}")
-    loaded = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    loaded = _renamed({str(k).replace("-", "_"): v for k, v in loaded.items()}, where)
     parent = loaded.pop("extends", None)
     if parent is None:
         return loaded
@@ -89,6 +92,17 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ValueError(f"{where}: extends: no such recipe file {path.parent / parent}")
     return _merge(_read(path.parent / parent, (*seen, path.resolve())), loaded)
 
+
+def _renamed(values: dict, where: str) -> dict:
+    """``values`` with the old key spellings (``RENAMED``) under their new names, and a note."""
+    for old, new in RENAMED.items():
+        if old in values:
+            if new in values:
+                raise ValueError(f"{where}: give '{new}' only ('{old}' is its old spelling)")
+            print(f"coh: {where}: '{old}' is deprecated and will be removed in the next release; use '{new}'",
+                  file=sys.stderr)
+            values = {(new if k == old else k): v for k, v in values.items()}
+    return values
 
 
 def _merge(base: dict, top: dict) -> dict:
