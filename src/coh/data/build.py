@@ -247,15 +247,6 @@ def read_source_rows(spec: SourceSpec) -> Iterator[SourceRow]:
             yield SourceRow(ours if eval_name else "", f"{where} split {theirs}", line, row)
 
 
-def read_source(spec: SourceSpec) -> Iterator[tuple[str, str, int, object]]:
-    """Yield ``(split, where, line, row)`` for every row of a source (see ``read_source_rows``);
-    a line that cannot be read raises its ``DataError``."""
-    for split, where, line, row, _ in read_source_rows(spec):
-        if isinstance(row, DataError):
-            raise row
-        yield split, where, line, row
-
-
 def _limited(rows: Iterator, limit: int | None) -> Iterator:
     for i, item in enumerate(rows):
         if limit is not None and i >= limit:

@@ -376,15 +376,15 @@ CONVERTERS: dict[str, Converter] = {
 
 @dataclass(frozen=True)
 class HubDefault:
-    """Where a paper dataset lives on the hub, and which of its splits become train and eval."""
+    """Where a paper dataset lives on the hub (its ``train`` split becomes train and its
+    ``test`` / ``validation`` split eval: ``coh.data.build.read_source_rows``)."""
 
     name: str
     config: str | None
-    splits: dict[str, str]  # our split -> the dataset's split
 
 
 HUB_DEFAULTS: dict[str, HubDefault] = {
-    "dialogue": HubDefault("Anthropic/hh-rlhf", None, {"train": "train", "eval": "test"}),
-    "webgpt": HubDefault("openai/webgpt_comparisons", None, {"train": "train"}),
-    "summary": HubDefault("openai/summarize_from_feedback", "comparisons", {"train": "train", "eval": "validation"}),
+    "dialogue": HubDefault("Anthropic/hh-rlhf", None),
+    "webgpt": HubDefault("openai/webgpt_comparisons", None),
+    "summary": HubDefault("openai/summarize_from_feedback", "comparisons"),
 }

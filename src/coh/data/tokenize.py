@@ -310,15 +310,6 @@ def tokenize_many(records: Sequence[FeedbackRecord], record_tokenizer: RecordTok
     return out
 
 
-def tokenize_records(records: Sequence[FeedbackRecord], record_tokenizer: RecordTokenizer, batch_size: int = 1000,
-                     progress: bool = False):
-    """Tokenize records into a ``datasets.Dataset`` (see ``tokens_dataset``), same order."""
-    records = list(records)
-    tokenized = tokenize_many(records, record_tokenizer, batch_size, progress)
-    return tokens_dataset([r.id for r in records], [r.source for r in records], [r.feedback for r in records],
-                          tokenized)
-
-
 TOKEN_COLUMNS = ("id", "source", "feedback", "input_ids", "loss_mask", "length", "loss_tokens")
 
 
@@ -349,15 +340,6 @@ def tokens_batch(ids: Sequence[str], sources: Sequence[str], feedbacks: Sequence
         "length": pa.array([len(t.input_ids) for t in tokenized], pa.int32()),
         "loss_tokens": pa.array([sum(t.loss_mask) for t in tokenized], pa.int32()),
     })
-
-
-def tokens_dataset(ids: list[str], sources: list[str], feedbacks: list[str], tokenized: list[TokenizedRecord]):
-    """A ``datasets.Dataset`` of ``tokens_batch``'s columns, one row per record."""
-    import datasets
-    import pyarrow as pa
-
-    batch = tokens_batch(ids, sources, feedbacks, tokenized)
-    return datasets.Dataset(pa.Table.from_batches([batch]), info=datasets.DatasetInfo(features=token_features()))
 
 
 # -- what a tokenized build was made with ---------------------------------------------------------
