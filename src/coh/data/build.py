@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from coh.data.errors import DataError, RowError, describe
+from coh.data.errors import DataError, describe
 from coh.data.feedback import FeedbackExample
 from coh.data.fields import record_to_fields
 from coh.data.io import (
@@ -59,7 +59,7 @@ from coh.data.io import (
 from coh.data.phrases import DEFAULT_PHRASES, PhraseSet, load_phrases, phrases_for
 from coh.data.records import FeedbackRecord
 from coh.data.render import RenderSpec, render_records
-from coh.data.sources import CONVERTERS, HUB_DEFAULTS, Skip
+from coh.data.sources import CONVERTERS, HUB_DEFAULTS, NESTED_TOO_DEEPLY, Skip, convert_row
 from coh.data.spill import Spill, read_shuffled, shuffle_order
 
 SPLITS = ("train", "eval")
@@ -335,18 +335,12 @@ def _work_chunk(job: _Job, chunk: list[tuple[str, str, int, object]]) -> _Chunk:
     by_split: dict[str, tuple[list[str], list[FeedbackRecord]]] = {}
     for split, where, line, row in chunk:
         ex_id = f"{job.name}/{split}/{line}" if split else f"{job.name}/{line}"
-        if isinstance(row, DataError):  # a line the reader could not parse
-            out.append(_Row("invalid", split, error=row))
-            continue
-        try:
-            if not isinstance(row, dict):
-                raise RowError(None, f"expected a JSON object, got {describe(row)}")
-            ex = convert(row, ex_id, split or "train")
-        except RecursionError:  # the reader bounds nesting; this guards a deep parquet or hub row
-            out.append(_Row("invalid", split, error=DataError(where, line, None, "nested too deeply")))
-            continue
-        except RowError as e:
-            out.append(_Row("invalid", split, error=e.at(where, line), row=row))
+        ex = convert_row(lambda r, _, i=ex_id, s=split or "train": convert(r, i, s), row, where, line)
+        if isinstance(ex, DataError):
+            # the row goes with its error into rejects.jsonl, unless the reader could not read
+            # it or it is too deeply nested to write back
+            kept = None if isinstance(row, DataError) or ex.problem == NESTED_TOO_DEEPLY else row
+            out.append(_Row("invalid", split, error=ex, row=kept))
             continue
         if isinstance(ex, Skip):
             out.append(_Row("skip", split, reason=ex.reason))

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from coh.data.conversations import (
     candidate_from_turns,
@@ -42,7 +43,7 @@ from coh.data.conversations import (
     shared_prefix_length,
     text_field,
 )
-from coh.data.errors import RowError, describe
+from coh.data.errors import DataError, RowError, SetAside, describe
 from coh.data.feedback import Candidate, FeedbackExample, Turn
 
 
@@ -248,3 +249,46 @@ HUB_DEFAULTS: dict[str, HubDefault] = {
     "webgpt": HubDefault("openai/webgpt_comparisons", None),
     "summary": HubDefault("openai/summarize_from_feedback", "comparisons"),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows through a converter, the unusable ones set aside
+
+T = TypeVar("T")
+NESTED_TOO_DEEPLY = "nested too deeply"
+
+
+def convert_row(convert: Callable[[dict, int], T | Skip], row: object, where: str, line: int
+                ) -> T | Skip | DataError:
+    """One raw row as read (a ``DataError`` for a line that could not be read) through ``convert``
+    (``convert(row, line)``, raising ``RowError`` for a row it cannot use): its result, a ``Skip``,
+    or the ``DataError`` naming ``where``, ``line`` and the field of a row that cannot be used (not
+    a JSON object, refused by the converter, or nested too deeply for it: ``NESTED_TOO_DEEPLY``)."""
+    if isinstance(row, DataError):
+        return row
+    try:
+        if not isinstance(row, dict):
+            raise RowError(None, f"expected a JSON object, got {describe(row)}")
+        return convert(row, line)
+    except RecursionError:  # the reader bounds nesting; this guards a deep parquet or hub row
+        return DataError(where, line, None, NESTED_TOO_DEEPLY)
+    except RowError as e:
+        return e.at(where, line)
+
+
+def convert_rows(rows: Iterable[tuple[str, int, object]], convert: Callable[[dict, int], T | Skip],
+                 set_aside: SetAside | None = None, skipped: dict[str, int] | None = None) -> Iterator[T]:
+    """The usable rows of ``rows`` (``(where, line, row)``) through ``convert`` (see ``convert_row``),
+    in order. A row that cannot be used raises its ``DataError``, or with ``set_aside`` is recorded
+    there and left out; rows left out on purpose (``Skip``) are counted in ``skipped`` by reason."""
+    for where, line, row in rows:
+        out = convert_row(convert, row, where, line)
+        if isinstance(out, DataError):
+            if set_aside is None:
+                raise out
+            set_aside.add(out)
+        elif isinstance(out, Skip):
+            if skipped is not None:
+                skipped[out.reason] = skipped.get(out.reason, 0) + 1
+        else:
+            yield out
