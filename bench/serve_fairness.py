@@ -27,13 +27,14 @@ class Served:
     def __init__(self, model: str, slice_steps: int, engine=None):
         import uvicorn
 
-        from coh.generation.engine import Engine, EngineConfig
+        from coh.generation.config import EngineConfig
+        from coh.generation.engine import Engine
         from coh.serve.app import Server
         from coh.serve.prompts import Prompter
 
         config = EngineConfig(model=model, slice_steps=slice_steps)
         self.engine = Engine(engine.model, engine.tokenizer, config) if engine else Engine.load(config)
-        server = Server(self.engine, Prompter.for_model(model, self.engine.tokenizer), "bench", max_tokens=512)
+        server = Server(self.engine, Prompter.for_model(model, self.engine.tokenizer), "bench", max_new_tokens=512)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"

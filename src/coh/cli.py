@@ -1,7 +1,7 @@
 """The ``coh`` command: one subcommand per pipeline stage. Argument parsing only; the work is in
 ``coh.data``, ``coh.train``, ``coh.serve``, ``coh.eval``, ``coh.convert``, ``coh.demo`` and ``coh.judge``.
 
-``coh data`` and ``coh train`` are parsed here. Each later stage owns a ``command`` module with two
+``coh data`` is parsed here. Each other stage owns a ``command`` module with two
 functions, ``add_arguments(parser)`` and ``run(args) -> exit status``; that module must import
 torch and friends inside ``run`` so that ``coh --help`` stays fast."""
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 # stage -> (module with add_arguments/run, one-line help)
 STAGES = {
+    "train": ("coh.train.command", "CoH fine-tuning of any Hugging Face causal LM"),
     "serve": ("coh.serve.command", "an OpenAI-compatible server with a chat page"),
     "eval": ("coh.eval.command", "lm-evaluation-harness and the paper's own evaluations"),
     "convert": ("coh.convert.command", "checkpoints in and out (Meta LLaMA, EasyLM, LoRA, sharded, HF)"),
@@ -177,33 +178,6 @@ def _run_data_inspect(args: argparse.Namespace) -> int:
     return run_inspect(args.file, tokenizer=args.tokenizer, record_index=args.record, max_length=args.max_length)
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML recipe (see configs/train/); KEY=VALUE arguments override it")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="options of coh.train.config.TrainConfig, e.g. model=PATH train_data=DIR lr=2e-5 "
-                        "fcm_max_ratio=0.05 report_to=[none]")
-    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from coh.train.config import TrainConfig
-
-    cfg = TrainConfig.load(args.config, args.overrides)
-    if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        return 0
-    if not cfg.model or not cfg.train_data:
-        print("coh train: give model=NAME_OR_PATH and train_data=RECORDS (a `coh data build` folder or .jsonl)",
-              file=sys.stderr)
-        return 2
-    from coh.train.trainer import train
-
-    train(cfg)
-    return 0
-
-
 def _not_built(name: str, text: str):
     def run(args: argparse.Namespace) -> int:
         print(f"coh {name}: {text} -- not built yet.", file=sys.stderr)
@@ -238,14 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
                                         "no problem was found, 1 otherwise.")
     _data_inspect_args(p)
     p.set_defaults(func=_run_data_inspect)
-    p = sub.add_parser("train", help="CoH fine-tuning of any Hugging Face causal LM",
-                       description="Chain-of-Hindsight fine-tuning: a YAML recipe plus KEY=VALUE overrides. "
-                                   "Run again in the same output_dir, it resumes from the newest checkpoint; "
-                                   "a checkpoint trained with other settings is refused unless "
-                                   "resume_with_changes=true. It stops (exit status 1) at the first NaN or "
-                                   "infinite loss or gradient norm, keeping the last good checkpoint.")
-    _train_args(p)
-    p.set_defaults(func=_run_train)
     for name, (module_name, text) in STAGES.items():
         module = _stage_module(module_name)
         if module is None:
@@ -279,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"coh {args.command}: error: {e}", file=sys.stderr)
         return 1
+    finally:  # after the outcome, so that an error is the first line on stderr
+        if getattr(args, "_overrides", None):
+            from coh.options import key_value_note
+
+            print(key_value_note(args._overrides), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def option(default: Any = MISSING, help: str = "", *, factory: Any = None, flags
            deprecated: Sequence[str] = (), choices: Sequence[Any] | None = None, metavar: str | None = None,
            positional: bool = False, cli: bool = True, low: float | None = None, high: float | None = None,
            low_open: bool = False, high_open: bool = False, split: bool = True, expected: str | None = None,
-           check: Any = None) -> Any:
+           check: Any = None, allow_inf: bool = False) -> Any:
     """A config field. ``flags``: extra spellings (``-o``); ``deprecated``: old spellings, still
     taken with a note on stderr; ``choices``: the allowed values; ``low`` / ``high`` (open ends
     with ``low_open`` / ``high_open``): a number's range. Choices and ranges are checked for flags
@@ -51,11 +51,12 @@ def option(default: Any = MISSING, help: str = "", *, factory: Any = None, flags
     recipe and Python only (values with no sensible flag form, such as a list of mappings).
     ``expected``: the words for a good value in error messages ("a port from 1 to 65535"); ``check``:
     a predicate a good value passes (with ``expected`` saying what it wants), tested at the flag and
-    in :func:`check_fields` like the ranges. A field without a default is required: from a flag or
-    the recipe."""
+    in :func:`check_fields` like the ranges; ``allow_inf``: a float that may be infinite (never NaN),
+    such as a clipping norm. A field without a default is required: from a flag or the recipe."""
     meta = {"help": help, "flags": tuple(flags), "deprecated": tuple(deprecated),
             "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
             "positional": positional, "cli": cli, "split": split, "expected": expected, "check": check,
+            "allow_inf": allow_inf,
             "range": (low, high, low_open, high_open) if low is not None or high is not None else None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
@@ -68,12 +69,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
-                key_value_overrides: bool = False) -> None:
+                key_value_overrides: bool = False, recipe_flags: Sequence[str] = ()) -> None:
     """Flags for every field of the dataclass ``cls`` (see the module docstring). Every flag's
     default is ``SUPPRESS``: only what the user typed reaches the namespace, so a recipe's value is
     not overwritten by a default. ``recipe`` False: no ``--config`` (the stage takes its recipe
-    as a positional argument itself). ``key_value_overrides``: also take the old ``KEY=VALUE``
-    arguments (values parsed as YAML), with a deprecation note."""
+    as a positional argument itself); ``recipe_flags``: other spellings of ``--config`` (``-c``).
+    ``key_value_overrides``: also take the old ``KEY=VALUE`` arguments (values parsed as YAML);
+    ``coh.cli.main`` prints a deprecation note for them (:func:`key_value_note`) once the command
+    is done, so that an error stays the first thing on stderr."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata
@@ -92,15 +95,17 @@ def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
             kwargs["action"] = _ListAction if meta.get("split", True) else _AppendAction
             kwargs.setdefault("metavar", "A,B" if meta.get("split", True) else "VALUE")
         else:
-            kwargs["type"] = _parse_value(f.name, hint, meta.get("range"), meta.get("expected"), meta.get("check"))
+            kwargs["type"] = _parse_value(f.name, hint, meta.get("range"), meta.get("expected"), meta.get("check"),
+                                          meta.get("allow_inf", False))
             if choices is not None:
                 kwargs["choices"] = choices
         if meta.get("positional"):
             kwargs.pop("dest")
-            optional = f.default is not MISSING or f.default_factory is not MISSING
+            # Optional for argparse even when required: a recipe may give it, and options_from_args
+            # reports it missing as a usage error otherwise.
             if base is list:  # the remaining arguments, each one item (coh eval compare RUN RUN ...)
-                kwargs.update(action="extend", nargs="*" if optional else "+")
-            elif optional:
+                kwargs.update(action="extend", nargs="*")
+            else:
                 kwargs["nargs"] = "?"
             kwargs.setdefault("metavar", f.name.upper())
             parser.add_argument(f.name, **kwargs)
@@ -111,7 +116,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
                                         "action": _deprecated(kwargs.get("action", "store"), old,
                                                               f"--{f.name.replace('_', '-')}")})
     if recipe:
-        parser.add_argument("--config", dest="_recipe", metavar="FILE", default=None,
+        parser.add_argument("--config", *recipe_flags, dest="_recipe", metavar="FILE", default=None,
                             help="YAML recipe whose keys are these options (underscores or dashes); "
                                  "flags given here override it")
     parser.add_argument("--print-config", dest="_print_config", action="store_true",
@@ -165,9 +170,10 @@ def _deprecated(action: Any, old: str, new: str) -> type[argparse.Action]:
     return Deprecated
 
 
-def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: str | None = None, check: Any = None):
+def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: str | None = None, check: Any = None,
+                 allow_inf: bool = False):
     """The argparse ``type`` of a field: text coerced to the declared type (``none`` for an
-    optional field's null), finite, within ``bounds``."""
+    optional field's null), finite (or infinite with ``allow_inf``, never NaN), within ``bounds``."""
 
     def parse(text: str) -> Any:
         if type(None) in _types(hint) and text.strip().lower() in ("none", "null"):
@@ -176,7 +182,7 @@ def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: st
         wanted = expected or _expected(hint) + (f" in {_span(*bounds)}" if bounds is not None else "")
         if _kind_error(hint, value) is not None:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
-        if isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value) and not (allow_inf and math.isinf(value)):
             raise argparse.ArgumentTypeError(f"expected {expected or 'a finite number'}, got {text!r}")
         if (bounds is not None and _out_of_range(value, *bounds)) or (check is not None and not check(value)):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
@@ -226,18 +232,19 @@ def read_recipe(path: str | Path, cls: type) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"recipe {path}: expected a mapping of option names to values, got {describe(loaded)}")
+        raise ValueError(f"recipe {path}: expected a mapping of option to value, got {describe(loaded)}")
     return coerce_options(cls, {str(k): v for k, v in loaded.items()}, f"recipe {path}")
 
 
 def coerce_options(cls: type, values: dict[str, Any], where: str, raw: dict[str, str] | None = None) -> dict:
     """``values`` (names with dashes or underscores) checked against the fields of ``cls`` and
-    coerced to their types; unknown names are a ``ValueError`` listing the known ones."""
+    coerced to their types; unknown names are a ``ValueError`` naming ``where`` and listing the
+    known ones."""
     hints = typing.get_type_hints(cls)
     out = {k.replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(out) - set(hints))
     if unknown:
-        raise ValueError(f"{where}: unknown option(s) {unknown}; expected some of {sorted(hints)}")
+        raise ValueError(f"unknown option(s) {unknown} in {where}; expected some of {sorted(hints)}")
     raw = {k.replace("-", "_"): v for k, v in (raw or {}).items()}
     whole = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("split", True)}
     return {k: [v] if k in whole and isinstance(v, str) else coerce(k, hints[k], v, raw.get(k)) for k, v in out.items()}
@@ -245,19 +252,42 @@ def coerce_options(cls: type, values: dict[str, Any], where: str, raw: dict[str,
 
 def key_value_options(cls: type, items: Sequence[str]) -> dict[str, Any]:
     """The old ``KEY=VALUE`` arguments as options of ``cls`` (values parsed as YAML, a string
-    option keeps its text as typed), with a deprecation note on stderr."""
+    option keeps its text as typed). The deprecation note is :func:`key_value_note`'s."""
     values: dict[str, Any] = {}
     raw: dict[str, str] = {}
     for item in items:
         key, eq, text = item.partition("=")
         if not eq:
-            raise ValueError(f"argument {item!r}: expected --option VALUE (or the old KEY=VALUE)")
+            raise ValueError(f"override {item!r}: expected key=value (or the flag --{key.strip().replace('_', '-')} "
+                             "VALUE)")
         key = key.strip()
-        values[key] = parse_yaml(text, f"override {item!r}") if text.strip() else text
+        try:
+            values[key] = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)}); quote it if it "
+                             "is meant as a string") from None
         raw[key] = text
-        print(f"coh: {key}={text} is deprecated and will be removed in the next release; use "
-              f"--{key.replace('_', '-')} {text}", file=sys.stderr)
-    return coerce_options(cls, values, "overrides", raw)
+    return coerce_options(cls, values, "the KEY=VALUE arguments", raw)
+
+
+def key_value_note(items: Sequence[str]) -> str:
+    """The deprecation note for ``KEY=VALUE`` arguments, with the flags that say the same."""
+    flags = []
+    for item in items:
+        key, eq, text = item.partition("=")
+        name = "--" + key.strip().replace("_", "-")
+        try:
+            value = yaml.safe_load(text) if eq and text.strip() else text
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, bool):
+            flags.append(name if value else f"--no-{name[2:]}")
+        elif isinstance(value, list):
+            flags.append(f"{name} {','.join(map(str, value))}" if value else f"{name} ''")
+        else:
+            flags.append(f"{name} {'none' if value is None else text}")
+    return ("coh: KEY=VALUE arguments are deprecated and will be removed in the next release; the same as flags: "
+            + " ".join(flags))
 
 
 def parse_yaml(text: str, where: str) -> Any:
@@ -265,10 +295,14 @@ def parse_yaml(text: str, where: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"{where}: not valid YAML: {problem}{at}") from None
+        raise ValueError(f"{where}: not valid YAML: {_yaml_problem(e)}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What PyYAML found wrong, and where (1-based line and column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 def to_yaml(config: Any) -> str:
@@ -353,31 +387,50 @@ def _kind_error(hint: Any, value: Any) -> str | None:
     return None if ok else _expected(hint)
 
 
+class OptionError(ValueError):
+    """A value :func:`check_fields` or :func:`check_range` refused, read ``option NAME: ...``.
+    ``problem``: ``type``, ``finite``, ``range``, ``check`` or ``choice``; ``name`` and ``value`` the option;
+    what was allowed: ``bounds`` ``(low, high, low_open, high_open)`` and ``span`` (``[0, 1)``) for
+    a range, ``choices`` for a choice. A stage whose messages were worded before coh.options
+    existed words them from these (``coh.train.config``)."""
+
+    def __init__(self, message: str, problem: str, name: str, value: Any, bounds: tuple | None = None,
+                 choices: Sequence[Any] | None = None) -> None:
+        super().__init__(message)
+        self.problem, self.name, self.value, self.bounds, self.choices = problem, name, value, bounds, choices
+        self.span = _span(*bounds) if bounds is not None else None
+
+
 def check_fields(config: Any, finite_except: Sequence[str] = ()) -> None:
-    """Refuse, naming the option: a value of the wrong type, a float that is not finite (except
-    the fields in ``finite_except``), a value outside the field's ``choices``."""
+    """Refuse, naming the option (an :class:`OptionError`): a value of the wrong type, a float that
+    is not finite (infinite is fine for the fields declared ``allow_inf`` or named in
+    ``finite_except``; NaN never is), a value outside the field's range, failing its ``check`` or not
+    among its ``choices``."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         expected = _kind_error(hints[f.name], value)
         if expected is not None:
+            expected = f.metadata.get("expected") or expected  # the words the flag's error uses too
             if _base_type(hints[f.name]) is str and isinstance(value, (int, float)):
                 expected += " (quote it in YAML)"
-            raise ValueError(f"option {f.name}: expected {expected}, got {describe(value)}")
-        if isinstance(value, float) and not math.isfinite(value) and f.name not in finite_except:
-            raise ValueError(f"option {f.name}: must be a finite number, got {value}")
+            raise OptionError(f"option {f.name}: expected {expected}, got {describe(value)}", "type", f.name, value)
+        infinite_ok = f.metadata.get("allow_inf", False) or f.name in finite_except
+        if isinstance(value, float) and not math.isfinite(value) and not (infinite_ok and math.isinf(value)):
+            raise OptionError(f"option {f.name}: must be a finite number, got {value}", "finite", f.name, value)
         bounds = f.metadata.get("range")
         if bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             check_range(config, f.name, *bounds)
         check = f.metadata.get("check")
         if check is not None and value is not None and not check(value):
-            raise ValueError(f"option {f.name}: expected {f.metadata.get('expected') or 'another value'}, "
-                             f"got {describe(value)}")
+            raise OptionError(f"option {f.name}: expected {f.metadata.get('expected') or 'another value'}, "
+                              f"got {describe(value)}", "check", f.name, value)
         choices = f.metadata.get("choices")
         if choices is not None and value is not None:
             bad = [v for v in (value if isinstance(value, list) else [value]) if v not in choices]
             if bad:
-                raise ValueError(f"option {f.name}: must be one of {list(choices)}, got {bad[0]!r}")
+                raise OptionError(f"option {f.name}: must be one of {list(choices)}, got {bad[0]!r}", "choice",
+                                  f.name, value, choices=choices)
 
 
 def check_range(config: Any, name: str, low: float | None = None, high: float | None = None,
@@ -385,7 +438,8 @@ def check_range(config: Any, name: str, low: float | None = None, high: float | 
     """Refuse ``config.name`` outside [low, high] (open ends when asked); None passes."""
     value = getattr(config, name)
     if value is not None and _out_of_range(value, low, high, low_open, high_open):
-        raise ValueError(f"option {name}: must be in {_span(low, high, low_open, high_open)}, got {value}")
+        bounds = (low, high, low_open, high_open)
+        raise OptionError(f"option {name}: must be in {_span(*bounds)}, got {value}", "range", name, value, bounds)
 
 
 def _out_of_range(value: Any, low: float | None, high: float | None, low_open: bool, high_open: bool) -> bool:

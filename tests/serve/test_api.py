@@ -18,8 +18,9 @@ from coh.data.feedback import Turn
 from coh.data.phrases import PhraseSet
 from coh.data.render import prompt_record
 from coh.data.tokenize import RecordTokenizer
-from tests.serve.conftest import COH_PHRASES, SCRIPT, make_server
-from tests.serve.test_engine import greedy_reference, reference_logprobs
+from tests.generation.fixtures import COH_PHRASES, SCRIPT, paused
+from tests.generation.test_engine import greedy_reference, reference_logprobs
+from tests.serve.conftest import make_server
 
 
 def client(server, key: str = "none") -> openai.OpenAI:
@@ -343,7 +344,7 @@ def test_a_full_queue_answers_503_and_the_waiting_requests_finish(coh_model_dir,
         results.append(r.status_code)
 
     try:
-        with running.engine.paused():
+        with paused(running.engine):
             waiting = [threading.Thread(target=post) for _ in range(2)]
             for t in waiting:
                 t.start()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from coh.cli import build_parser, main
+from coh.options import options_from_args
+from coh.serve.config import ServeConfig
 
 
 def test_help_lists_the_agreed_flags(capsys):
@@ -14,7 +16,8 @@ def test_help_lists_the_agreed_flags(capsys):
     for flag in ("--host", "--port", "--api-key", "--prompt-format", "--dtype", "--device", "--trust-remote-code",
                  "--max-batch-size", "--queue-size", "--served-model-name", "feedback"):
         assert flag in text
-    args = build_parser().parse_args(["serve", "some/model"])
+    # The flags' defaults live in the config (the parser passes on only what was typed).
+    args = options_from_args(ServeConfig, build_parser().parse_args(["serve", "some/model"]))
     assert (args.host, args.port, args.trust_remote_code, args.prompt_format) == ("127.0.0.1", 8000, False, "auto")
 
 

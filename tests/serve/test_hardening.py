@@ -13,7 +13,8 @@ import time
 import httpx
 import pytest
 
-from coh.generation.engine import Row
+from coh.generation.requests import GenRequest
+from tests.generation.fixtures import paused
 from tests.serve.conftest import make_server
 
 
@@ -146,7 +147,7 @@ def test_ints_are_numbers_for_float_fields(coh_server):
 def test_a_full_queue_answers_503_with_retry_after(coh_model_dir, coh_server):
     running = make_server(coh_model_dir, engine=coh_server.engine, queue_size=1)
     try:
-        with running.engine.paused():
+        with paused(running.engine):
             waiting = threading.Thread(target=post, args=(running, "/v1/completions", {"prompt": "hi", "max_tokens": 1}))
             waiting.start()
             deadline = time.monotonic() + 60
@@ -197,7 +198,7 @@ def test_a_prompt_too_long_for_any_context_is_refused_before_tokenizing(coh_serv
 
 def test_health_answers_while_a_huge_text_is_tokenized(coh_server):
     """Tokenization runs beside the event loop: /health answers while /tokenize works on 2 MB."""
-    server = coh_server.server
+    server = coh_server.server.openai  # the routes object whose _tokenize runs on the tokenizer thread
     started, finished = threading.Event(), threading.Event()
     tokenize = server._tokenize
 
@@ -229,8 +230,8 @@ def test_a_client_that_disconnects_cancels_its_request(coh_model_dir, coh_server
     jobs = []
     submit = running.engine.submit
 
-    def recording(rows, on_event=None):
-        jobs.append(submit(rows, on_event))
+    def recording(requests, on_event=None):
+        jobs.append(submit(requests, on_event))
         return jobs[-1]
 
     running.engine.submit = recording
@@ -238,11 +239,11 @@ def test_a_client_that_disconnects_cancels_its_request(coh_model_dir, coh_server
     try:
         ids = running.engine.tokenizer("User: tell me a long story A helpful answer:")["input_ids"]
         # Waiting in the queue: cancelled before it starts.
-        with running.engine.paused(), pytest.raises(httpx.ReadTimeout):
+        with paused(running.engine), pytest.raises(httpx.ReadTimeout):
             httpx.post(running.url + "/v1/completions", json={"prompt": ids, "max_tokens": 5}, timeout=gives_up)
         (result,) = jobs[0].future.result(timeout=120)
         assert result.finish_reason == "abort" and result.token_ids == []
-        # Generating: 32 sampled rows of up to 4000 tokens (minutes of work), stopped where they are.
+        # Generating: 32 sampled requests of up to 4000 tokens (minutes of work), stopped where they are.
         body = {"prompt": ids, "max_tokens": running.engine.max_model_len - len(ids), "temperature": 1.0,
                 "seed": 1, "n": 32}
         with pytest.raises(httpx.ReadTimeout):
@@ -267,14 +268,14 @@ def test_a_long_generation_does_not_hold_up_short_requests(coh_model_dir, coh_se
         engine = running.engine
         tok = engine.tokenizer
         ids = tok("User: tell me a long story A helpful answer:")["input_ids"]
-        # 16 sampled rows of up to 4000 tokens: minutes of work, not all ended by EOS for long.
-        long_job = engine.submit([Row(ids, max_new_tokens=engine.max_model_len - len(ids), temperature=1.0, seed=3)
-                                  for _ in range(16)])
+        # 16 sampled requests of up to 4000 tokens: minutes of work, not all ended by EOS for long.
+        long_job = engine.submit([GenRequest(ids, max_new_tokens=engine.max_model_len - len(ids), temperature=1.0,
+                                             seed=3) for _ in range(16)])
         deadline = time.monotonic() + 60
         while not long_job.results[0].token_ids and time.monotonic() < deadline:
             time.sleep(0.005)
         assert long_job.results[0].token_ids, "the long generation did not start"
-        assert engine.running() == 2  # its two batches of 8 rows, taking turns
+        assert engine.running() == 2  # its two batches of 8 requests, taking turns
         r = post(running, "/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0, "echo": True,
                                               "logprobs": 1})
         assert r.status_code == 200

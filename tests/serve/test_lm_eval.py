@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from tests.serve.conftest import SCRIPT
-from tests.serve.test_engine import reference_logprobs
+from tests.generation.fixtures import SCRIPT
+from tests.generation.test_engine import reference_logprobs
 
 lm_eval = pytest.importorskip("lm_eval")
 

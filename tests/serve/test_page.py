@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests.serve.conftest import SCRIPT
+from tests.generation.fixtures import SCRIPT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

@@ -191,7 +191,8 @@ def main(workdir: str) -> int:
         out = ws / "runs" / case.name
         proc = subprocess.run([sys.executable, "-m", "coh", *argv(case, ws, out)], capture_output=True, text=True,
                               env=env, cwd=ws, timeout=900)
-        last = (proc.stderr.strip().splitlines() or [""])[-1]
+        lines = proc.stderr.strip().splitlines() or [""]
+        last = next((line for line in reversed(lines) if line.startswith("coh train: error:")), lines[-1])
         if "Traceback (most recent call last)" in proc.stderr:
             outcome = "traceback"
         elif proc.returncode == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -45,3 +46,18 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
+def train_and_crash(cfg: TrainConfig, after: int) -> None:
+    """``train(cfg)`` killed right after the checkpoint of step ``after`` is written, as a crash
+    between two steps would: raises ``RuntimeError("stopped after step N (test)")``."""
+    import coh.train.trainer as trainer
+
+    real_save = trainer.save_checkpoint
+
+    def save_then_crash(output_dir, step, *args, **kwargs):
+        path = real_save(output_dir, step, *args, **kwargs)
+        if step >= after:
+            raise RuntimeError(f"stopped after step {step} (test)")
+        return path
+
+    with mock.patch.object(trainer, "save_checkpoint", save_then_crash):
+        trainer.train(cfg)

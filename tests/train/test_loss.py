@@ -38,12 +38,12 @@ def random_records(vocab: int, n: int, seed: int) -> list[tuple[list[int], list[
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gptj])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("split_rows", [False, True])
-def test_packed_loss_equals_unpacked_reference(make, attn, split_rows):
+@pytest.mark.parametrize("split_sequences", [False, True])
+def test_packed_loss_equals_unpacked_reference(make, attn, split_sequences):
     model = make(97, attn)
     records = random_records(97, 6, seed=1)
-    batch = collate_packed(records, split_rows)
-    assert (batch["input_ids"].shape[0] > 1) == split_rows  # several rows, with padding
+    batch = collate_packed(records, split_sequences)
+    assert (batch["input_ids"].shape[0] > 1) == split_sequences  # several sequences, with padding
     with torch.no_grad():
         got = target_loss(model, batch)
     want, count = reference_loss(model, records)
@@ -60,12 +60,12 @@ def test_no_targets_gives_zero_with_a_graph():
     assert got.targets == 0 and got.loss_sum.item() == 0.0 and got.loss_sum.requires_grad
 
 
-@pytest.mark.parametrize("split_rows", [False, True])
-def test_fcm_mask_composes_with_packing(split_rows):
+@pytest.mark.parametrize("split_sequences", [False, True])
+def test_fcm_mask_composes_with_packing(split_sequences):
     from coh.train.masks import fcm_attention_mask
 
     model = tiny_llama(97)
-    batch = collate_packed(random_records(97, 5, seed=2), split_rows)
+    batch = collate_packed(random_records(97, 5, seed=2), split_sequences)
     with torch.no_grad():
         plain = target_loss(model, batch).loss_sum
         g = torch.Generator().manual_seed(0)
@@ -96,12 +96,12 @@ def test_flex_attention_block_mask_matches_the_dense_mask():
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gptj])
-@pytest.mark.parametrize(("chunk", "split_rows"), [(1, False), (7, False), (10**6, False), (7, True)])
-def test_chunked_loss_equals_whole_loss_with_bounded_logits(make, chunk, split_rows):
+@pytest.mark.parametrize(("chunk", "split_sequences"), [(1, False), (7, False), (10**6, False), (7, True)])
+def test_chunked_loss_equals_whole_loss_with_bounded_logits(make, chunk, split_sequences):
     """Chunked vocabulary projection: the same loss, per-record losses, hits and gradients as the
     whole projection, while the output layer never sees more than ``chunk`` positions at once."""
     model = make(300).train()
-    batch = collate_packed(random_records(300, 6, seed=3), split_rows)
+    batch = collate_packed(random_records(300, 6, seed=3), split_sequences)
     whole = target_loss(model, batch)
     whole.loss_sum.backward()
     grads = [p.grad.clone() for p in model.parameters()]

@@ -66,11 +66,11 @@ def test_zero_ratio_is_the_plain_record_mask():
     assert torch.equal(make_mask(lengths, 0.0, 0.0), allowed_entries(lengths))
 
 
-def test_rows_layout_masks_each_row_on_its_own():
-    """Several rows (split_rows): FCM stays inside each record of each row, keeps first keys, and
-    draws different patterns in different rows."""
+def test_split_sequences_layout_masks_each_sequence_on_its_own():
+    """Several packed sequences (split_sequences): FCM stays inside each record of each sequence,
+    keeps first keys, and draws different patterns in different sequences."""
     records = [(list(range(n)), [1] * n) for n in (120, 120, 80, 40)]
-    batch = collate_packed(records, split_rows=True)
+    batch = collate_packed(records, split_sequences=True)
     g = torch.Generator().manual_seed(0)
     mask = fcm_attention_mask(tiny_llama(64), batch["position_ids"], 0.2, 0.2, 7, g)[:, 0]
     assert mask.shape[0] == batch["input_ids"].shape[0] == 3  # [120], [120], [80, 40]

@@ -14,12 +14,10 @@ import types
 import pytest
 import torch
 
-from coh.train import metrics
 from coh.train.metrics import (
     PEAK_FLOPS,
     ProgressBar,
     RunLog,
-    StepTimer,
     device_peak_flops,
     flops_per_token,
     mfu,
@@ -170,22 +168,6 @@ def test_wandb_is_offline_unless_the_user_says_otherwise(tmp_path, monkeypatch, 
 
 
 # --- throughput and memory --------------------------------------------------------------------------
-
-
-def test_step_timer_rates_over_a_window(monkeypatch):
-    now = [100.0]
-    monkeypatch.setattr(metrics, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
-    timer = StepTimer(window=2)
-    assert timer.rates() == (0.0, 0.0)
-    for seconds, tokens, loss_tokens in [(10.0, 999, 999), (2.0, 100, 40), (3.0, 400, 60)]:
-        now[0] += seconds
-        assert timer.step(tokens, loss_tokens) == pytest.approx(seconds)
-    assert timer.rates() == pytest.approx((500 / 5, 100 / 5))  # the first step left the window
-    now[0] += 60.0  # evaluation
-    timer.restart()
-    now[0] += 5.0
-    timer.step(1000, 100)
-    assert timer.rates() == pytest.approx((1400 / 8, 160 / 8))
 
 
 def test_peak_memory_is_positive_gigabytes():

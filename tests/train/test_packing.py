@@ -55,11 +55,11 @@ def test_collate_restarts_positions_and_never_targets_a_record_start():
     assert batch["target_mask"].dtype == torch.bool
 
 
-def test_split_rows_lays_records_in_rows_of_the_longest_record():
-    """Reference: each row holds whole records back to back, right-padded to the widest row; the
+def test_split_sequences_lays_records_in_sequences_of_the_longest_record():
+    """Reference: each packed sequence holds whole records back to back, right-padded to the widest; the
     padding is no target, belongs to no record and continues the last record's positions."""
     records = [([1] * 6, [1] * 6), ([2] * 3, [0, 1, 1]), ([3] * 2, [1, 1]), ([4] * 4, [0, 0, 1, 1]), ([5], [1])]
-    batch = collate_packed(records, split_rows=True)
+    batch = collate_packed(records, split_sequences=True)
     assert batch["input_ids"].shape[1] == 6  # the longest record
     seen = []
     for ids, pos, target, index in zip(*(batch[k].tolist() for k in ("input_ids", "position_ids", "target_mask",
@@ -75,12 +75,12 @@ def test_split_rows_lays_records_in_rows_of_the_longest_record():
         assert index[at:] == [-1] * (6 - at) and not any(target[at:])
         assert pos[at:] == list(range(pos[at - 1] + 1, pos[at - 1] + 1 + 6 - at))
     assert sorted(seen) == list(range(len(records)))
-    assert batch["input_ids"].shape[0] == 3  # 16 tokens in rows of 6: best-fit decreasing needs 3
+    assert batch["input_ids"].shape[0] == 3  # 16 tokens in sequences of 6: best-fit decreasing needs 3
 
 
-def test_only_dense_attention_gets_split_rows():
-    """sdpa and eager compute every pair of a row: split rows. Anything else (flex, flash of any
-    version, hub kernels) keeps one row, where record boundaries are found."""
+def test_only_dense_attention_gets_split_sequences():
+    """sdpa and eager compute every pair of a sequence: split sequences. Anything else (flex, flash of
+    any version, hub kernels) keeps one sequence, where record boundaries are found."""
     from types import SimpleNamespace
 
     from coh.train.packing import dense_attention

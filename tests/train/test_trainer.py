@@ -19,7 +19,7 @@ from coh.train.data import for_mode
 from coh.train.packing import collate_packed
 from coh.train.trainer import TrainingError, accumulate_gradients, train
 
-from .conftest import config, weights
+from .conftest import config, train_and_crash, weights
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -31,7 +31,7 @@ def test_resume_after_a_kill_gives_identical_weights(workspace, capsys):
               pretrain_data=str(workspace / "pretrain.txt"), pretrain_lambda=0.5)
     train(config(workspace, "straight", **kw))
     with pytest.raises(RuntimeError, match="stopped after step 3"):
-        train(config(workspace, "resumed", **kw), _stop_after=3)
+        train_and_crash(config(workspace, "resumed", **kw), after=3)
     assert [p.name for p in (workspace / "resumed").glob("checkpoint-*")] == ["checkpoint-3"]
     capsys.readouterr()
     train(config(workspace, "resumed", **kw))
@@ -154,7 +154,7 @@ def test_fresh_phrasing_every_epoch(workspace):
     """With a build made with --resample, each epoch draws new phrases and orders from the examples."""
     from coh.data.tokenize import RecordTokenizer
     from coh.train.data import TrainingEpochs
-    from coh.train.trainer import load_tokenizer
+    from coh.train.setup import load_tokenizer
 
     raw = workspace / "hh.jsonl"
     build(BuildConfig([SourceSpec.parse(f"dialogue:{raw}")], str(workspace / "resampled"), skip_invalid=True,
@@ -186,7 +186,7 @@ def test_lora_trains_adapters_only_resumes_exactly_and_merges(workspace):
     kw = dict(lora_r=4, lora_alpha=8, lr=1e-2, max_steps=4, save_every=2, fcm_max_ratio=0.1)
     train(config(workspace, "lora", **kw))
     with pytest.raises(RuntimeError, match="stopped after step 2"):
-        train(config(workspace, "lora-resumed", **kw), _stop_after=2)
+        train_and_crash(config(workspace, "lora-resumed", **kw), after=2)
     train(config(workspace, "lora-resumed", **kw))
     final = workspace / "lora" / "final"
     assert (final / "adapter_model.safetensors").exists() and not (final / "model.safetensors").exists()
@@ -230,7 +230,7 @@ def test_lora_recipe_runs_on_a_tiny_model(workspace):
 def test_bfloat16_computes_under_autocast_with_fp32_weights(workspace):
     from transformers import AutoModelForCausalLM
 
-    from coh.train.trainer import step_loss
+    from coh.train.step import step_loss
 
     model = AutoModelForCausalLM.from_pretrained(workspace / "llama")
     batch = collate_packed([(list(range(5, 60)), [0] * 20 + [1] * 35)])

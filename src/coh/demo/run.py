@@ -89,13 +89,14 @@ def run_demo(cfg: DemoConfig) -> dict:
           "--seed", str(cfg.seed), "--eval-fraction", str(cfg.eval_fraction), "--num-proc", "1", "--no-progress"])
     build_summary = json.loads((out / "data" / "summary.json").read_text(encoding="utf-8"))
 
-    train_args = [f"model={out / 'base'}", f"train_data={out / 'data'}", f"max_steps={cfg.steps}",
-                  f"micro_batch_tokens={cfg.micro_batch_tokens}", "max_length=512", f"lr={cfg.lr}", "warmup_steps=10",
-                  f"seed={cfg.seed}", f"eval_every={max(1, cfg.steps // 4)}", f"save_every={cfg.steps}",
-                  f"log_every={max(1, cfg.steps // 50)}", "report_to=[]", "resume=false"]
+    train_args = ["--model", str(out / "base"), "--train-data", str(out / "data"), "--max-steps", str(cfg.steps),
+                  "--micro-batch-tokens", str(cfg.micro_batch_tokens), "--max-length", "512", "--lr", str(cfg.lr),
+                  "--warmup-steps", "10", "--seed", str(cfg.seed), "--eval-every", str(max(1, cfg.steps // 4)),
+                  "--save-every", str(cfg.steps), "--log-every", str(max(1, cfg.steps // 50)), "--report-to", "none",
+                  "--no-resume", "--no-progress"]
     for mode in MODES:
         _stage(4, f"coh train, mode {mode}: {cfg.steps} steps of {cfg.micro_batch_tokens} tokens", t0)
-        _cli(["train", *train_args, f"mode={mode}", f"output_dir={out / mode}"])
+        _cli(["train", *train_args, "--mode", mode, "--output-dir", str(out / mode)])
 
     _stage(5, "evaluation: replies to held-out prompts under each phrase, scored by the task's judge", t0)
     prompts = held_out_prompts(rows_file, cfg.seed, cfg.eval_fraction)

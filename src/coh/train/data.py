@@ -57,7 +57,7 @@ def _raw_data_error(path: str | Path, line: int, obj: dict) -> DataError:
     return DataError(str(path), line, None, (
         f"not a CoH record (a record has 'segments', or 'fields' in the original's format; this line has: "
         f"{keys}). It looks like raw feedback data: turn it into records first with `coh data build --source "
-        f"KIND:{path} -o DIR` (KIND one of {', '.join(sorted(CONVERTERS))}), then give train_data=DIR"))
+        f"KIND:{path} -o DIR` (KIND one of {', '.join(sorted(CONVERTERS))}), then give --train-data DIR"))
 
 
 def for_mode(records: Sequence[FeedbackRecord], mode: str) -> list[FeedbackRecord]:

@@ -10,9 +10,7 @@ import logging
 import os
 import resource
 import sys
-import time
 import uuid
-from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,34 +116,6 @@ class RunLog:
         self._file = self._tb = self._wandb = None
 
 
-class StepTimer:
-    """Wall time per optimizer step and throughput over the last ``window`` steps.
-
-    ``step(tokens, loss_tokens)`` ends each optimizer step, with its non-padding input tokens and
-    target (loss) tokens (summed over processes for global throughput); ``restart()`` after an
-    evaluation or a checkpoint keeps their time out of training's.
-    """
-
-    def __init__(self, window: int = 20) -> None:
-        self._steps: deque[tuple[float, int, int]] = deque(maxlen=window)
-        self.restart()
-
-    def restart(self) -> None:
-        self._last = time.perf_counter()
-
-    def step(self, tokens: int, loss_tokens: int) -> float:
-        """Record one step; returns its wall time in seconds."""
-        now = time.perf_counter()
-        self._steps.append((now - self._last, tokens, loss_tokens))
-        self._last = now
-        return self._steps[-1][0]
-
-    def rates(self) -> tuple[float, float]:
-        """(non-padding tokens/s, loss tokens/s) over the window; (0.0, 0.0) before the first step."""
-        seconds, tokens, loss_tokens = map(sum, zip(*self._steps)) if self._steps else (0.0, 0, 0)
-        return (tokens / seconds, loss_tokens / seconds) if seconds > 0 else (0.0, 0.0)
-
-
 def peak_memory_gb() -> float:
     """Peak memory in GB (1e9 bytes): with CUDA, ``torch.cuda.max_memory_allocated()`` (current
     device, tensors only); without, the process's peak RSS (``resource.getrusage``, host memory)."""
@@ -156,7 +126,7 @@ def peak_memory_gb() -> float:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl that parse and have a ``step`` (a torn last line is skipped)."""
+    """The entries of a metrics.jsonl that parse and have a ``step`` (a torn last line is skipped)."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         with contextlib.suppress(ValueError):
@@ -213,11 +183,12 @@ def device_peak_flops() -> float | None:
 
 class ProgressBar:
     """A tqdm bar of optimizer steps: ``step/total`` with elapsed time and ETA (``<remaining``), loss
-    and tokens/s in the postfix. Shown only if ``enabled`` (the main process) and stderr is a tty;
-    ``.enabled`` says whether it is shown."""
+    and tokens/s in the postfix. Shown only if ``enabled`` (the main process), ``shown`` (the user
+    did not turn it off) and stderr is a tty; ``.enabled`` says whether it is shown."""
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train") -> None:
-        self.main, self.enabled = enabled, enabled and sys.stderr.isatty()
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train",
+                 shown: bool = True) -> None:
+        self.main, self.enabled = enabled, enabled and shown and sys.stderr.isatty()
         self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                          disable=not self.enabled)
 

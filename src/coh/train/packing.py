@@ -7,11 +7,12 @@ Within a micro-batch, records lie back to back (the layout of transformers'
 transformers builds a block-diagonal causal mask on every attention backend, so no record attends
 to another.
 
-Two layouts of a micro-batch (``collate_packed``): one padding-free row, for attention that skips
-the pairs across records (flex attention's block mask, flash varlen); or, for attention that
-computes every (query, key) pair of a row (sdpa, eager: T^2 for one row of T tokens), several rows
-as long as the longest record, right-padded, which costs rows x W^2. On 2 CPU cores
-``python bench/train_throughput.py --rows 40`` trains 2.3x faster that way (docs/benchmarks.md).
+Two layouts of a micro-batch (``collate_packed``): one padding-free packed sequence, for attention
+that skips the pairs across records (flex attention's block mask, flash varlen); or, for attention
+that computes every (query, key) pair of a sequence (sdpa, eager: T^2 for one sequence of T
+tokens), several sequences as long as the longest record, right-padded, which costs S x W^2. On 2
+CPU cores ``python bench/train_throughput.py --rows 40`` trains 2.3x faster that way
+(docs/benchmarks.md; ``--rows`` counts hh-rlhf rows there).
 Padding can reach nearly half of a micro-batch when one record is a little over half the longest
 (``perf/padding`` logs the share), so memory follows ``micro_batch_tokens`` up to that factor.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-OVERLONG_POLICIES = ("error", "split", "skip")
+from coh.train.config import OVERLONG_POLICIES
 
 
 def pack_documents(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -117,9 +118,9 @@ def fit_records(input_ids: list[list[int]], loss_mask: list[list[int]], capacity
 
 
 def dense_attention(model: torch.nn.Module) -> bool:
-    """Whether the model's attention computes every (query, key) pair of a row (sdpa, eager), so
-    that records are better laid out in several short rows than in one long one. Any other
-    backend gets one row: flash kernels find record boundaries only in a single row."""
+    """Whether the model's attention computes every (query, key) pair of a sequence (sdpa, eager),
+    so that records are better laid out in several short packed sequences than in one long one.
+    Any other backend gets one sequence: flash kernels find record boundaries only in a single one."""
     config = getattr(getattr(model, "module", model), "config", None)
     return getattr(config, "_attn_implementation", None) in DENSE_ATTENTION
 
@@ -127,32 +128,33 @@ def dense_attention(model: torch.nn.Module) -> bool:
 DENSE_ATTENTION = ("sdpa", "eager")
 
 
-def collate_packed(records: Sequence[tuple[Sequence[int], Sequence[int]]], split_rows: bool = False
+def collate_packed(records: Sequence[tuple[Sequence[int], Sequence[int]]], split_sequences: bool = False
                    ) -> dict[str, torch.Tensor]:
-    """Records ``(input_ids, loss_mask)`` into one micro-batch of shape ``(R, W)``.
+    """Records ``(input_ids, loss_mask)`` into one micro-batch of shape ``(S, W)``: S packed
+    sequences of W tokens.
 
-    ``split_rows`` False: one padding-free row (R = 1). True: the records packed (best-fit
-    decreasing) into rows of at most W = the longest record's length, right-padded; padding
-    continues the last record's positions (no extra document) and, coming after every real token
-    of its row, is never attended to under the causal mask.
+    ``split_sequences`` False: one padding-free sequence (S = 1). True: the records packed
+    (best-fit decreasing) into sequences of at most W = the longest record's length, right-padded;
+    padding continues the last record's positions (no extra document) and, coming after every real
+    token of its sequence, is never attended to under the causal mask.
 
     Returns ``input_ids`` and ``position_ids`` (restarting at 0 per record); ``target_mask``, True
     where token ``t`` is a training target: its ``loss_mask`` is 1 and it is not the first token of
     its record (the logits that predict token ``t`` come from position ``t - 1``); and
     ``record_index``, the index in ``records`` of each token's record, -1 on padding.
     """
-    if split_rows:
-        rows = pack_documents([len(ids) for ids, _ in records], max(len(ids) for ids, _ in records))
+    if split_sequences:
+        sequences = pack_documents([len(ids) for ids, _ in records], max(len(ids) for ids, _ in records))
     else:
-        rows = [list(range(len(records)))]
-    width = max(sum(len(records[i][0]) for i in row) for row in rows)
-    ids_rows, pos_rows, target_rows, index_rows = [], [], [], []
-    for row in rows:
+        sequences = [list(range(len(records)))]
+    width = max(sum(len(records[i][0]) for i in seq) for seq in sequences)
+    all_ids, all_pos, all_targets, all_index = [], [], [], []  # one list per sequence
+    for seq in sequences:
         ids: list[int] = []
         pos: list[int] = []
         target: list[bool] = []
         index: list[int] = []
-        for i in row:
+        for i in seq:
             rec_ids, rec_mask = records[i]
             ids.extend(rec_ids)
             pos.extend(range(len(rec_ids)))
@@ -164,13 +166,13 @@ def collate_packed(records: Sequence[tuple[Sequence[int], Sequence[int]]], split
         pos.extend(range(pos[-1] + 1, pos[-1] + 1 + pad))
         target.extend([False] * pad)
         index.extend([-1] * pad)
-        ids_rows.append(ids)
-        pos_rows.append(pos)
-        target_rows.append(target)
-        index_rows.append(index)
+        all_ids.append(ids)
+        all_pos.append(pos)
+        all_targets.append(target)
+        all_index.append(index)
     return {
-        "input_ids": torch.tensor(ids_rows, dtype=torch.long),
-        "position_ids": torch.tensor(pos_rows, dtype=torch.long),
-        "target_mask": torch.tensor(target_rows, dtype=torch.bool),
-        "record_index": torch.tensor(index_rows, dtype=torch.long),
+        "input_ids": torch.tensor(all_ids, dtype=torch.long),
+        "position_ids": torch.tensor(all_pos, dtype=torch.long),
+        "target_mask": torch.tensor(all_targets, dtype=torch.bool),
+        "record_index": torch.tensor(all_index, dtype=torch.long),
     }

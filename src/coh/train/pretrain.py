@@ -77,8 +77,8 @@ class PretrainStream:
         self.load_state_dict({"epoch": 0, "documents": 0, "cursor": self._start, "pending": [],
                               "tokens_served": 0, "batches_served": 0})
 
-    def next_batch(self, capacity: int, split_rows: bool = False) -> dict[str, torch.Tensor]:
-        """The next micro-batch (``collate_packed`` layout, ``split_rows`` as there) of at most
+    def next_batch(self, capacity: int, split_sequences: bool = False) -> dict[str, torch.Tensor]:
+        """The next micro-batch (``collate_packed`` layout, ``split_sequences`` as there) of at most
         ``capacity`` tokens, which must be at least ``max_length`` so that every piece fits."""
         if capacity < self.max_length:
             raise ValueError(f"capacity {capacity} is smaller than max_length {self.max_length}")
@@ -92,7 +92,7 @@ class PretrainStream:
             records.append((self._pending.popleft(), [1] * len(piece)))
             used += len(piece)
         self.tokens_served, self.batches_served = self.tokens_served + used, self.batches_served + 1
-        return collate_packed(records, split_rows)
+        return collate_packed(records, split_sequences)
 
     def state_dict(self) -> dict:
         """Where the stream stands, JSON-serialisable (see the class docstring)."""
