@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coh.data.render import SHARED_PREFIX_MODES
+from coh.data.tokenize import CHAT_TEMPLATE_MODES
 from coh.options import OptionError, check_fields, coerce_options, option
+
+OUTPUT_FORMATS = ("coh", "fields")  # ours (segments), or the original code's "fields" records
 
 SOURCE_HELP = ("a dataset, repeatable: KIND (paper sets by hub name), KIND:FILE, KIND:train=FILE,eval=FILE, "
                "or KIND:hub=NAME[@CONFIG]; add name=LABEL or limit=N to the comma list. KIND is one of "
@@ -43,7 +47,7 @@ class DataBuildConfig:
                                  factory=lambda: ["p", "n", "pn", "np"])
     shared_prefix: str = option("context", "hh-rlhf turns shared by chosen and rejected: context without loss, or "
                                            "the original's behaviour (trained under both phrases)",
-                                choices=("context", "original"))
+                                choices=SHARED_PREFIX_MODES)
     resample: bool = option(False, "one record per example, phrase pair and order drawn afresh each epoch")
     phrases: str | None = option(None, "YAML or JSON file of feedback phrases per source", metavar="FILE")
     seed: int = option(0, "seed for every random choice")
@@ -56,9 +60,9 @@ class DataBuildConfig:
                                         "count, at most 8", metavar="N")
     tokenizer: str | None = option(None, "tokenizer (path or hub id): also write token ids and loss masks")
     chat_template: str = option("auto", "tokenize through the tokenizer's chat template: auto for chat data "
-                                        "(message lists), always, or never", choices=("auto", "always", "never"))
+                                        "(message lists), always, or never", choices=CHAT_TEMPLATE_MODES)
     output_format: str = option("coh", "record format: ours (segments) or the original's 'fields' format",
-                                flags=("--format",), choices=("coh", "fields"))
+                                flags=("--format",), choices=OUTPUT_FORMATS)
     progress: bool = option(True, "progress bars (on a terminal)")
 
     def __post_init__(self) -> None:

@@ -96,7 +96,7 @@ class SetAside:
         return f"{len(self.rows)} unusable row(s) skipped ({why}){listed}; the first: {place}"
 
     def write(self, path: str | Path) -> None:
-        from coh.data.io import atomic_writer  # coh.data.io imports this module
+        from coh.data.writing import atomic_writer  # coh.data.writing imports this module
 
         with atomic_writer(path) as f:
             for r in self.rows:

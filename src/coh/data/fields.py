@@ -161,7 +161,7 @@ def write_fields_file(records: Iterable[FeedbackRecord], path: str | Path) -> in
     """Write records in the original format, atomically. Returns the count."""
     import json
 
-    from coh.data.io import atomic_writer
+    from coh.data.writing import atomic_writer
 
     n = 0
     with atomic_writer(path) as f:

@@ -19,7 +19,7 @@ def read_examples(kind: str, data: str | None, limit: int | None = None, set_asi
     (WebGPT ties) are counted in ``skipped``. A row that cannot be evaluated (an empty reply, a
     missing field, a line that is not JSON) stops with its file, line and field, or with
     ``set_aside`` is recorded there, counted in ``invalid`` and left out."""
-    from coh.data.build import SourceSpec, read_source_rows
+    from coh.data.reading import SourceSpec, read_source_rows
     from coh.data.sources import CONVERTERS, convert_rows
 
     spec = SourceSpec(kind, files={"eval": data}) if data else SourceSpec(kind)
