@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from coh.data.fields import record_to_fields
 from coh.data.io import atomic_writer
 from coh.data.records import FeedbackRecord
 from coh.data.tokenize import RecordTokenizer, token_features, tokenize_many, tokens_batch
@@ -16,6 +18,16 @@ def write_records(records: Iterable[FeedbackRecord], path: str | Path) -> int:
     with atomic_writer(path) as f:
         for rec in records:
             f.write(rec.to_line())
+            n += 1
+    return n
+
+
+def write_fields_file(records: Iterable[FeedbackRecord], path: str | Path) -> int:
+    """Write records in the original format, atomically. Returns the count."""
+    n = 0
+    with atomic_writer(path) as f:
+        for rec in records:
+            f.write(json.dumps(record_to_fields(rec), ensure_ascii=False) + "\n")
             n += 1
     return n
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from coh.cli import main
-from coh.data.fields import write_fields_file
 from coh.data.inspect import histogram, inspect_records, render_record
 from coh.data.phrases import DEFAULT_PHRASES
 from coh.data.records import FeedbackRecord, Segment
@@ -17,7 +16,7 @@ from coh.data.sources import convert_dialogue
 from coh.data.tokenize import RecordTokenizer
 from tests.conftest import hh_rows
 
-from .helpers import write_records
+from .helpers import write_fields_file, write_records
 
 
 @pytest.fixture(scope="module")
