@@ -3,7 +3,6 @@ expected; and ``SetAside``, the rows a reader leaves out, counted and pointed at
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,8 +95,7 @@ class SetAside:
         return f"{len(self.rows)} unusable row(s) skipped ({why}){listed}; the first: {place}"
 
     def write(self, path: str | Path) -> None:
-        from coh.data.writing import atomic_writer  # coh.data.writing imports this module
+        """The rows as JSON lines, written atomically."""
+        from coh.data.outputs import write_jsonl  # coh.data.outputs imports this module
 
-        with atomic_writer(path) as f:
-            for r in self.rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        write_jsonl(self.rows, path)

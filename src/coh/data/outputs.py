@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,9 +39,7 @@ class JsonlSink:
     def add(self, row: object) -> None:
         if self._file is None:
             self._open()
-        # default=str: hub and parquet rows may hold dates and other non-JSON values
-        self._file.write(row if isinstance(row, str) else
-                         json.dumps(row, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+        self._file.write(jsonl_line(row))
         if self.count < self._keep:
             self.head.append(row)
         self.count += 1
@@ -93,14 +92,18 @@ def _finite_json(value: object) -> object:
     return value
 
 
-def write_jsonl(rows: list, path: Path) -> None:
-    """Write JSON lines (rows given as objects or as ready lines), atomically; standard JSON only
-    (a NaN or infinity raises ``ValueError``)."""
+def jsonl_line(row: object) -> str:
+    """A row as one JSON line (a string is taken as a ready line); standard JSON only (a NaN or
+    infinity raises ``ValueError``)."""
+    # default=str: hub and parquet rows may hold dates and other non-JSON values
+    return row if isinstance(row, str) else json.dumps(row, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+
+
+def write_jsonl(rows: Iterable, path: str | Path) -> None:
+    """Write JSON lines (rows given as objects or as ready lines, see ``jsonl_line``), atomically."""
     with atomic_writer(path) as f:
         for row in rows:
-            # default=str: hub and parquet rows may hold dates and other non-JSON values
-            f.write(row if isinstance(row, str) else
-                    json.dumps(row, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+            f.write(jsonl_line(row))
 
 
 def nothing_built(reports: dict[str, SourceReport], rejects: JsonlSink, feedback: tuple[str, ...]) -> str:
