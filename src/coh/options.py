@@ -41,7 +41,7 @@ def option(default: Any = MISSING, help: str = "", *, factory: Any = None, flags
            deprecated: Sequence[str] = (), choices: Sequence[Any] | None = None, metavar: str | None = None,
            positional: bool = False, cli: bool = True, low: float | None = None, high: float | None = None,
            low_open: bool = False, high_open: bool = False, split: bool = True, expected: str | None = None,
-           check: Any = None, allow_inf: bool = False) -> Any:
+           check: Any = None, allow_inf: bool = False, flag_checks: bool = True) -> Any:
     """A config field. ``flags``: extra spellings (``-o``); ``deprecated``: old spellings, still
     taken with a note on stderr; ``choices``: the allowed values; ``low`` / ``high`` (open ends
     with ``low_open`` / ``high_open``): a number's range. Choices and ranges are checked for flags
@@ -52,11 +52,14 @@ def option(default: Any = MISSING, help: str = "", *, factory: Any = None, flags
     ``expected``: the words for a good value in error messages ("a port from 1 to 65535"); ``check``:
     a predicate a good value passes (with ``expected`` saying what it wants), tested at the flag and
     in :func:`check_fields` like the ranges; ``allow_inf``: a float that may be infinite (never NaN),
-    such as a clipping norm. A field without a default is required: from a flag or the recipe."""
+    such as a clipping norm; ``flag_checks`` False: the flag only turns the text into the declared
+    type (NaN and infinities too), leaving finiteness and ranges to the dataclass, for a stage that
+    refuses those in its own words with exit status 1 (``coh data``). A field without a default is
+    required: from a flag or the recipe."""
     meta = {"help": help, "flags": tuple(flags), "deprecated": tuple(deprecated),
             "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
             "positional": positional, "cli": cli, "split": split, "expected": expected, "check": check,
-            "allow_inf": allow_inf,
+            "allow_inf": allow_inf, "flag_checks": flag_checks,
             "range": (low, high, low_open, high_open) if low is not None or high is not None else None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
@@ -96,7 +99,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, recipe: bool = True,
             kwargs.setdefault("metavar", "A,B" if meta.get("split", True) else "VALUE")
         else:
             kwargs["type"] = _parse_value(f.name, hint, meta.get("range"), meta.get("expected"), meta.get("check"),
-                                          meta.get("allow_inf", False))
+                                          meta.get("allow_inf", False), meta.get("flag_checks", True))
             if choices is not None:
                 kwargs["choices"] = choices
         if meta.get("positional"):
@@ -171,9 +174,10 @@ def _deprecated(action: Any, old: str, new: str) -> type[argparse.Action]:
 
 
 def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: str | None = None, check: Any = None,
-                 allow_inf: bool = False):
+                 allow_inf: bool = False, checks: bool = True):
     """The argparse ``type`` of a field: text coerced to the declared type (``none`` for an
-    optional field's null), finite (or infinite with ``allow_inf``, never NaN), within ``bounds``."""
+    optional field's null), finite (or infinite with ``allow_inf``, never NaN), within ``bounds``;
+    ``checks`` False: the type only."""
 
     def parse(text: str) -> Any:
         if type(None) in _types(hint) and text.strip().lower() in ("none", "null"):
@@ -182,6 +186,8 @@ def _parse_value(name: str, hint: Any, bounds: tuple | None = None, expected: st
         wanted = expected or _expected(hint) + (f" in {_span(*bounds)}" if bounds is not None else "")
         if _kind_error(hint, value) is not None:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        if not checks:
+            return value
         if isinstance(value, float) and not math.isfinite(value) and not (allow_inf and math.isinf(value)):
             raise argparse.ArgumentTypeError(f"expected {expected or 'a finite number'}, got {text!r}")
         if (bounds is not None and _out_of_range(value, *bounds)) or (check is not None and not check(value)):
@@ -200,7 +206,8 @@ def options_from_args(cls: type, args: argparse.Namespace, extra: dict | None = 
     values: dict[str, Any] = {}
     recipe = getattr(args, "_recipe", None)
     if recipe:
-        values.update(read_recipe(recipe, cls))
+        reader = getattr(cls, "read_recipe", None)  # a stage that words its recipe errors itself (coh data)
+        values.update(reader(recipe) if reader is not None else read_recipe(recipe, cls))
     values.update(extra or {})
     if getattr(args, "_overrides", None):
         values.update(key_value_options(cls, args._overrides))

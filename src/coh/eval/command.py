@@ -117,7 +117,7 @@ def _progress(config) -> bool:
 def _start(config, name: str):
     """The checks before any reading: the device is here, the output folder can be made. Returns
     the folder and where unusable rows go (None with ``--strict``: the first one stops the run)."""
-    from coh.judge.sources import SetAside
+    from coh.data.errors import SetAside
     from coh.models import pick_device
 
     pick_device(config.device)  # a device that is not there fails now, not after reading and loading

@@ -93,7 +93,8 @@ def _output_file(path: str, flag: str = "--output") -> None:
 
 
 def _run_prepare(config: JudgePrepareConfig) -> int:
-    from coh.judge.sources import SetAside, prepare, read_prompts
+    from coh.data.errors import SetAside
+    from coh.judge.sources import prepare, read_prompts
     from coh.judge.systems import Generation
 
     _output_file(config.output)
