@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cls = getattr(args, "_options", None)
-        if cls is None:  # a stage not yet on coh.options: its run takes the namespace
+        if cls is None:  # coh compare resolves its own recipe (a file of its own schema) from the namespace
             return args.func(args)
         from coh.options import options_from_args, to_yaml
 
