@@ -71,7 +71,7 @@ def test_recipe_values_are_checked_naming_the_recipe(tmp_path):
                           ("extends: nothing.yaml\n", "extends: no such recipe file"),
                           ("steps: 0\n", "option steps: must be in"),
                           ("eval_fraction: 1.5\n", "option eval_fraction: must be in"),
-                          ("methods: [{method: coh, bogus: 1}]\n", r"methods\[0\]: unknown option\(s\) \['bogus'\]"),
+                          ("methods: [{method: coh, bogus: 1}]\n", r"unknown option\(s\) \['bogus'\] in methods\[0\]"),
                           ("scorer: {steps: 0}\n", "option steps: must be in"),
                           ("scorer: 3\n", "scorer: expected a spec string or a mapping"),
                           ("methods: [{method: coh, train: 5}]\n", "'train': expected a mapping"),
