@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(config), end="")
             return 0
         return args.func(config)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ValueError, OSError) as e:
         if os.environ.get("COH_TRACEBACK"):
             raise
-        print(f"coh {args.command}: error: {e}", file=sys.stderr)
+        # an OS error on a named file (or a full disk) in words: "runs/x.jsonl: No space left on device"
+        named = isinstance(e, OSError) and e.filename and e.strerror
+        print(f"coh {args.command}: error: {f'{e.filename}: {e.strerror}' if named else e}", file=sys.stderr)
         return 1
     finally:  # after the outcome, so that an error is the first line on stderr
         if getattr(args, "_overrides", None):

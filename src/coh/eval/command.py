@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import sys
 import time
 from pathlib import Path
@@ -72,28 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for parent, name, options, action, text, description in actions:
         p = parent.add_parser(name, help=text, description=description)
         add_options(p, options)
-        p.set_defaults(func=_reporting_os_errors(action))
+        p.set_defaults(func=action)
     # The old name of `table`, for one release; not listed (no help=), it says so when run.
     p = sub.add_parser("compare", description="Deprecated spelling of `coh eval table` (removed in the next "
                                               "release); it writes compare.md and compare.png, as before.")
     add_options(p, TableConfig)
-    p.set_defaults(func=_reporting_os_errors(_run_compare))
-
-
-def _reporting_os_errors(func):
-    """``func`` with an OS error on a named file (or a full disk) raised as ``ValueError``, which
-    ``cli.main`` prints as ``coh eval: error: ...``."""
-
-    @functools.wraps(func)
-    def reported(config) -> int:
-        try:
-            return func(config)
-        except OSError as e:  # FileNotFoundError included: a file named on the command line, or a full disk
-            if isinstance(e, FileNotFoundError) and not e.filename:
-                raise
-            raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from e
-
-    return reported
+    p.set_defaults(func=_run_compare)
 
 
 # -- what every protocol run does ---------------------------------------------------------------------------
