@@ -118,11 +118,12 @@ def base_license(model: str | None) -> str | None:
         return None
 
 
-def model_card(info: CohJson | None, facts: RunFacts | None, *, model_id: str, adapter: bool = False,
+def model_card(info: CohJson | None, facts: RunFacts | None, *, model_id: str, title: str, adapter: bool = False,
                converted_from: dict | None = None, hf_folder: bool = True) -> ModelCard:
     """The card of a model folder. ``info``: its ``coh.json`` (None: a plain conversion);
-    ``model_id``: the name the usage examples load (the Hub repo, or the folder); ``adapter``: the
-    folder holds a peft adapter; ``hf_folder``: False for an EasyLM export (no transformers usage)."""
+    ``model_id``: the name the usage examples load (the Hub repo, or the folder); ``title``: the
+    card's heading and model-index name; ``adapter``: the folder holds a peft adapter;
+    ``hf_folder``: False for an EasyLM export (no transformers usage)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     training = info.training if info is not None else {}
@@ -132,7 +133,7 @@ def model_card(info: CohJson | None, facts: RunFacts | None, *, model_id: str, a
     data = ModelCardData(
         base_model=base_id, license=base_license(base), tags=list(TAGS),
         library_name=("peft" if adapter else "transformers") if hf_folder else None,
-        pipeline_tag="text-generation" if hf_folder else None, model_name=Path(model_id).name or model_id,
+        pipeline_tag="text-generation" if hf_folder else None, model_name=title,
         datasets=_hub_datasets(facts) or None,
         eval_results=[EvalResult(task_type="text-generation", dataset_type="coh-records", dataset_name=EVAL_DATASET,
                                  metric_type=k.removeprefix("eval/"), metric_value=v, metric_name=k)
@@ -140,7 +141,7 @@ def model_card(info: CohJson | None, facts: RunFacts | None, *, model_id: str, a
         coh={"run": asdict(facts)} if facts is not None else None)
     if base_id:
         data.base_model_relation = "adapter" if adapter else "finetune"
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(info, facts, model_id, adapter, converted_from, hf_folder)}")
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(info, facts, model_id, title, adapter, converted_from, hf_folder)}")
 
 
 def write_card(folder: str | Path, card: ModelCard) -> Path:
@@ -155,7 +156,10 @@ def write_training_card(folder: Path, name: Path, info: CohJson, facts: RunFacts
     pushed (``push_to_hub``), else the folder."""
     repo = info.training.get("push_to_hub")
     model_id = repo if repo and name.name == "final" else str(name)
-    return write_card(folder, model_card(info, facts, model_id=model_id, adapter=adapter))
+    title = repo.split("/")[-1] if repo else name.parent.resolve().name
+    if name.name != "final":
+        title += f" ({name.name})"
+    return write_card(folder, model_card(info, facts, model_id=model_id, title=title, adapter=adapter))
 
 
 def write_convert_card(output_dir: str | Path, action: str, source: str | Path, model_id: str | None = None) -> Path:
@@ -165,8 +169,9 @@ def write_convert_card(output_dir: str | Path, action: str, source: str | Path, 
     info = CohJson.read(out)
     facts = _facts_of_card(Path(source))
     converted = {"action": action, "source": str(source)}
-    return write_card(out, model_card(info, facts, model_id=model_id or str(out), converted_from=converted,
-                                      hf_folder=(out / "config.json").is_file()))
+    title = model_id.split("/")[-1] if model_id else out.resolve().name
+    return write_card(out, model_card(info, facts, model_id=model_id or str(out), title=title,
+                                      converted_from=converted, hf_folder=(out / "config.json").is_file()))
 
 
 def _facts_of_card(folder: Path) -> RunFacts | None:
@@ -191,13 +196,13 @@ def _hub_datasets(facts: RunFacts | None) -> list[str]:
 
 
 # -- the Markdown ----------------------------------------------------------------------------------
-def _body(info: CohJson | None, facts: RunFacts | None, model_id: str, adapter: bool, converted: dict | None,
-          hf_folder: bool) -> str:
+def _body(info: CohJson | None, facts: RunFacts | None, model_id: str, title: str, adapter: bool,
+          converted: dict | None, hf_folder: bool) -> str:
     training = info.training if info is not None else {}
     base = training.get("model")
     base_id = hub_model_id(base)
     mode = info.mode if info is not None else None
-    parts = [f"# {Path(model_id).name or model_id}\n"]
+    parts = [f"# {title}\n"]
     what = "A LoRA adapter" if adapter else "A model"
     if info is not None and training:
         parts.append(f"{what} fine-tuned from {_link(base, base_id)} by [Chain of Hindsight]({PAPER}) (CoH; Liu, "
@@ -233,7 +238,6 @@ def _link(name: str | None, hub_id: str | None) -> str:
 
 def _prompting(info: CohJson, model_id: str, adapter: bool, base: str | None) -> str:
     p = info.phrases
-    default = info.default_feedback
     load = (f'from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n'
             f'model = AutoPeftModelForCausalLM.from_pretrained("{model_id}")\n' if adapter else
             f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
@@ -249,10 +253,7 @@ prompt format `{info.prompt_format}`):
 | positive feedback (`good`) | `{p.good}` |
 | negative feedback (`bad`) | `{p.bad}` |
 
-A reply is conditioned on a feedback phrase: `good` gives the answer CoH learnt to prefer, `bad` the
-contrast it learnt to avoid, `none` no phrase, and any other text is used as the phrase itself
-(`default` here: `{default}`). In plain CoH text a prompt reads
-`{p.user} How do I apologise to a friend? {p.good}`, with an end-of-sequence token after each earlier reply.
+{_feedback_words(info)}
 
 The tokenizer's chat template renders conversations exactly as training did, with the feedback as
 the template variable `feedback`:
@@ -280,7 +281,7 @@ vLLM (or any engine that passes chat-template variables) serves the same prompts
 `chat_template_kwargs`:
 
 ```bash
-vllm serve {model_id if not adapter else (base or "BASE_MODEL") + " --enable-lora --lora-modules coh=" + model_id} --port 8000
+vllm serve {model_id if not adapter else (hub_model_id(base) or base or "BASE_MODEL") + " --enable-lora --lora-modules coh=" + model_id} --port 8000
 ```
 
 ```python
@@ -294,8 +295,31 @@ reply = client.chat.completions.create(
 """
 
 
+def _feedback_words(info: CohJson) -> str:
+    p = info.phrases
+    if info.mode in ("sft", "dpo"):
+        return ("It was trained without feedback phrases: prompt it as a plain chat model (`feedback` `none`, "
+                "the default here).")
+    words = ("A reply is conditioned on a feedback phrase: `good` (the default) gives the answer CoH learnt to "
+             "prefer, `bad` the contrast it learnt to avoid, `none` no phrase, and any other text is used as the "
+             "phrase itself.")
+    if info.prompt_format == "coh":
+        return (f"{words} In plain CoH text a prompt reads `{p.user} How do I apologise to a friend? {p.good}`, "
+                "with an end-of-sequence token after each earlier reply.")
+    return f"{words} The data used the base model's chat template; the phrase opens the assistant turn."
+
+
 def _training(training: dict, base: str | None, base_id: str | None) -> str:
-    rows = "".join(f"| `{k}` | `{training[k]}` |\n" for k in KEY_OPTIONS if k in training and training[k] is not None)
+    def shown(key: str) -> bool:  # options that change nothing in this run are left out
+        if key.startswith("pretrain_") and key != "pretrain_data":
+            return bool(training.get("pretrain_data"))
+        if key.startswith("lora_"):
+            return bool(training.get("lora_r"))
+        if key.startswith("fcm_"):
+            return bool(training.get("fcm_max_ratio"))
+        return training.get(key) is not None
+
+    rows = "".join(f"| `{k}` | `{training[k]}` |\n" for k in KEY_OPTIONS if k in training and shown(k))
     return (f"## Training\n\nBase model: {_link(base, base_id)}. The key options (the whole resolved "
             f"configuration is `training` in `coh.json`):\n\n| option | value |\n|---|---|\n{rows}")
 

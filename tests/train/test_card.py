@@ -131,3 +131,15 @@ def test_push_needs_a_token_and_a_repo_id_before_training(workspace, capsys, mon
     assert not (workspace / "no-token").exists()  # found before any compute
     with pytest.raises(ValueError, match="push_to_hub 'not a/repo id' is not a Hub repo id"):
         TrainConfig(model="m", train_data="d", push_to_hub="not a/repo id")
+
+
+def test_a_conversion_of_a_run_carries_its_card(workspace, hub_base, tmp_path):
+    adapter = workspace / "card-lora" / "final"
+    if not adapter.exists():
+        train(config(workspace, "card-lora", model=str(hub_base), lora_r=4, lora_alpha=8, max_steps=2))
+    out = tmp_path / "merged"
+    assert main(["convert", "lora-merge", str(adapter), str(out), "--no-progress"]) == 0
+    before, after = _metadata(adapter), _metadata(out)
+    assert after["coh"] == before["coh"] and after["model-index"][0]["results"] == before["model-index"][0]["results"]
+    assert after["base_model"] == "coh-test/tiny-llama" and after["library_name"] == "transformers"
+    assert f"from `{adapter}`" in ModelCard.load(out / "README.md").text
