@@ -77,6 +77,9 @@ def test_a_run_resumed_at_its_end_keeps_the_last_evaluation(workspace):
     after = _metadata(workspace / "card-again" / "final")
     assert after["coh"]["run"]["metrics"] == pytest.approx(first) and after["coh"]["run"]["step"] == 4
     assert after["model-index"] == before["model-index"]
+    with fake_hub() as hub:  # a new push_to_hub is no change that refuses the resume
+        train(config(workspace, "card-again", push_to_hub="coh-user/again"))
+    assert "README.md" in hub.repos["coh-user/again"]["files"]
 
 
 def test_lora_cards_adapter_and_merged(workspace, hub_base):
