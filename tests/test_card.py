@@ -44,3 +44,22 @@ def test_prompting_words_follow_mode_and_prompt_format():
     sft = model_card(CohJson(mode="sft", training={"model": "org/base"}), facts, model_id="me/m", title="m").text
     assert "trained without feedback phrases" in sft
     assert "| `lora_r` |" not in coh and "| `pretrain_lambda` |" not in coh  # options that changed nothing
+
+
+def test_run_facts_from_the_build_when_the_run_read_token_ids(tmp_path):
+    import json
+
+    from coh.card import run_facts
+
+    summary = {"feedback": ["p", "n"], "records": {"train": 5, "eval": 1}, "invalid_rows": 0, "skipped_rows": 2,
+               "sources": {"hh": {"rows": 4, "records": {"train": {"p": 2, "n": 1}, "eval": {"p": 1}},
+                                  "spec": {"kind": "dialogue", "hub": "Anthropic/hh-rlhf", "files": {}}},
+                           "shp": {"rows": 2, "records": {"train": {"p": 2}}, "spec": {"kind": "preference"}}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 2, "eval/loss": 3.0}\n{"step": 3, "train/loss": 1.0}\n')
+    facts = run_facts(tmp_path / "train.jsonl", {"sha256": "ab" * 32}, None, {}, tmp_path)
+    assert (facts.records, facts.by_source, facts.by_feedback) == (5, {"hh": 3, "shp": 2}, {"p": 4, "n": 1})
+    assert (facts.metrics, facts.step) == ({"eval/loss": 3.0}, 2)  # the last evaluation logged
+    card = model_card(CohJson(training={"model": "org/base"}), facts, model_id="me/m", title="m")
+    assert card.data.datasets == ["Anthropic/hh-rlhf"]
+    assert "| hh | dialogue | [Anthropic/hh-rlhf](https://huggingface.co/datasets/Anthropic/hh-rlhf) | 4 |" in card.text

@@ -61,10 +61,11 @@ class RunFacts:
     step: int | None = None
 
 
-def run_facts(train_path: Path, fingerprint: dict | None, records: list[FeedbackRecord], metrics: dict,
+def run_facts(train_path: Path, fingerprint: dict | None, records: list[FeedbackRecord] | None, metrics: dict,
               output_dir: Path) -> RunFacts:
-    """The facts of a finished run. ``metrics`` empty (a run resumed at its last step evaluates
-    nothing): the last evaluation in ``output_dir/metrics.jsonl``."""
+    """The facts of a finished run. ``records``: the records trained on (None where the run read
+    only token ids: the build's counts of its train split stand in). ``metrics`` empty (a run
+    resumed at its last step evaluates nothing): the last evaluation in ``output_dir/metrics.jsonl``."""
     step = None
     if not metrics:
         metrics, step = _last_eval(output_dir / "metrics.jsonl")
@@ -75,10 +76,20 @@ def run_facts(train_path: Path, fingerprint: dict | None, records: list[Feedback
         build = {"feedback": summary.get("feedback"), "records": summary.get("records"),
                  "invalid_rows": summary.get("invalid_rows"), "skipped_rows": summary.get("skipped_rows"),
                  "sources": {name: {k: s.get("spec", {}).get(k) for k in ("kind", "hub", "config", "files")}
-                             | {"rows": s.get("rows")} for name, s in summary.get("sources", {}).items()}}
-    return RunFacts(train_file=str(train_path), sha256=(fingerprint or {}).get("sha256"), records=len(records),
-                    by_source=dict(Counter(r.source for r in records).most_common()),
-                    by_feedback=dict(Counter(r.feedback for r in records).most_common()), build=build,
+                             | {"rows": s.get("rows"), "records": s.get("records")}
+                             for name, s in summary.get("sources", {}).items()}}
+    if records is not None:
+        by_source = Counter(r.source for r in records)
+        by_feedback = Counter(r.feedback for r in records)
+    else:
+        by_source, by_feedback = Counter(), Counter()
+        for name, source in (build or {}).get("sources", {}).items():
+            for feedback, n in ((source.get("records") or {}).get("train") or {}).items():
+                by_source[name] += n
+                by_feedback[feedback] += n
+    return RunFacts(train_file=str(train_path), sha256=(fingerprint or {}).get("sha256"),
+                    records=sum(by_source.values()), by_source=dict(by_source.most_common()),
+                    by_feedback=dict(by_feedback.most_common()), build=build,
                     metrics={k: float(v) for k, v in metrics.items()}, step=step)
 
 
