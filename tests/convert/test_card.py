@@ -46,3 +46,11 @@ def test_a_failed_push_keeps_the_folder(tmp_path, adapter, capsys):  # noqa: F81
     err = capsys.readouterr().err
     assert f"coh convert: error: pushing {out} to the Hub repository coh-user/merged failed: " in err
     assert "503" in err and "Traceback" not in err and (out / "model.safetensors").is_file()
+
+
+def test_every_action_names_its_source():
+    from coh.convert.command import ACTIONS, SOURCES
+
+    assert set(SOURCES) == set(ACTIONS)
+    for action, (cls, *_) in ACTIONS.items():
+        assert SOURCES[action] in cls.__dataclass_fields__, action
