@@ -10,6 +10,7 @@ import torch
 
 from coh import models
 from coh.cohjson import CohJson
+from coh.data.chat_template import base_chat_template
 from coh.data.phrases import PhraseSet
 from coh.data.records import FeedbackRecord
 from coh.data.tokenize import RecordTokenizer
@@ -21,9 +22,11 @@ from coh.train.preflight import RunPlan, TrainingError
 def load_tokenizer(cfg: TrainConfig):
     name = cfg.tokenizer or cfg.model
     try:
-        return models.load_tokenizer(name, cfg.trust_remote_code, f"{'tokenizer' if cfg.tokenizer else 'model'} {name}")
+        tok = models.load_tokenizer(name, cfg.trust_remote_code, f"{'tokenizer' if cfg.tokenizer else 'model'} {name}")
     except ValueError as e:
         raise TrainingError(str(e)) from None
+    tok.chat_template = base_chat_template(tok.chat_template)  # from a CoH checkpoint: its base template
+    return tok
 
 
 def load_model(name: str, cfg: TrainConfig):
