@@ -21,6 +21,7 @@ from coh.data.chat_template import (
     checkpoint_chat_template,
     coh_chat_template,
     is_coh_template,
+    template_format,
 )
 from coh.data.feedback import Turn
 from coh.data.phrases import DEFAULT_PHRASES, PhraseSet, phrases_for
@@ -181,8 +182,10 @@ def test_sft_default_is_no_phrase_and_the_base_template_is_kept(bpe_tokenizer):
     assert text == bpe_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert bpe_tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
                                              tokenize=False, feedback="bad").endswith("assistant\nAn unhelpful answer:")
+    assert template_format(template) == "chat-template"
     plain = checkpoint_chat_template(bpe_tokenizer, CohJson())
-    assert is_coh_template(plain) and base_chat_template(plain) is None
+    assert template_format(plain) == "coh" and base_chat_template(plain) == bpe_tokenizer.chat_template
+    assert base_chat_template(coh_chat_template(bpe_tokenizer)) is None and template_format("{{ x }}") is None
     # Extending a CoH template extends its base, never CoH twice.
     assert coh_chat_template(bpe_tokenizer, base_template=template) == coh_chat_template(
         bpe_tokenizer, base_template=bpe_tokenizer.chat_template)

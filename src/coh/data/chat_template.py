@@ -38,6 +38,7 @@ from coh.data.tokenize import tokenizer_adds_bos
 
 MARKER = "coh chat template v1"  # first line of every template written here
 _BASE_LINE = re.compile(r"^\{%- set coh_base_template = (.*) -%\}$", re.MULTILINE)
+_FORMAT_LINE = re.compile(r"^\{%- set coh_format = (.*) -%\}$", re.MULTILINE)
 FEEDBACK_VALUES = ("good", "bad", "none")
 
 
@@ -46,21 +47,29 @@ def is_coh_template(template: object) -> bool:
     return isinstance(template, str) and template.startswith("{#- " + MARKER)
 
 
+def template_format(template: object) -> str | None:
+    """How a CoH template renders: ``coh`` (plain CoH text) or ``chat-template`` (through its base);
+    None for any other template."""
+    found = _FORMAT_LINE.search(template) if is_coh_template(template) else None
+    return json.loads(found.group(1)) if found else None
+
+
 def base_chat_template(template: object) -> str | None:
-    """The model's own chat template under ``template``: the base a CoH template extends (None if
-    it extends none), or ``template`` itself when it is not a CoH template. So retraining from a
-    CoH checkpoint renders chat data through the base template, not through CoH twice."""
+    """The model's own chat template under ``template``: the one a CoH template extends or keeps
+    (None if the model had none), or ``template`` itself when it is not a CoH template. So
+    retraining from a CoH checkpoint renders chat data through the model's template, not through
+    CoH twice."""
     if not isinstance(template, str) or not template:
         return None
     if not is_coh_template(template):
         return template
     found = _BASE_LINE.search(template)
-    return json.loads(found.group(1)) if found else None
+    return json.loads(found.group(1)) if found and found.group(1) != "none" else None
 
 
 def _lit(value: object) -> str:
     # ensure_ascii=False: Jinja decodes \u escapes one UTF-16 unit at a time (no surrogate pairs).
-    return json.dumps(value, ensure_ascii=False)
+    return "none" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def _gap_after(tokenizer, special: str | None, special_id: int | None, following: str) -> str:
@@ -77,13 +86,15 @@ def _gap_after(tokenizer, special: str | None, special_id: int | None, following
                      f"{following!r} does alone; a chat template cannot reproduce training's ids")
 
 
-def _header(phrases: PhraseSet, default_feedback: str, base_template: str | None) -> list[str]:
+def _header(phrases: PhraseSet, default_feedback: str, base_template: str | None, own_template: str | None
+            ) -> list[str]:
     if default_feedback not in FEEDBACK_VALUES:
         raise ValueError(f"default_feedback must be one of {list(FEEDBACK_VALUES)}, got {default_feedback!r}")
     return [
         "{#- " + MARKER + " (chain-of-hindsight): renders chats as training did. Variable feedback: "
         "'good' (default), 'bad', 'none' or any phrase text. -#}",
-        f"{{%- set coh_base_template = {_lit(base_template)} -%}}",
+        f"{{%- set coh_format = {_lit('coh' if base_template is None else 'chat-template')} -%}}",
+        f"{{%- set coh_base_template = {_lit(base_template if base_template is not None else own_template)} -%}}",
         f"{{%- set coh_good = {_lit(phrases.good)} -%}}",
         f"{{%- set coh_bad = {_lit(phrases.bad)} -%}}",
         f"{{%- set coh_feedback = feedback if feedback is defined and feedback is not none else {_lit(default_feedback)} -%}}",
@@ -95,21 +106,24 @@ def _header(phrases: PhraseSet, default_feedback: str, base_template: str | None
 
 
 def coh_chat_template(tokenizer, phrases: PhraseSet | None = None, *, default_feedback: str = "good",
-                      base_template: str | None = None, history_phrase: str | None = "good") -> str:
+                      base_template: str | None = None, history_phrase: str | None = "good",
+                      own_template: str | None = None) -> str:
     """A Jinja chat template rendering chats the CoH way for ``tokenizer`` (see the module docstring).
 
     ``phrases``: the trained phrases (``CohJson.phrases``). ``default_feedback``: ``feedback`` when
     the caller passes none (``CohJson.default_feedback``). ``base_template``: the model's chat
     template that training rendered chat data through, or None for plain CoH text.
     ``history_phrase``: ``"good"`` (the good phrase opens earlier assistant turns, as in training)
-    or None (no phrase, for a model never trained with CoH; only with a base template)."""
+    or None (no phrase, for a model never trained with CoH; only with a base template).
+    ``own_template``: in plain CoH text, the model's chat template, kept (unused) inside so that
+    :func:`base_chat_template` finds it again."""
     phrases = phrases or PhraseSet()
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} has no EOS token; CoH closes every reply with one")
     if history_phrase not in ("good", None) or (history_phrase is None and base_template is None):
         raise ValueError("history_phrase must be 'good', or None with a base template")
     base_template = base_chat_template(base_template)
-    lines = _header(phrases, default_feedback, base_template)
+    lines = _header(phrases, default_feedback, base_template, base_chat_template(own_template))
     adds_bos = tokenizer_adds_bos(tokenizer)
     if base_template is None:
         lines += _plain_body(tokenizer, phrases, adds_bos)
@@ -174,4 +188,4 @@ def checkpoint_chat_template(tokenizer, info) -> str:
     template when training rendered chat data with it (``prompt_format`` ``chat-template``)."""
     base = base_chat_template(getattr(tokenizer, "chat_template", None))
     return coh_chat_template(tokenizer, info.phrases, default_feedback=info.default_feedback,
-                             base_template=base if info.prompt_format == "chat-template" else None)
+                             base_template=base if info.prompt_format == "chat-template" else None, own_template=base)

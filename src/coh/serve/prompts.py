@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coh.cohjson import CohJson
-from coh.data.chat_template import base_chat_template, coh_chat_template, is_coh_template
+from coh.data.chat_template import base_chat_template, coh_chat_template, template_format
 from coh.data.feedback import Turn
 from coh.data.phrases import PhraseSet
 
@@ -72,7 +72,7 @@ class Prompter:
         if fmt == "chat-template" and info is None:
             default, origin = "none", "the tokenizer's chat template (no coh.json)"
         base = base if fmt == "chat-template" else None
-        if is_coh_template(own) and info is not None and base_chat_template(own) == base:
+        if info is not None and template_format(own) == fmt:
             template = own  # the checkpoint's own
         else:
             template = coh_chat_template(tokenizer, phrases, default_feedback=default, base_template=base,
