@@ -53,15 +53,16 @@ def test_transformers_through_the_template_replies_as_coh_serve(demo_run):
     generate = pipeline("text-generation", model=model, tokenizer=tok)
     server = make_server(final, name="demo")
     try:
-        replies = {}
+        first_logprobs = {}
         for feedback in ("good", "bad"):
             for prompt in _prompts(demo_run):
                 messages = [{"role": "user", "content": prompt}]
                 r = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
                     "model": "demo", "messages": messages, "feedback": feedback, "temperature": 0,
-                    "max_tokens": MAX_NEW})
+                    "max_tokens": MAX_NEW, "logprobs": True})
                 assert r.status_code == 200, r.text
-                served = r.json()["choices"][0]["message"]["content"]
+                choice = r.json()["choices"][0]
+                served, served_logprobs = choice["message"]["content"], choice["logprobs"]["content"]
                 # generate() over apply_chat_template: the ids are the server's prompt ids
                 ids = tok.apply_chat_template(messages, add_generation_prompt=True, feedback=feedback,
                                               return_tensors="pt")["input_ids"]
@@ -70,17 +71,25 @@ def test_transformers_through_the_template_replies_as_coh_serve(demo_run):
                 assert ids[0].tolist() == served_ids
                 with torch.no_grad():
                     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                         max_new_tokens=MAX_NEW, pad_token_id=tok.pad_token_id)
-                text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+                                         max_new_tokens=MAX_NEW, pad_token_id=tok.pad_token_id,
+                                         output_scores=True, return_dict_in_generate=True)
+                new = out.sequences[0, ids.shape[1]:]
+                text = tok.decode(new, skip_special_tokens=True)
                 # coh serve ends a CoH-format reply where the next user turn would begin (its stop
                 # string); an engine is given the same stop (docs/serve.md).
                 text = text.split("User:")[0]
                 assert text.strip() == served.strip(), (feedback, prompt)
+                # The same distributions, not only the same argmax (a quick demo's replies are short).
+                ours = [torch.log_softmax(score[0].float(), -1)[t].item() for score, t in zip(out.scores, new)]
+                n = min(len(ours), len(served_logprobs))
+                assert n >= 1
+                assert ours[:n] == pytest.approx([e["logprob"] for e in served_logprobs[:n]], abs=1e-4)
+                first_logprobs[feedback, prompt] = ours[0]
                 # and the text-generation pipeline, the template variable passed through
                 piped = generate(messages, max_new_tokens=MAX_NEW, do_sample=False,
                                  tokenizer_encode_kwargs={"feedback": feedback})[0]["generated_text"][-1]["content"]
                 assert piped.split("User:")[0].strip() == served.strip(), (feedback, prompt)
-                replies[feedback, prompt] = served
-        assert len(set(replies.values())) > 1  # the phrase changes what the model writes
+        # the phrase changes what the model predicts
+        assert any(first_logprobs["good", p] != first_logprobs["bad", p] for p in _prompts(demo_run))
     finally:
         server.stop()
