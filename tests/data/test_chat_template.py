@@ -212,3 +212,19 @@ def test_unknown_roles_and_bad_settings_are_refused(bpe_tokenizer):
         coh_chat_template(bpe_tokenizer, default_feedback="great")
     with pytest.raises(ValueError, match="history_phrase"):
         coh_chat_template(bpe_tokenizer, history_phrase=None)
+
+
+def test_a_coh_checkpoint_tokenizer_renders_chat_records_through_its_base(bpe_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from coh.data.chat_template import with_base_template
+
+    bpe_tokenizer.save_pretrained(tmp_path)
+    ckpt = AutoTokenizer.from_pretrained(tmp_path)
+    ckpt.chat_template = checkpoint_chat_template(ckpt, CohJson(prompt_format="chat-template"))
+    chat_records = [r for r in RECORDS if r.meta.get("chat")]
+    assert chat_records
+    want = RecordTokenizer(bpe_tokenizer, chat_template="auto").batch(chat_records)
+    assert RecordTokenizer(ckpt, chat_template="auto").batch(chat_records) != want  # CoH twice
+    assert RecordTokenizer(with_base_template(ckpt), chat_template="auto").batch(chat_records) == want
+    assert ckpt.chat_template == bpe_tokenizer.chat_template

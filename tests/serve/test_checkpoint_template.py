@@ -29,7 +29,9 @@ def _prompts(demo_run) -> list[str]:
 
 def test_every_checkpoint_carries_the_template(demo_run):
     for mode in ("coh", "sft"):
-        for folder in (demo_run / mode / "final", *sorted((demo_run / mode).glob("checkpoint-*"))):
+        checkpoints = sorted((demo_run / mode).glob("checkpoint-*"))
+        assert checkpoints
+        for folder in (demo_run / mode / "final", *checkpoints):
             template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
             assert template_format(template) == "coh", folder  # plain CoH text
             assert base_chat_template(template) == CHATML_TEMPLATE  # the base model's, kept for retraining

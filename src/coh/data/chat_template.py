@@ -67,6 +67,13 @@ def base_chat_template(template: object) -> str | None:
     return json.loads(found.group(1)) if found and found.group(1) != "none" else None
 
 
+def with_base_template(tokenizer):
+    """``tokenizer`` with its chat template set back to the model's own (a CoH checkpoint's
+    tokenizer renders chat records through its base, never through CoH twice); returns it."""
+    tokenizer.chat_template = base_chat_template(getattr(tokenizer, "chat_template", None))
+    return tokenizer
+
+
 def _lit(value: object) -> str:
     # ensure_ascii=False: Jinja decodes \u escapes one UTF-16 unit at a time (no surrogate pairs).
     return "none" if value is None else json.dumps(value, ensure_ascii=False)

@@ -10,7 +10,7 @@ import torch
 
 from coh import models
 from coh.cohjson import CohJson
-from coh.data.chat_template import base_chat_template
+from coh.data.chat_template import with_base_template
 from coh.data.phrases import PhraseSet
 from coh.data.records import FeedbackRecord
 from coh.data.tokenize import RecordTokenizer
@@ -25,8 +25,7 @@ def load_tokenizer(cfg: TrainConfig):
         tok = models.load_tokenizer(name, cfg.trust_remote_code, f"{'tokenizer' if cfg.tokenizer else 'model'} {name}")
     except ValueError as e:
         raise TrainingError(str(e)) from None
-    tok.chat_template = base_chat_template(tok.chat_template)  # from a CoH checkpoint: its base template
-    return tok
+    return with_base_template(tok)  # from a CoH checkpoint: chat data through its base template
 
 
 def load_model(name: str, cfg: TrainConfig):
