@@ -74,6 +74,7 @@ class Prompter:
         base = base if fmt == "chat-template" else None
         if info is not None and template_format(own) == fmt:
             template = own  # the checkpoint's own
+            origin += "; its tokenizer's CoH chat template"
         else:
             template = coh_chat_template(tokenizer, phrases, default_feedback=default, base_template=base,
                                          history_phrase="good" if info is not None or base is None else None)
