@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from coh.cohjson import CohJson
+from coh.data.chat_template import checkpoint_chat_template, is_coh_template
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INDEX_NAME = "model.safetensors.index.json"
@@ -162,10 +163,14 @@ def copy_tokenizer_files(source_dir: str | Path, output_dir: str | Path) -> list
 def finish_hf_folder(output_dir: str | Path, config, tokenizer=None, sentencepiece_file: str | Path | None = None,
                      coh_info: CohJson | None = None) -> None:
     """Write the side files of a converted folder: config, tokenizer, the SentencePiece model when
-    there is one (kept for users who go back to Meta's or EasyLM's code) and ``coh.json``."""
+    there is one (kept for users who go back to Meta's or EasyLM's code) and ``coh.json``. With
+    ``coh_info`` the tokenizer gets the CoH chat template (unless it carries one already)."""
     out = Path(output_dir)
     config.save_pretrained(out)
     if tokenizer is not None:
+        if coh_info is not None and not is_coh_template(tokenizer.chat_template):
+            # CoH weights: any engine that applies the chat template then prompts them as trained
+            tokenizer.chat_template = checkpoint_chat_template(tokenizer, coh_info)
         tokenizer.save_pretrained(out)
     if sentencepiece_file is not None and Path(sentencepiece_file).is_file():
         shutil.copyfile(sentencepiece_file, out / "tokenizer.model")

@@ -47,10 +47,11 @@ def load_record_tokenizer(path: str, chat_template: str, reload: bool = False) -
     """Load the record tokenizer of this process (kept unless ``reload``: forked workers have it)."""
     global _RECORD_TOKENIZER
     if _RECORD_TOKENIZER is None or reload:
+        from coh.data.chat_template import with_base_template
         from coh.data.tokenize import RecordTokenizer
         from coh.models import load_tokenizer
 
-        _RECORD_TOKENIZER = RecordTokenizer(load_tokenizer(path), chat_template=chat_template)
+        _RECORD_TOKENIZER = RecordTokenizer(with_base_template(load_tokenizer(path)), chat_template=chat_template)
 
 
 def record_tokenizer():

@@ -55,7 +55,7 @@ class OpenAIRoutes:
     async def tokenizer_info(self):
         server = self.server
         tok = server.tokenizer
-        template = tok.chat_template if server.prompter.format == "chat-template" else None
+        template = server.prompter.base_template  # the model's own (None in the CoH format)
         return {"eos_token": tok.eos_token, "bos_token": tok.bos_token, "pad_token": tok.pad_token,
                 "chat_template": template, "model_max_length": server.engine.max_model_len,
                 "tokenizer_class": type(tok).__name__}

@@ -1,6 +1,6 @@
 """Checkpoints: HF-format model folders plus the state for an exact resume, written atomically.
 
-``checkpoint-<step>/`` holds the model (safetensors), the tokenizer (with its chat template),
+``checkpoint-<step>/`` holds the model (safetensors), the tokenizer (its chat template the CoH one, see ``coh.data.chat_template``),
 ``coh.json`` (the resolved training config and the phrases the model was trained with, which
 ``coh serve`` reads), ``trainer_state.pt`` (optimizer, scheduler), ``rng-<rank>.pt`` (each
 process's RNG) and ``coh_state.json`` (step, data position, pretraining-stream position). Under
@@ -98,10 +98,23 @@ def config_changes(saved: dict, now: dict, saved_data: dict | None = None, now_d
     return changes
 
 
+def save_tokenizer(folder: Path, tokenizer, coh_info: CohJson) -> None:
+    """The tokenizer, its chat template the CoH one of this run (``chat_template.jinja``): any
+    engine that applies chat templates then prompts the model as training did."""
+    from coh.data.chat_template import checkpoint_chat_template
+
+    own = tokenizer.chat_template
+    tokenizer.chat_template = checkpoint_chat_template(tokenizer, coh_info)
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:  # the run's tokenizer keeps rendering chat records through the base template
+        tokenizer.chat_template = own
+
+
 def save_model_folder(folder: Path, model, tokenizer, coh_info: CohJson) -> None:
-    """A folder any HF tool loads: model, tokenizer, and our ``coh.json``."""
+    """A folder any HF tool loads: model, tokenizer (with the CoH chat template), and our ``coh.json``."""
     model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(folder, tokenizer, coh_info)
     coh_info.write(folder)
 
 
@@ -131,7 +144,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
     if main:
         if sharded:
             model.config.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tmp, tokenizer, coh_info)
             coh_info.write(tmp)
             torch.save({"scheduler": scheduler.state_dict()}, tmp / "trainer_state.pt")
         else:

@@ -10,6 +10,7 @@ import torch
 
 from coh import models
 from coh.cohjson import CohJson
+from coh.data.chat_template import with_base_template
 from coh.data.phrases import PhraseSet
 from coh.data.records import FeedbackRecord
 from coh.data.tokenize import RecordTokenizer
@@ -21,9 +22,10 @@ from coh.train.preflight import RunPlan, TrainingError
 def load_tokenizer(cfg: TrainConfig):
     name = cfg.tokenizer or cfg.model
     try:
-        return models.load_tokenizer(name, cfg.trust_remote_code, f"{'tokenizer' if cfg.tokenizer else 'model'} {name}")
+        tok = models.load_tokenizer(name, cfg.trust_remote_code, f"{'tokenizer' if cfg.tokenizer else 'model'} {name}")
     except ValueError as e:
         raise TrainingError(str(e)) from None
+    return with_base_template(tok)  # from a CoH checkpoint: chat data through its base template
 
 
 def load_model(name: str, cfg: TrainConfig):
