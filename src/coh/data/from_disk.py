@@ -94,8 +94,11 @@ def iter_disk_rows(path: str | Path) -> Iterator:
         raise DataError(where, None, None, f"a DatasetDict folder (splits {_split_names(Path(path))}): give one "
                                            "split's folder, or the folder itself as a source's train file")
     if not is_dataset_folder(path):
-        raise DataError(where, None, None, "is a folder, but not one that datasets' save_to_disk wrote (no "
-                                           "state.json and dataset_info.json); expected a data file or such a folder")
+        from coh.data.io import JSON_SUFFIXES, PARQUET_SUFFIXES
+
+        raise DataError(where, None, None, "unknown file type: a folder, but not one that datasets' save_to_disk "
+                                           "wrote (no state.json and dataset_info.json); expected a file ending in "
+                                           f"{', '.join(JSON_SUFFIXES + PARQUET_SUFFIXES)} or such a folder")
     try:
         ds = datasets.load_from_disk(where)
     except Exception as e:  # datasets raises FileNotFoundError, ArrowInvalid, ...: say which folder and why
