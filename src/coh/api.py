@@ -14,6 +14,7 @@ under a name of their own. Each calls the stage's own entry point, the one its c
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -103,10 +104,7 @@ def _source_files(data: object, tmp: Path) -> tuple[dict[str, str], str | None]:
     errors give it (None: a path of the user's, named as it is)."""
     if isinstance(data, (str, Path)):
         return {"train": str(data)}, None
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        datasets = None
+    datasets = sys.modules.get("datasets")  # a Dataset in hand means it is imported; rows need not import it
     if datasets is not None and isinstance(data, (datasets.Dataset, datasets.DatasetDict)):
         data.save_to_disk(str(tmp / "dataset"))
         return {"train": str(tmp / "dataset")}, "dataset"
