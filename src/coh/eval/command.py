@@ -88,6 +88,12 @@ def _reporting_os_errors(func):
 
 
 # -- the actions: coh.eval.run.evaluate does the work (it is coh.evaluate in Python); this prints it -----------
+def _output_dir(output_dir: str | None, name: str):
+    from coh.eval.run import output_dir as make_output_dir
+
+    return make_output_dir(output_dir, name)
+
+
 def _run_protocol(config) -> int:
     from coh.eval.report import RESULTS_JSON
     from coh.eval.run import evaluate
@@ -101,9 +107,8 @@ def _run_protocol(config) -> int:
 
 def _run_compare(config: CompareConfig) -> int:
     from coh.eval.report import compare_runs
-    from coh.eval.run import output_dir
 
-    md, png = compare_runs(config.runs, output_dir(config.output_dir, "compare"), config.labels)
+    md, png = compare_runs(config.runs, _output_dir(config.output_dir, "compare"), config.labels)
     print(md.read_text(encoding="utf-8"), end="")
     print(f"\nwritten to {md} and {png}")
     return 0
