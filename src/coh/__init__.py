@@ -34,6 +34,7 @@ _EXPORTS = {
     "DialogueConfig": "coh.eval.config", "SummarizationConfig": "coh.eval.config",
     "ControllabilityConfig": "coh.eval.config", "PairwiseConfig": "coh.eval.config", "HarnessConfig": "coh.eval.config",
     "EvalResult": "coh.eval.report",
+    "read_recipe": "coh.options",
 }
 # ``coh.train`` is the subpackage, and calling it trains (coh/train/__init__.py makes it callable).
 __all__ = sorted([*_EXPORTS, "train"])
