@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .data.test_trl import reset_accelerate_state
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 
 
@@ -20,11 +22,14 @@ def test_python_walkthrough_runs(tmp_path, monkeypatch, capsys):
     blocks[0] = blocks[0].replace("\nsize = SIZES\n", "\nsize = QUICK_SIZES\n")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}
-    for i, code in enumerate(blocks, start=1):
-        try:
-            exec(compile(code, f"docs/python.md block {i}", "exec"), namespace)
-        except Exception as e:
-            raise AssertionError(f"docs/python.md block {i} raised {type(e).__name__}: {e}\n{code}") from e
+    try:
+        for i, code in enumerate(blocks, start=1):
+            try:
+                exec(compile(code, f"docs/python.md block {i}", "exec"), namespace)
+            except Exception as e:
+                raise AssertionError(f"docs/python.md block {i} raised {type(e).__name__}: {e}\n{code}") from e
+    finally:
+        reset_accelerate_state()  # the TRL block's trainer would leave it set up its way for later tests
     # what the page says it made
     assert (tmp_path / "data" / "train.jsonl").exists() and (tmp_path / "run" / "final").is_dir()
     assert (tmp_path / "eval" / "results.json").exists()

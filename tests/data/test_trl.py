@@ -21,6 +21,21 @@ from .test_tokenize import ascii_records, reference_mask
 trl = pytest.importorskip("trl")
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """TRL's trainer leaves accelerate's process-wide state (PartialState, AcceleratorState) set up
+    its way; a later `coh train` in this process would inherit it and train differently."""
+    yield
+    reset_accelerate_state()
+
+
+def reset_accelerate_state() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def chat_records() -> list:
     """Records of chat data (message lists): they go through the tokenizer's ChatML template."""
     rows = [{"prompt": [{"role": "user", "content": f"What is {a} plus {b}?"}],
