@@ -265,8 +265,12 @@ def iter_parquet_rows(path: str | Path) -> Iterator[RawRow]:
 
 def iter_local_raw_rows(path: str | Path) -> Iterator[RawRow]:
     """Rows of a local file, chosen by suffix: JSON/JSONL (gzip included) or parquet, bad lines
-    included (see the module docstring)."""
+    included (see the module docstring); or of a ``datasets`` folder (``coh.data.from_disk``)."""
     path = Path(path)
+    if path.is_dir():  # a `datasets` save_to_disk folder (coh.data.from_disk)
+        from coh.data.from_disk import iter_disk_rows
+
+        return iter_disk_rows(path)
     if path.name.endswith(PARQUET_SUFFIXES):
         if not path.exists():
             raise DataError(str(path), None, None, "file not found")

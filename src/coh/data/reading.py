@@ -125,8 +125,11 @@ def read_source_rows(spec: SourceSpec) -> Iterator[SourceRow]:
     """Every row of a source, bad lines included as ``DataError`` values (for callers that set
     them aside). A file that holds no rows, or cannot be read, raises ``DataError`` naming it."""
     if spec.files:
-        own_eval = "eval" in spec.files
-        for split, path in spec.files.items():
+        from coh.data.from_disk import dataset_splits
+
+        files = dataset_splits(spec.files)  # a DatasetDict folder: its own train and eval splits
+        own_eval = "eval" in files
+        for split, path in files.items():
             empty = True
             for line, row, raw in _limited(iter_local_raw_rows(path), spec.limit):
                 empty = False
