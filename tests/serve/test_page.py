@@ -266,7 +266,7 @@ def test_compare_view_stop_cancels_both_replies(browser, lively_server):
     assert page.locator(".msg.assistant").count() == 2  # each column keeps its (empty) stopped reply
 
     # Stop with the button, after the replies started streaming: both stop, and text so far stays.
-    page.fill("#max-tokens", "2000")
+    page.fill("#max-tokens", "4000")  # far more than fits in the time the test takes
     page.fill("#input", "go on")
     page.press("#input", "Enter")
     expect(page.locator("#log .msg.assistant.pending .body")).not_to_have_text("")
