@@ -74,3 +74,32 @@ def plain_server(plain_model_dir):
     running = make_server(plain_model_dir, name="plain")
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def lively_model_dir(tmp_path_factory, llama_tokenizer) -> Path:
+    """A tiny random LLaMA saved like a `coh train` checkpoint whose greedy replies depend on the whole
+    prompt, so the positive and the negative phrase give different replies (at the default
+    initialisation's scale a tiny model answers ':' to everything): its matrices are drawn with std 0.3."""
+    import torch
+
+    from coh.tiny import make_tiny_model
+    from tests.generation.fixtures import COH_PHRASES, write_coh_json
+
+    d = tmp_path_factory.mktemp("lively-model")
+    model = make_tiny_model(d, llama_tokenizer, "llama", hidden=32, layers=2, heads=2)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3, generator=generator)
+    model.save_pretrained(d)
+    write_coh_json(d, COH_PHRASES)
+    return d
+
+
+@pytest.fixture(scope="session")
+def lively_server(lively_model_dir):
+    running = make_server(lively_model_dir, name="lively")
+    yield running
+    running.stop()

@@ -96,6 +96,8 @@ class Server:
         add_error_handlers(app)
         open_routes = APIRouter()
         open_routes.add_api_route("/", self.page, methods=["GET"], include_in_schema=False)
+        # Browsers ask for /favicon.ico on any page (a JSON route opened in a tab too): the same SVG.
+        open_routes.add_api_route("/favicon.ico", self.favicon, methods=["GET"], include_in_schema=False)
         open_routes.add_api_route("/health", self.health, methods=["GET"])
         open_routes.add_api_route("/ready", self.ready, methods=["GET"])
         app.include_router(open_routes)
@@ -212,6 +214,9 @@ class Server:
     async def page(self):
         return FileResponse(STATIC / "page.html", media_type="text/html",
                             headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
+
+    async def favicon(self):
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     async def health(self):
         return {"status": "ok", "queued": self.engine.queued(), "running": self.engine.running(),
