@@ -12,7 +12,9 @@ in ``--work-dir`` and reused by later runs.
 Each training run is a fresh process (``coh train`` with ``--max-steps 1``; under ``--nproc`` > 1
 ``torchrun`` on CPU, gloo). The time is from just before the process is started to the end of
 the first ``optimizer.step`` (a global optimizer step hook in each training process writes the
-time and ends the process: saving the final model is not part of start-up). Memory is sampled
+time and ends the process: saving the final model is not part of start-up); the CPU seconds
+(user + system, of the training processes and their finished workers) are shown beside it, as
+wall time on a shared machine is mostly waiting for a core. Memory is sampled
 every 20 ms over the whole process tree (psutil RSS, summed: pages of the memory-mapped files
 and of libraries shared between processes count once per process, so the sum is an upper
 bound). ``--today-src`` also runs another checkout's ``src`` (e.g. /work/main/src, which
@@ -76,13 +78,17 @@ def make_build(work: Path, records: int, num_proc: int) -> Path:
 
 def child(spec: dict) -> int:
     """One `coh train` in this process, ended at its first optimizer step (the time to ``spec['mark']``)."""
-    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
 
     def first_step(optimizer, args, kwargs) -> None:
-        Path(spec["mark"] + f".{os.environ.get('RANK', '0')}").write_text(str(time.time()))
+        import resource
+
+        used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        cpu = sum(u.ru_utime + u.ru_stime for u in used)
+        Path(spec["mark"] + f".{os.environ.get('RANK', '0')}").write_text(json.dumps({"time": time.time(), "cpu": cpu}))
         os._exit(0)
 
-    torch.optim.optimizer.register_optimizer_step_post_hook(first_step)
+    register_optimizer_step_post_hook(first_step)
     from coh.cli import main
 
     return main(["train", *spec["argv"]])
@@ -143,8 +149,9 @@ def run_training(model: Path, data: Path, out: Path, nproc: int, limit: int, src
         return {"stopped": True, "peak": peak, "log": log}
     if len(marks) < nproc:
         raise SystemExit(f"the training run failed (exit {proc.returncode}):\n{log[-3000:]}")
-    seconds = max(float(m.read_text()) for m in marks) - t0
-    return {"stopped": False, "seconds": seconds, "peak": peak, "log": log}
+    ends = [json.loads(m.read_text()) for m in marks]
+    seconds = max(e["time"] for e in ends) - t0
+    return {"stopped": False, "seconds": seconds, "cpu": sum(e["cpu"] for e in ends), "peak": peak, "log": log}
 
 
 def said(log: str) -> str:
@@ -194,13 +201,14 @@ def main() -> int:
             if hide:
                 hidden.rename(config)
         rows.append((name, r))
-        shown = "stopped above the limit" if r["stopped"] else f"{r['seconds']:.1f} s"
+        shown = "stopped above the limit" if r["stopped"] else f"{r['seconds']:.1f} s ({r['cpu']:.1f} CPU s)"
         print(f"{name}: {shown}, peak {r['peak'] / MB:,.0f} MB; {said(r['log'])}", flush=True)
     done = dict(rows)
     if "before" in done and not done["before"]["stopped"] and not done["after"]["stopped"]:
         b, a = done["before"], done["after"]
         print(f"{args.records} records, {args.nproc} process(es): launch -> first optimizer step "
-              f"{b['seconds']:.1f} s -> {a['seconds']:.1f} s ({b['seconds'] / a['seconds']:.1f}x faster), "
+              f"{b['seconds']:.1f} s -> {a['seconds']:.1f} s ({b['seconds'] / a['seconds']:.1f}x faster; CPU "
+              f"{b['cpu']:.1f} s -> {a['cpu']:.1f} s, {b['cpu'] / a['cpu']:.1f}x), "
               f"peak RSS {b['peak'] / MB:,.0f} MB -> {a['peak'] / MB:,.0f} MB ({b['peak'] / a['peak']:.1f}x less)")
     return 0
 

@@ -301,7 +301,7 @@ class TrainingEpochs:
         key = cache_key({"data": _file_key(self.path), "mode": self.mode, "tokenize": self._tokenize_key()})
 
         def make(folder: Path) -> None:
-            if self.mode == "coh":  # streamed: one chunk of records in memory at a time
+            if self.mode == "coh" and self.path.name.endswith((".jsonl", ".jsonl.gz")):  # streamed: one chunk at a time
                 records, count = iter_training_records(self.path), count_lines(self.path)
             else:  # a mode's duplicates are found over all records
                 records = for_mode(read_training_records(self.path), self.mode)

@@ -82,15 +82,11 @@ def usable_build(records_path: Path, rtok: RecordTokenizer, name: str, max_lengt
 
 
 def count_lines(path: Path) -> int:
-    """Non-empty lines of a JSONL file, counted on its bytes (no JSON parsed)."""
-    count, last = 0, b"\n"
-    with path.open("rb") as f:
-        while block := f.read(1 << 24):
-            count += block.count(b"\n") - block.count(b"\n\n")  # blank lines are not records
-            if last == b"\n" and block[:1] == b"\n":
-                count -= 1
-            last = block[-1:]
-    return count + (last != b"\n")
+    """Lines that are not blank in a JSONL file (gzip allowed): its records, no JSON parsed."""
+    import gzip
+
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as f:
+        return sum(1 for line in f if line.strip())
 
 
 # -- tokenizing into a folder ---------------------------------------------------------------------
