@@ -137,3 +137,30 @@ def test_resampled_epochs_are_tokenized_once_and_found_on_resume(workspace, tmp_
     tokens = rtok.batch(b[0])  # what today's in-memory path trains on
     fitted = fit_records([t.input_ids for t in tokens], [t.loss_mask for t in tokens], 512, "skip")
     assert [b[1].input_ids[i] for i in range(len(b[1]))] == fitted.input_ids
+
+
+def test_two_processes_map_one_copy(workspace, tokenized, tmp_path):
+    """Under torchrun every rank maps the build's files (rank 0 says so, once); when they do not
+    match, rank 0 alone tokenizes into one cache folder that both ranks then map. Either way the
+    losses are those of one process accumulating the same micro-batches."""
+    from .test_distributed import COMMON, torchrun
+
+    def step_losses(run: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+    other = tmp_path / "other-build"
+    shutil.copytree(tokenized, other)
+    saved_path = other / "tokenized" / "coh_tokenize.json"
+    saved_path.write_text(json.dumps({**json.loads(saved_path.read_text()), "format": 0}))
+    kw = {**COMMON, "eval_every": 100, "save_every": 100}
+    train(config(workspace, "mapped-one", train_data=str(tokenized), gradient_accumulation_steps=2, **kw))
+    out = torchrun(config(workspace, "mapped-ddp", train_data=str(tokenized), **kw))
+    assert out.count("training tokens: ") == 1 and "tokenizing " not in out
+    out = torchrun(config(workspace, "retokenized-ddp", train_data=str(other), **kw))
+    assert out.count("tokenizing ") == 1 and "format: saved 0, now 1" in out
+    assert len(list((workspace / "retokenized-ddp" / "tokens").iterdir())) == 1
+    ref = step_losses(workspace / "mapped-one")
+    for run in ("mapped-ddp", "retokenized-ddp"):
+        got = step_losses(workspace / run)
+        assert ref.keys() == got.keys() and all(abs(ref[s] - got[s]) < 1e-5 for s in ref)
