@@ -7,6 +7,8 @@
 - :func:`win_rate`: A over B on the same prompts, ties worth half a win, with a seeded 95 %
   percentile-bootstrap interval over prompts (scipy). A half-win tie makes the win rate no
   binomial proportion, hence the bootstrap.
+- :func:`ratio_interval`: a seeded 95 % percentile-bootstrap interval of a ratio of sums over
+  items (a loss in nats per token over documents), the items resampled with both their parts.
 """
 
 from __future__ import annotations
@@ -68,3 +70,21 @@ def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], seed: int = 0
     ci = bootstrap((outcome,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
                    method="percentile", rng=np.random.default_rng(seed)).confidence_interval
     return WinRate(wins, ties, len(outcome) - wins - ties, rate, float(ci.low), float(ci.high))
+
+
+def ratio_interval(numerators: Sequence[float], denominators: Sequence[float], seed: int = 0,
+                   n_resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """A 95 % percentile-bootstrap interval of ``sum(numerators) / sum(denominators)``, item ``k``
+    contributing ``numerators[k]`` and ``denominators[k]`` (resampled together): a token-weighted
+    mean such as a loss in nats per token over documents. Fewer than two items: the point."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if len(num) < 2:
+        point = float(num.sum() / den.sum())
+        return point, point
+    ci = bootstrap((num, den), lambda n, d, axis=-1: n.sum(axis) / d.sum(axis), paired=True, vectorized=True,
+                   confidence_level=CONFIDENCE, n_resamples=n_resamples, method="percentile",
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)

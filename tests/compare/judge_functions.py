@@ -1,4 +1,4 @@
-"""A judge importable as ``tests.compare.judge_functions:reply_words``: longer replies score higher."""
+"""A scorer importable as ``tests.compare.judge_functions:reply_words``: longer replies score higher."""
 
 
 def reply_words(prompt: str, reply: str) -> float:

@@ -114,8 +114,8 @@ def test_plain_text_loss_against_hf_loss(tiny_lm):
     assert first == len(tiny_lm.tokenizer(docs[0])["input_ids"]) - 1
 
 
-def test_judge_accuracy_counts_ties_as_misses():
-    from coh.compare.evaluate import judge_accuracy
+def test_scorer_accuracy_counts_ties_as_misses():
+    from coh.compare.evaluate import scorer_accuracy
 
     class Fixed:
         name = "fixed"
@@ -123,7 +123,7 @@ def test_judge_accuracy_counts_ties_as_misses():
         def score(self, contexts, replies):
             return [float(len(r)) for r in replies]
 
-    acc, (low, high), n = judge_accuracy(Fixed(), EXAMPLES)
+    acc, (low, high), n = scorer_accuracy(Fixed(), EXAMPLES)
     expected = sum(len(ex.candidates[0].text) > len(ex.candidates[-1].text) for ex in EXAMPLES) / 3
     assert n == 3 and acc == pytest.approx(expected) and low <= acc <= high
     assert not math.isnan(low)

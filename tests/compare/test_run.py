@@ -1,5 +1,5 @@
 """`coh compare smoke` end to end on the real hh-rlhf sample (a tiny model), a rerun that reuses
-every stage, a function judge plugged in, and the resumable stages on their own."""
+every stage, a function scorer plugged in, and the resumable stages on their own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from coh.compare.config import CompareConfig
 from tests.conftest import HH_SAMPLE
 
-pytest.importorskip("trl", reason="the dpo method and the trained judge need TRL (the compare extra)")
+pytest.importorskip("trl", reason="the dpo method and the trained reward model need TRL (the compare extra)")
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def test_smoke_writes_the_report(smoke):
         assert f"| {label} |" in report
     assert "95 % intervals" in report and "not distinguished" in report
     assert (smoke / "loss_curves.png").stat().st_size > 0 and (smoke / "metrics.png").stat().st_size > 0
-    judge = results["judge"]
-    assert 0 <= judge["accuracy"] <= 1 and judge["pairs"] == results["runs"]["base"]["counts"]["pairs"]
+    scorer = results["judge"]
+    assert 0 <= scorer["accuracy"] <= 1 and scorer["pairs"] == results["runs"]["base"]["counts"]["pairs"]
 
 
 def test_every_method_gets_the_same_budget_and_protocols(smoke):
@@ -70,18 +70,18 @@ def test_rerun_reuses_every_stage(smoke, capsys):
     before = json.loads((smoke / "results.json").read_text())
     assert main(["compare", "smoke", "-o", str(smoke), "--data", str(HH_SAMPLE), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("done before, reused") >= 11  # base, split, text, judge, 4 trainings, 5 evaluations
+    assert printed.count("done before, reused") >= 11  # base, split, text, scorer, 4 trainings, 5 evaluations
     after = json.loads((smoke / "results.json").read_text())
     assert after["runs"] == before["runs"]
 
 
-def test_function_judge_plugs_in(tmp_path):
+def test_function_scorer_plugs_in(tmp_path):
     if not HH_SAMPLE.exists():
         pytest.skip(f"{HH_SAMPLE} not present")
     from coh.compare.runner import run_compare
 
     cfg = CompareConfig.load("smoke", {"output_dir": str(tmp_path), "data": str(HH_SAMPLE), "methods": ["sft", "base"],
-                                       "judge": {"spec": "tests.compare.judge_functions:reply_words"}})
+                                       "scorer": {"spec": "tests.compare.judge_functions:reply_words"}})
     results = run_compare(cfg, progress=False)
     assert results["judge"]["spec"] == "tests.compare.judge_functions:reply_words"
     assert not (tmp_path / "judge" / "model").exists()

@@ -1,6 +1,6 @@
 """The rows handed to TRL, checked with TRL's own tokenization on the real SmolLM2 tokenizer: DPO
 trains on exactly the prompt tokens the evaluation prompts with, and the reward model is trained
-on exactly the token sequences ``coh.eval.judges.RewardModelJudge`` scores."""
+on exactly the token sequences ``coh.eval.scorers.RewardModelScorer`` scores."""
 
 from __future__ import annotations
 
@@ -44,13 +44,13 @@ def test_dpo_prompt_tokens_are_the_evaluation_prompt(setup):
     assert rows[0]["prompt"] == prompt_text(examples[0].context, phrases, tok.eos_token)
 
 
-def test_reward_model_trains_on_what_the_judge_scores(setup):
+def test_reward_model_trains_on_what_the_scorer_scores(setup):
     from coh.eval.scorers import RewardModelScorer
 
     tok, examples, _ = setup
-    judge = RewardModelScorer.__new__(RewardModelScorer)  # its encoder only; no model needed
-    judge.tokenizer, judge.max_length = tok, 4096
+    scorer = RewardModelScorer.__new__(RewardModelScorer)  # its encoder only; no model needed
+    scorer.tokenizer, scorer.max_length = tok, 4096
     for ex, row in zip(examples, conversation_rows(examples)):
         trl_ids = trl_data._tokenize(tok, row["chosen"])["input_ids"]
-        ours = judge._encode([ex.context], [ex.candidates[0].text])["input_ids"][0].tolist()
+        ours = scorer._encode([ex.context], [ex.candidates[0].text])["input_ids"][0].tolist()
         assert trl_ids == ours

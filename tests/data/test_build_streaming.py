@@ -22,12 +22,12 @@ from coh.data.tokenize import (
     read_tokenize_config,
     tokenize_config,
     tokenize_config_mismatch,
-    tokenize_records,
     tokenizer_fingerprint,
 )
 from coh.models import load_tokenizer
 
 from ..conftest import hh_rows
+from .helpers import tokenize_records
 
 COLUMNS = ["id", "source", "feedback", "input_ids", "loss_mask", "length", "loss_tokens"]
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from coh.data.errors import DataError, RowError
-from coh.data.fields import read_fields_file, record_from_fields, record_to_fields, write_fields_file
+from coh.data.fields import read_fields_file, record_from_fields, record_to_fields
 from coh.data.phrases import DEFAULT_PHRASES
 from coh.data.records import FeedbackRecord, Segment
 from coh.data.render import RenderSpec, render_records
 from coh.data.sources import convert_dialogue
+from tests.data.helpers import write_fields_file
 
 HH = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from coh.cli import main
-from coh.data.fields import write_fields_file
 from coh.data.inspect import histogram, inspect_records, render_record
 from coh.data.phrases import DEFAULT_PHRASES
-from coh.data.records import FeedbackRecord, Segment, write_records
+from coh.data.records import FeedbackRecord, Segment
 from coh.data.render import RenderSpec, render_records
 from coh.data.sources import convert_dialogue
 from coh.data.tokenize import RecordTokenizer
 from tests.conftest import hh_rows
+
+from .helpers import write_fields_file, write_records
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from coh.data.phrases import DEFAULT_PHRASES
 from coh.data.records import FeedbackRecord, Segment
 from coh.data.render import RenderSpec, render_records
 from coh.data.sources import convert_dialogue
-from coh.data.tokenize import RecordTokenizer, leading_space_is_doubled, tokenize_records
+from coh.data.tokenize import RecordTokenizer, leading_space_is_doubled
 
 from ..conftest import hh_rows
+from .helpers import tokenize_records
 
 
 def reference_mask(record: FeedbackRecord, tokenizer, ids: list[int]) -> list[int]:

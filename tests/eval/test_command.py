@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from coh.cli import main
 from tests.conftest import BUILTIN_HH, FIXTURES, HH_SAMPLE
 
@@ -49,3 +51,27 @@ def test_bad_input_exits_1_naming_file_line_and_field(tiny_bpe_dir, tmp_path, ca
     assert "the first: " in err and "hh_bad_transcript.jsonl, line 1, field 'chosen'" in err
     assert main(["eval", "compare", str(tmp_path / "missing"), "-o", str(tmp_path)]) == 1
     assert "no such results file" in capsys.readouterr().err
+
+
+def test_table_and_its_old_name_compare(tmp_path, capsys, monkeypatch):
+    """`coh eval table` writes table.md and table.png; `coh eval compare`, its old spelling, still
+    runs (compare.md and compare.png, as before) with a deprecation note, and is no longer listed."""
+    from coh.eval.report import EvalResult, write_result
+
+    runs = []
+    for name, value in (("coh", 0.7), ("sft", 0.55)):
+        write_result(EvalResult("dialogue", name, None, {"preference_accuracy": value}), tmp_path / name)
+        runs.append(str(tmp_path / name))
+    assert main(["eval", "table", *runs, "-o", str(tmp_path / "t")]) == 0
+    out, err = capsys.readouterr()
+    assert "| metric | coh | sft |" in out and "deprecated" not in err
+    assert (tmp_path / "t" / "table.md").exists() and (tmp_path / "t" / "table.png").exists()
+    assert main(["eval", "compare", *runs, "-o", str(tmp_path / "c")]) == 0
+    out, err = capsys.readouterr()
+    assert "| metric | coh | sft |" in out and "`coh eval compare` is deprecated" in err and "coh eval table" in err
+    assert (tmp_path / "c" / "compare.md").read_text() == (tmp_path / "t" / "table.md").read_text()
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    listed = capsys.readouterr().out
+    assert "    table " in listed and "    compare " not in listed

@@ -12,19 +12,19 @@ import yaml
 
 from coh.cli import main
 from coh.eval.config import (
-    CompareConfig,
     ControllabilityConfig,
     DialogueConfig,
     HarnessConfig,
     PairwiseConfig,
     Sampling,
     SummarizationConfig,
+    TableConfig,
 )
 from tests.eval.conftest import HH_81_92
 
 ACTIONS = {("harness",): HarnessConfig, ("feedback", "dialogue"): DialogueConfig,
            ("feedback", "summarization"): SummarizationConfig, ("feedback", "controllability"): ControllabilityConfig,
-           ("feedback", "pairwise"): PairwiseConfig, ("compare",): CompareConfig}
+           ("feedback", "pairwise"): PairwiseConfig, ("compare",): TableConfig}  # compare: old spelling of table
 SCORER = "tests.eval.scorer_functions:prompt_words"
 
 
@@ -137,7 +137,7 @@ def test_python_callers_get_the_same_checks():
                           (lambda: PairwiseConfig(a="x", b="y", scorer="s", limit=0), "option limit: must be in"),
                           (lambda: HarnessConfig(model="m", num_fewshot=-1), "option num_fewshot: must be in"),
                           (lambda: HarnessConfig(model="m", tasks=[]), "no tasks given"),
-                          (lambda: CompareConfig(runs="a"), "option runs: expected a list of strings")):
+                          (lambda: TableConfig(runs="a"), "option runs: expected a list of strings")):
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
             make()
 

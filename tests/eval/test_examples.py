@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coh.data.errors import DataError
+from coh.data.errors import DataError, SetAside
 from coh.eval.examples import read_examples
-from coh.judge.sources import SetAside
 from tests.conftest import FIXTURES
 from tests.eval.conftest import HH_81_92
 

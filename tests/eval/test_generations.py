@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
-from coh.data.errors import DataError
+from coh.data.errors import DataError, SetAside
 from coh.data.feedback import Turn
 from coh.eval.config import Sampling
 from coh.eval.generations import generate, prompt_ids, read_generations, write_generations
-from coh.judge.sources import SetAside
 from coh.models import load_for_inference
 
 

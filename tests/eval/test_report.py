@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from coh.eval.report import EvalResult, compare_runs, read_result, write_result
+from coh.eval.report import EvalResult, read_result, write_result, write_table
 
 
 def _run(tmp_path, name, metrics, ci95=None, protocol="dialogue"):
@@ -27,16 +27,16 @@ def test_results_round_trip_and_markdown(tmp_path):
 def test_compare_puts_runs_side_by_side(tmp_path):
     a = _run(tmp_path, "coh", {"preference_accuracy": 0.7, "rouge1": 0.3}, {"preference_accuracy": (0.6, 0.8)})
     b = _run(tmp_path, "sft", {"preference_accuracy": 0.55})
-    md, png = compare_runs([a, b / "results.json"], tmp_path / "cmp")
+    md, png = write_table([a, b / "results.json"], tmp_path / "cmp")
     table = md.read_text()
     assert "| metric | coh | sft |" in table
     assert "| preference_accuracy | 0.7000 [0.6000, 0.8000] | 0.5500 |" in table
     assert "| rouge1 | 0.3000 | - |" in table
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    md2, _ = compare_runs([a, b], tmp_path / "cmp2", labels=["CoH", "SFT"])
+    md2, _ = write_table([a, b], tmp_path / "cmp2", labels=["CoH", "SFT"])
     assert "| metric | CoH | SFT |" in md2.read_text()
     with pytest.raises(ValueError, match="1 labels for 2 runs"):
-        compare_runs([a, b], tmp_path / "cmp3", labels=["one"])
+        write_table([a, b], tmp_path / "cmp3", labels=["one"])
 
 
 def test_read_result_errors_name_the_file(tmp_path):

@@ -5,8 +5,9 @@
   and for models trained without phrases (SFT, DPO, the base) the same preference accuracy after
   the plain prompt (``plain_preference``), which is their headline number;
 - generation quality: greedy replies to held-out prompts (after the positive phrase or the plain
-  prompt, as the model was trained), scored by the judge; win rates are computed across models
-  afterwards from the saved per-prompt scores;
+  prompt, as the model was trained), scored by the scorer (``coh.eval.scorers``: a reward model
+  or a Python function); win rates are computed across models afterwards from the saved
+  per-prompt scores;
 - controllability (models trained with phrases): ``coh.eval.controllability.eval_controllability``;
 - the regulariser's purpose: per-token loss on held-out plain text (``plain_text_loss``).
 """
@@ -50,10 +51,8 @@ def plain_text_loss(lm, documents: Sequence[str], max_tokens: int, seed: int = 0
     """Token-weighted mean loss (nats per token) of the model on held-out plain text: whole
     documents in order until ``max_tokens`` tokens; the first token of each is not scored. Returns
     (loss, 95 % percentile-bootstrap interval over documents, tokens scored)."""
-    import numpy as np
-    from scipy.stats import bootstrap
-
     from coh.eval.likelihood import sequence_nll
+    from coh.stats import ratio_interval
 
     chosen, total = [], 0
     for doc, ids in zip(documents, lm.tokenizer(list(documents))["input_ids"]):
@@ -64,26 +63,21 @@ def plain_text_loss(lm, documents: Sequence[str], max_tokens: int, seed: int = 0
     records = [FeedbackRecord(f"text/{i}", "text", "text", (Segment(d, True, "assistant"),), "eval")
                for i, d in enumerate(chosen)]
     nll, count = sequence_nll(lm, records)
-    sums, counts = np.asarray(nll), np.asarray(count, dtype=float)
-    loss = float(sums.sum() / counts.sum())
-    if len(sums) < 2:
-        return loss, (loss, loss), int(counts.sum())
-    ci = bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis) / c.sum(axis), paired=True, vectorized=True,
-                   n_resamples=2000, method="percentile", rng=np.random.default_rng(seed)).confidence_interval
-    return loss, (float(ci.low), float(ci.high)), int(counts.sum())
+    # 2,000 resamples: what the runs in docs/alignment.md were made with
+    return float(sum(nll) / sum(count)), ratio_interval(nll, count, seed, n_resamples=2000), int(sum(count))
 
 
-def judged_replies(lm, examples: Sequence, feedback: str, judge, sampling, path: Path, progress: bool = False
+def scored_replies(lm, examples: Sequence, feedback: str, scorer, sampling, path: Path, progress: bool = False
                    ) -> dict[str, float]:
     """Greedy replies to the examples' prompts after ``feedback`` (``good`` or ``none``), scored by
-    the judge and written to ``path`` (``coh eval``'s generations format, with the score)."""
+    ``scorer`` and written to ``path`` (``coh eval``'s generations format, with the score)."""
     from coh.eval.examples import unique_contexts
     from coh.eval.generations import generate, prompt_ids, write_generations
 
     posts = unique_contexts(examples)
     contexts = [ex.context for ex in posts]
     replies = generate(lm, prompt_ids(lm, contexts, feedback), sampling, progress, f"generate ({feedback})")
-    scores = judge.score(contexts, replies)
+    scores = scorer.score(contexts, replies)
     write_generations(path, [ex.id for ex in posts], contexts, feedback, replies, [{"score": s} for s in scores])
     return {ex.id: s for ex, s in zip(posts, scores)}
 
@@ -96,10 +90,10 @@ def read_scores(path: Path) -> dict[str, float]:
 
 
 def evaluate_model(folder: str, feedback: str, controllable: bool, likelihood_examples: Sequence,
-                   generation_examples: Sequence, judge, sampling, documents: Sequence[str], plain_text_tokens: int,
+                   generation_examples: Sequence, scorer, sampling, documents: Sequence[str], plain_text_tokens: int,
                    out: Path, device: str | None, progress: bool = False) -> dict:
     """Every protocol on one model folder; writes ``out/results.json`` (``coh eval``'s format,
-    readable by ``coh eval compare``), ``out/generations*.jsonl`` and ``out/pairs.jsonl``."""
+    readable by ``coh eval table``), ``out/generations*.jsonl`` and ``out/pairs.jsonl``."""
     from coh.eval.controllability import eval_controllability
     from coh.eval.dialogue import eval_dialogue
     from coh.eval.report import EvalResult, write_result
@@ -113,16 +107,16 @@ def evaluate_model(folder: str, feedback: str, controllable: bool, likelihood_ex
         ci95.update(c)
     counts = {"pairs": len(likelihood_examples)}
     if controllable:
-        m, c, n = eval_controllability(lm, generation_examples, judge, sampling, out, progress)
+        m, c, n = eval_controllability(lm, generation_examples, scorer, sampling, out, progress)
         metrics.update(m)
         ci95.update(c)
         counts.update(prompts=n["prompts"])
         scores = read_scores(out / "generations_good.jsonl")
     else:
-        scores = judged_replies(lm, generation_examples, feedback, judge, sampling, out / "generations_none.jsonl",
+        scores = scored_replies(lm, generation_examples, feedback, scorer, sampling, out / "generations_none.jsonl",
                                 progress)
         counts.update(prompts=len(scores))
-    metrics["judge_mean"] = sum(scores.values()) / len(scores)
+    metrics["judge_mean"] = sum(scores.values()) / len(scores)  # the scorer's; the key of results written so far
     loss, interval, tokens = plain_text_loss(lm, documents, plain_text_tokens)
     metrics["plain_text_loss"] = loss
     ci95["plain_text_loss"] = interval
@@ -135,13 +129,16 @@ def evaluate_model(folder: str, feedback: str, controllable: bool, likelihood_ex
     return {"metrics": metrics, "ci95": {k: list(v) for k, v in ci95.items()}, "counts": counts}
 
 
-def judge_accuracy(judge, examples: Sequence) -> tuple[float, tuple[float, float], int]:
-    """How often the judge scores the preferred reply above the dispreferred one, on held-out
-    pairs (ties as misses): its own accuracy, with a 95 % Wilson interval."""
+def scorer_accuracy(scorer, examples: Sequence) -> tuple[float, tuple[float, float], int]:
+    """How often the scorer scores the preferred reply above the dispreferred one, on held-out
+    pairs (ties as misses): its own accuracy, with a 95 % Wilson interval. The pairwise rule is
+    ``coh.eval.preference.preference_accuracy``'s, on negated scores (lower wins there)."""
+    from coh.eval.preference import preference_accuracy
     from coh.stats import wilson_interval
 
     contexts = [ex.context for ex in examples]
-    chosen = judge.score(contexts, [ex.candidates[0].text for ex in examples])
-    rejected = judge.score(contexts, [ex.candidates[-1].text for ex in examples])
-    hits = sum(c > r for c, r in zip(chosen, rejected))
+    chosen = scorer.score(contexts, [ex.candidates[0].text for ex in examples])
+    rejected = scorer.score(contexts, [ex.candidates[-1].text for ex in examples])
+    by_score, _ = preference_accuracy([-s for pair in zip(chosen, rejected) for s in pair], [1] * 2 * len(examples))
+    hits = sum(by_score)
     return hits / len(examples), wilson_interval(hits, len(examples)), len(examples)

@@ -4,7 +4,8 @@
 - ``dpo``: TRL's ``DPOTrainer`` (peft LoRA when the recipe uses LoRA; TRL then scores the
   reference with the adapter disabled), with the same optimizer, schedule, steps and about the
   same tokens per step as the ``coh train`` runs.
-- the judge: TRL's ``RewardTrainer`` on the judge rows, from the same base model.
+- the scorer, unless the recipe names one: a reward model trained by TRL's ``RewardTrainer`` on
+  the scorer rows, from the same base model.
 
 The TRL runs use the prompt text ``coh train``'s ``sft`` mode trains on (``User: ...``, no
 feedback phrase), so DPO, SFT and the base model are evaluated after the same plain prompt.
@@ -37,8 +38,8 @@ def preference_rows(examples: Sequence, phrases, eos_token: str) -> list[dict]:
 
 
 def conversation_rows(examples: Sequence) -> list[dict]:
-    """TRL's conversational implicit-prompt format, for the reward model: the judge then sees the
-    conversation through the chat template, as ``coh.eval.judges.RewardModelJudge`` renders it."""
+    """TRL's conversational implicit-prompt format, for the reward model: it is trained on the
+    conversation through the chat template, as ``coh.eval.scorers.RewardModelScorer`` scores it."""
     def messages(ex, reply):
         return [{"role": t.role, "content": t.text} for t in ex.context] + [{"role": "assistant", "content": reply}]
 
@@ -150,14 +151,14 @@ def train_dpo(cfg: CompareConfig, method: MethodSpec, seed: int, examples: Seque
               progress: bool) -> dict:
     """TRL ``DPOTrainer`` on the policy pairs; returns what it spent. Resumes from its own checkpoints."""
     import datasets
-    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from coh.cohjson import CohJson
     from coh.data.phrases import DEFAULT_PHRASES, phrases_for
+    from coh.models import load_tokenizer
     from coh.train.checkpoint import save_model_folder
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = load_tokenizer(base)
     phrases = phrases_for(cfg.kind, DEFAULT_PHRASES)
     rows = preference_rows(examples, phrases, tokenizer.eos_token)
     batch, pair_tokens = _pairs_per_step(cfg, rows, tokenizer, conversational=False)
@@ -181,16 +182,17 @@ def train_dpo(cfg: CompareConfig, method: MethodSpec, seed: int, examples: Seque
 
 def train_reward_model(cfg: CompareConfig, examples: Sequence, out: Path, base: str, seed: int,
                        progress: bool) -> dict:
-    """TRL ``RewardTrainer`` on the judge pairs; the merged model goes to ``out/model``."""
+    """TRL ``RewardTrainer`` on the scorer rows' pairs; the merged model goes to ``out/model``."""
     import datasets
-    from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    from coh.models import load_tokenizer
+
+    tokenizer = load_tokenizer(base)
     rows = conversation_rows(examples)
     batch, pair_tokens = _pairs_per_step(cfg, rows, tokenizer, conversational=True)
-    batch = max(1, round(batch * cfg.judge.tokens_per_step / cfg.tokens_per_step))
-    args = RewardConfig(**_common_args(cfg, out, seed, cfg.judge.steps, cfg.judge.lr or cfg.lr, batch, progress),
+    batch = max(1, round(batch * cfg.scorer.tokens_per_step / cfg.tokens_per_step))
+    args = RewardConfig(**_common_args(cfg, out, seed, cfg.scorer.steps, cfg.scorer.lr or cfg.lr, batch, progress),
                         max_length=None, model_init_kwargs={"dtype": "float32"})
     trainer = _quiet(RewardTrainer(model=base, args=args, train_dataset=datasets.Dataset.from_list(rows),
                                    processing_class=tokenizer, peft_config=_lora(cfg, "SEQ_CLS", ["score"]),
@@ -202,7 +204,7 @@ def train_reward_model(cfg: CompareConfig, examples: Sequence, out: Path, base: 
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    return {"steps": cfg.judge.steps, "pairs_per_step": batch, "train_pairs": len(rows),
-            "epochs": round(cfg.judge.steps * batch / max(1, len(rows)), 2), "mean_pair_tokens": round(pair_tokens, 1),
+    return {"steps": cfg.scorer.steps, "pairs_per_step": batch, "train_pairs": len(rows),
+            "epochs": round(cfg.scorer.steps * batch / max(1, len(rows)), 2), "mean_pair_tokens": round(pair_tokens, 1),
             "seconds": round(time.perf_counter() - t0, 1), "model": str(out / "model"),
-            "lr": cfg.judge.lr or cfg.lr}
+            "lr": cfg.scorer.lr or cfg.lr}

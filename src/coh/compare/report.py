@@ -1,8 +1,11 @@
 """The comparison's report: ``results.json``, ``report.md`` (one table, methods x metrics, 95 %
 intervals in brackets), ``loss_curves.png`` and ``metrics.png``.
 
-Win rates are computed here, prompt by prompt, from the judge scores each evaluation saved
+Win rates are computed here, prompt by prompt, from the scores each evaluation saved
 (``coh.stats.win_rate``: ties count half, percentile-bootstrap interval over prompts).
+
+The scorer's results keep the keys of earlier runs: ``judge`` (its spec and own accuracy),
+``judge_mean`` (a model's mean score), the split ``judge`` (its training rows).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ COLUMNS = (
     ("dialogue_is_good_accuracy", "'This dialogue is' acc."),
     ("win_vs_base", "win vs base"),
     ("win_vs_sft", "win vs SFT"),
-    ("judge_mean", "judge mean"),
+    ("judge_mean", "scorer mean"),
     ("good_over_bad_win_rate", "control (+ over -)"),
     ("plain_text_loss", "plain-text loss"),
 )
@@ -56,7 +59,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def build_results(cfg: CompareConfig, runs: dict, split: dict, text: dict, judge: dict, out: Path,
+def build_results(cfg: CompareConfig, runs: dict, split: dict, text: dict, scorer: dict, out: Path,
                   seconds: float, partial: bool = False, commit: str | None = None) -> dict:
     """Everything the report shows: per run its metrics, intervals, win rates and training cost.
     ``partial``: some methods are still to come (the report says so)."""
@@ -89,7 +92,7 @@ def build_results(cfg: CompareConfig, runs: dict, split: dict, text: dict, judge
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit or git_commit(),
         "machine": f"{platform.node()}: {platform.machine()}, {_cpu_count()} CPU cores, {_device()}",
-        "seconds": round(seconds, 1), "partial": partial, "config": cfg.to_dict(), "split": split, "plain_text": text, "judge": judge,
+        "seconds": round(seconds, 1), "partial": partial, "config": cfg.to_dict(), "split": split, "plain_text": text, "judge": scorer,
         "runs": rows,
     }
 
@@ -114,6 +117,12 @@ def _cell(row: dict, key: str) -> str:
     return f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def _per_split(counts: dict) -> str:
+    """Counts per split in words (the split ``judge`` trains the scorer)."""
+    names = {"policy": "policy", "judge": "scorer", "eval": "held out"}
+    return ", ".join(f"{names.get(k, k)} {v}" for k, v in counts.items())
+
+
 def table_markdown(results: dict) -> str:
     """Methods as rows, metrics as columns, then training cost."""
     head = ["method", *(title for _, title in COLUMNS), "train tokens", "train s"]
@@ -133,7 +142,7 @@ def write_report(results: dict, out: Path) -> None:
 
 
 def report_markdown(results: dict, curves: Path | None, bars: Path | None) -> str:
-    cfg, split, judge, text = results["config"], results["split"], results["judge"], results["plain_text"]
+    cfg, split, scorer, text = results["config"], results["split"], results["judge"], results["plain_text"]
     runs = results["runs"]
     n_pairs = next(iter(runs.values()))["counts"]["pairs"]
     n_prompts = next(iter(runs.values()))["counts"]["prompts"]
@@ -142,17 +151,19 @@ def report_markdown(results: dict, curves: Path | None, bars: Path | None) -> st
         "# coh compare" + (" (in progress: the methods finished so far)" if results.get("partial") else ""),
         "",
         f"- base model `{cfg['model']}`; data `{cfg['data']}` ({split['rows']} rows), split by prompt (seed "
-        f"{split['seed']}): {split['rows_per_split']} rows; left out as longer than {split['max_record_tokens']} tokens: "
-        f"{split['left_out_too_long']}; skipped by the converter: {split['skipped'] or 'none'}",
+        f"{split['seed']}): {_per_split(split['rows_per_split'])} rows; left out as longer than "
+        f"{split['max_record_tokens']} tokens: {_per_split(split['left_out_too_long'])}; skipped by the converter: "
+        f"{split['skipped'] or 'none'}",
         f"- every trained method: {cfg['steps']} optimizer steps of about {cfg['tokens_per_step']} tokens, lr {cfg['lr']} "
         f"(warmup {cfg['warmup_steps']}, cosine to {cfg['min_lr_ratio']} x), {lora}, seeds {cfg['seeds']}; CoH "
         f"feedback mix {cfg['feedback']}",
-        f"- judge: `{judge['spec']}`, its own accuracy on the held-out pairs {judge['accuracy']:.3f} "
-        f"[{judge['ci95'][0]:.2f}, {judge['ci95'][1]:.2f}] (n={judge['pairs']})"
-        + (f"; a reward model trained with TRL's RewardTrainer on {judge['pairs_per_step'] * judge['steps']} pair "
-           f"presentations ({judge['epochs']} epochs of the {judge['train_pairs']} judge rows)" if "epochs" in judge else ""),
+        f"- scorer: `{scorer['spec']}`, its own accuracy on the held-out pairs {scorer['accuracy']:.3f} "
+        f"[{scorer['ci95'][0]:.2f}, {scorer['ci95'][1]:.2f}] (n={scorer['pairs']})"
+        + (f"; a reward model trained with TRL's RewardTrainer on {scorer['pairs_per_step'] * scorer['steps']} pair "
+           f"presentations ({scorer['epochs']} epochs of the {scorer['train_pairs']} scorer rows)"
+           if "epochs" in scorer else ""),
         f"- held out: {n_pairs} pairs for likelihoods, {n_prompts} prompts answered greedily (at most "
-        f"{cfg['max_new_tokens']} new tokens) and judged; plain text: {text['source']}, "
+        f"{cfg['max_new_tokens']} new tokens) and scored; plain text: {text['source']}, "
         f"{next(iter(runs.values()))['counts']['plain_text_tokens']} held-out tokens",
         f"- commit {results['commit']}, {results['machine']}, {results['created']}, {results['seconds'] / 60:.1f} minutes",
         "",
@@ -163,7 +174,8 @@ def report_markdown(results: dict, curves: Path | None, bars: Path | None) -> st
         "over tokens; per token: mean), after the positive phrase for coh and conditional-sft, after the plain prompt "
         "for the others. **'This dialogue is' acc.**: the authors' protocol, log p(good) - log p(bad) after "
         "`The following is a dialogue: ... This dialogue is` is higher for the chosen dialogue. **win vs base / SFT**: "
-        "the judge prefers this method's reply to the other's on the same prompt. **control**: replies under the "
+        "the scorer prefers this method's reply to the other's on the same prompt. **scorer mean**: the mean score "
+        "of its replies. **control**: replies under the "
         "positive phrase beat replies under the negative one (coh, conditional-sft). **plain-text loss**: nats per "
         "token on held-out plain text (lower is better; the base model's is the reference: rises show forgetting).",
         "",
@@ -182,8 +194,9 @@ def report_markdown(results: dict, curves: Path | None, bars: Path | None) -> st
     if bars:
         lines += [f"![metrics]({bars.name})", ""]
     lines += ["Files: `split/` (the rows of each split), `runs/<method>/` (training runs, `metrics.jsonl`, final models), "
-              "`eval/<method>/` (`results.json` per model, readable by `coh eval compare`; every reply with its judge "
-              "score), `judge/`, `results.json`.", ""]
+              "`eval/<method>/` (`results.json` per model, readable by `coh eval table`; every reply with its score), "
+              "`judge/` (the scorer: its reward-model training run, if any, and its held-out accuracy), "
+              "`results.json`.", ""]
     return "\n".join(lines)
 
 
@@ -210,11 +223,11 @@ def plot_loss_curves(results: dict, out: Path, png: Path) -> Path | None:
             if points:
                 ax.plot(*zip(*points), style, color=f"C{k % 10}", label=f"{label}" + (" (plain text)" if "pretrain" in key else ""))
                 drawn = True
-    judge_log = out / "judge" / "metrics.jsonl"
-    if judge_log.exists():
-        points = [(r["step"], r["train/loss"]) for r in read_metrics(judge_log) if "train/loss" in r]
+    scorer_log = out / "judge" / "metrics.jsonl"
+    if scorer_log.exists():
+        points = [(r["step"], r["train/loss"]) for r in read_metrics(scorer_log) if "train/loss" in r]
         if points:
-            pairs.plot(*zip(*points), ":", color="black", label="reward model (judge)")
+            pairs.plot(*zip(*points), ":", color="black", label="reward model (scorer)")
             drawn = True
     if not drawn:
         return None
@@ -229,8 +242,8 @@ def plot_loss_curves(results: dict, out: Path, png: Path) -> Path | None:
 
 
 def plot_metrics(results: dict, png: Path) -> Path | None:
-    """One bar chart per metric with 95 % intervals (``coh eval compare``'s plot)."""
-    from coh.eval.report import EvalResult, compare_plot
+    """One bar chart per metric with 95 % intervals (``coh eval table``'s plot)."""
+    from coh.eval.report import EvalResult, metrics_plot
 
     labels = list(results["runs"])
     if not labels:
@@ -239,4 +252,4 @@ def plot_metrics(results: dict, png: Path) -> Path | None:
     evals = [EvalResult("compare", label, None, {k: row["values"][k] for k in keys if k in row["values"]},
                         {k: tuple(row["ci95"][k]) for k in keys if k in row["ci95"]})
              for label, row in results["runs"].items()]
-    return compare_plot(evals, labels, png)
+    return metrics_plot(evals, labels, png)

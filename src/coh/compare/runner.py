@@ -1,11 +1,12 @@
-"""``coh compare``, top to bottom: split, plain text, judge, then per seed and method train and
-evaluate, then the report.
+"""``coh compare``, top to bottom: split, plain text, the scorer, then per seed and method train
+and evaluate, then the report.
 
 Resumable: every stage writes ``done.json`` with a fingerprint of everything it depends on (its
 options and the stages before it); a rerun reuses a stage whose fingerprint matches and redoes
 one whose inputs changed (and so everything after it). A run interrupted inside ``coh train`` or
 a TRL trainer continues from its last checkpoint. Adding methods or seeds to a recipe reuses all
-that was done.
+that was done. (The scorer's stage folder and fingerprint keys keep the name ``judge`` they had
+before the scorer was called so: a rerun reuses the runs made then.)
 """
 
 from __future__ import annotations
@@ -86,13 +87,12 @@ def _base_model(cfg: CompareConfig, stages: Stages) -> tuple[str, dict]:
 
 def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
     """Run the whole comparison; returns the results (also in ``results.json``)."""
-    from transformers import AutoTokenizer
-
     from coh.compare import evaluate, methods, report
     from coh.compare.split import split_rows
     from coh.compare.text import read_documents, write_plain_text
     from coh.eval.config import Sampling
     from coh.eval.examples import read_examples
+    from coh.models import load_tokenizer
 
     if not cfg.data or not Path(cfg.data).exists():
         raise FileNotFoundError(f"data {cfg.data!r}: no such file (give raw {cfg.kind} rows)")
@@ -111,15 +111,15 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
 
     step("base model")
     base, base_key = _base_model(cfg, stages)
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = load_tokenizer(base)
 
-    step(f"split {cfg.data} by prompt: policy / judge / eval")
+    step(f"split {cfg.data} by prompt: policy / scorer / eval")
     split_key = {**base_key, "data": cfg.data, "kind": cfg.kind, "seed": cfg.split_seed, "eval": cfg.eval_fraction,
-                 "judge": cfg.judge_fraction, "max_record_tokens": cfg.max_record_tokens,
+                 "judge": cfg.scorer_fraction, "max_record_tokens": cfg.max_record_tokens,
                  "skip_invalid": cfg.skip_invalid}
     split = stages.run("split", split_key, lambda d: split_rows(
-        cfg.data, cfg.kind, d, tokenizer, cfg.split_seed, cfg.eval_fraction, cfg.judge_fraction, cfg.max_record_tokens,
-        cfg.skip_invalid))
+        cfg.data, cfg.kind, d, tokenizer, cfg.split_seed, cfg.eval_fraction, cfg.scorer_fraction,
+        cfg.max_record_tokens, cfg.skip_invalid))
     print(f"  rows per split {split['rows_per_split']}; left out as longer than {cfg.max_record_tokens} tokens: "
           f"{split['left_out_too_long']}; invalid rows set aside: {split['invalid']}", flush=True)
     split_dir = out / "split"
@@ -129,29 +129,29 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
                       lambda d: write_plain_text(d, seed=cfg.split_seed))
     documents = read_documents(out / "text" / "heldout.txt")
 
-    step("judge")
-    judge_key = {"split": split_key, "spec": cfg.judge.spec}
-    if cfg.judge.spec is None:
-        judge_key.update(steps=cfg.judge.steps, tokens=cfg.judge.tokens_per_step, lr=cfg.judge.lr or cfg.lr,
-                         budget=_budget(cfg), eval_pairs=cfg.eval_pairs)
+    step("scorer")
+    scorer_key = {"split": split_key, "spec": cfg.scorer.spec}
+    if cfg.scorer.spec is None:
+        scorer_key.update(steps=cfg.scorer.steps, tokens=cfg.scorer.tokens_per_step, lr=cfg.scorer.lr or cfg.lr,
+                          budget=_budget(cfg), eval_pairs=cfg.eval_pairs)
 
-    def make_judge(folder: Path) -> dict:
+    def make_scorer(folder: Path) -> dict:
         info = {}
-        spec = cfg.judge.spec
+        spec = cfg.scorer.spec
         if spec is None:
-            judge_examples, _ = read_examples(cfg.kind, str(split_dir / "judge.jsonl"))
-            info = methods.train_reward_model(cfg, judge_examples, folder, base, cfg.split_seed, progress)
+            scorer_examples, _ = read_examples(cfg.kind, str(split_dir / "judge.jsonl"))
+            info = methods.train_reward_model(cfg, scorer_examples, folder, base, cfg.split_seed, progress)
             spec = info["model"]
-        acc, ci, n = evaluate.judge_accuracy(_load_judge(cfg, spec, progress), eval_examples)
+        acc, ci, n = evaluate.scorer_accuracy(_load_scorer(cfg, spec, progress), eval_examples)
         return {**info, "spec": spec, "accuracy": acc, "ci95": list(ci), "pairs": n}
 
-    judge_info = stages.run("judge", judge_key, make_judge)
-    judge = _load_judge(cfg, judge_info["spec"], progress)
-    print(f"  judge {judge_info['spec']}: held-out accuracy {judge_info['accuracy']:.3f} "
-          f"[{judge_info['ci95'][0]:.3f}, {judge_info['ci95'][1]:.3f}] on {judge_info['pairs']} pairs", flush=True)
+    scorer_info = stages.run("judge", scorer_key, make_scorer)
+    scorer = _load_scorer(cfg, scorer_info["spec"], progress)
+    print(f"  scorer {scorer_info['spec']}: held-out accuracy {scorer_info['accuracy']:.3f} "
+          f"[{scorer_info['ci95'][0]:.3f}, {scorer_info['ci95'][1]:.3f}] on {scorer_info['pairs']} pairs", flush=True)
 
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size)
-    eval_key = {"judge": judge_key, "eval_pairs": cfg.eval_pairs, "prompts": cfg.generation_prompts,
+    eval_key = {"judge": scorer_key, "eval_pairs": cfg.eval_pairs, "prompts": cfg.generation_prompts,
                 "max_new_tokens": cfg.max_new_tokens, "plain_text_tokens": cfg.plain_text_tokens}
     runs: dict[str, dict] = {}
     for seed in cfg.seeds:
@@ -173,16 +173,16 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> dict:
             evaluated = stages.run(f"eval/{label}", {**eval_key, "train": train_key}, lambda d, m=method, t=trained:
                                    evaluate.evaluate_model(t["model"], m.prompt_feedback,
                                                            m.method in ("coh", "conditional-sft"), eval_examples,
-                                                           generation_examples, judge, sampling, documents,
+                                                           generation_examples, scorer, sampling, documents,
                                                            cfg.plain_text_tokens, d, cfg.device, progress))
             gc.collect()
             runs[label] = {"method": method.method, "name": method.name, "seed": seed, "train": trained,
                            **evaluated}
             # the report so far, so a long run shows its finished methods while the next one trains
-            report.write_report(report.build_results(cfg, runs, split, text, judge_info, out,
+            report.write_report(report.build_results(cfg, runs, split, text, scorer_info, out,
                                                      time.perf_counter() - t0, True, commit), out)
     step("report")
-    results = report.build_results(cfg, runs, split, text, judge_info, out, time.perf_counter() - t0, False, commit)
+    results = report.build_results(cfg, runs, split, text, scorer_info, out, time.perf_counter() - t0, False, commit)
     report.write_report(results, out)
     print("\n" + report.table_markdown(results))
     print(f"\nreport: {out / 'report.md'}; results: {out / 'results.json'}")
@@ -221,10 +221,10 @@ def _mix(cfg: CompareConfig, method: MethodSpec) -> str:
     return method.feedback or cfg.feedback
 
 
-def _load_judge(cfg: CompareConfig, spec: str, progress: bool):
+def _load_scorer(cfg: CompareConfig, spec: str, progress: bool):
     from coh.eval.scorers import load_scorer
 
-    return load_scorer(spec, cfg.device, cfg.judge.batch_size, progress)
+    return load_scorer(spec, cfg.device, cfg.scorer.batch_size, progress)
 
 
 def _train(cfg: CompareConfig, method: MethodSpec, seed: int, folder: Path, base: str, stages: Stages,

@@ -1,8 +1,9 @@
-"""Raw feedback rows split by prompt into policy training, judge training and held-out rows.
+"""Raw feedback rows split by prompt into policy training, scorer training and held-out rows.
 
 Each row goes to one split by a seeded hash of its prompt (``coh.data.build.held_out``, the same
 hash ``coh data build`` uses): below ``eval_fraction`` it is held out, below ``eval_fraction +
-judge_fraction`` it trains the judge, else the policies. The same digest is compared with both
+scorer_fraction`` it trains the reward model that scores replies (the split is called ``judge``,
+its name in the files and results of earlier runs), else the policies. The same digest is compared with both
 thresholds, so the three splits partition the prompts: rows sharing a prompt share a split.
 
 Rows whose longest CoH record (``pn``, tokenized as training will) exceeds ``max_record_tokens``
@@ -15,21 +16,21 @@ import json
 from collections import Counter
 from pathlib import Path
 
-SPLITS = ("policy", "judge", "eval")
+SPLITS = ("policy", "judge", "eval")  # "judge": the reward model's (the scorer's) training rows
 
 
-def split_of(seed: int, example, eval_fraction: float, judge_fraction: float) -> str:
+def split_of(seed: int, example, eval_fraction: float, scorer_fraction: float) -> str:
     from coh.data.build import held_out
 
     if held_out(seed, example, eval_fraction):
         return "eval"
-    if held_out(seed, example, eval_fraction + judge_fraction):
+    if held_out(seed, example, eval_fraction + scorer_fraction):
         return "judge"
     return "policy"
 
 
 def split_rows(data: str, kind: str, out_dir: Path, tokenizer, seed: int, eval_fraction: float,
-               judge_fraction: float, max_record_tokens: int | None, skip_invalid: bool = False) -> dict:
+               scorer_fraction: float, max_record_tokens: int | None, skip_invalid: bool = False) -> dict:
     """Write ``out_dir/{policy,judge,eval}.jsonl`` (the raw rows, unchanged) and return the counts
     (also written to ``out_dir/summary.json``). A malformed row stops with its file, line and field,
     or with ``skip_invalid`` goes to ``out_dir/rejects.jsonl`` (with the problem) and is counted."""
@@ -61,7 +62,7 @@ def split_rows(data: str, kind: str, out_dir: Path, tokenizer, seed: int, eval_f
         if isinstance(ex, Skip):
             skipped[ex.reason] += 1
             continue
-        kept.append((split_of(seed, ex, eval_fraction, judge_fraction), row, ex))
+        kept.append((split_of(seed, ex, eval_fraction, scorer_fraction), row, ex))
     if not kept:
         raise ValueError(f"{data}: no {kind} examples ({rows} rows read)")
     rtok = RecordTokenizer(tokenizer, chat_template="never")
@@ -80,7 +81,7 @@ def split_rows(data: str, kind: str, out_dir: Path, tokenizer, seed: int, eval_f
     if rejects:
         write_jsonl(rejects, out_dir / "rejects.jsonl")
     summary = {"data": data, "rows": rows, "skipped": dict(skipped), "invalid": len(rejects), "seed": seed,
-               "fractions": {"eval": eval_fraction, "judge": judge_fraction},
+               "fractions": {"eval": eval_fraction, "judge": scorer_fraction},
                "max_record_tokens": max_record_tokens,
                "rows_per_split": {s: len(out[s]) for s in SPLITS},
                "left_out_too_long": {s: too_long[s] for s in SPLITS}}

@@ -154,10 +154,34 @@ ACTIONS = {
 }
 
 
+# action -> the option naming what it converts (the model card says where the folder came from)
+SOURCES = {"llama": "meta_dir", "easylm": "stream", "to-easylm": "model_dir", "lora-merge": "adapter_dir",
+           "sharded": "checkpoint_dir"}
+
+
+def _with_card(action: str, run_action):
+    """``run_action``, then the model card in its output folder and, with ``--push-to-hub``, the
+    upload of that folder (only once the conversion, and its check when asked, succeeded)."""
+    def run(config: ConvertConfig) -> int:
+        from coh.card import write_convert_card
+        from coh.hub import check_push_ready, push_folder
+
+        if config.push_to_hub:
+            check_push_ready(config.push_to_hub, config.hub_token_env)  # before the conversion, not after
+        status = run_action(config)
+        if status == 0:
+            write_convert_card(config.output_dir, action, getattr(config, SOURCES[action]), config.push_to_hub)
+            if config.push_to_hub:
+                push_folder(config.output_dir, config.push_to_hub, private=config.hub_private,
+                            token_env=config.hub_token_env)
+        return status
+    return run
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="convert_command", required=True, metavar="WHAT")
     for name, (cls, run_action, summary, description) in ACTIONS.items():
         p = sub.add_parser(name, help=summary, description=description)
         # easylm's --config is the model's config (EasyLM's meaning, kept): no recipe flag there
         add_options(p, cls, recipe=cls is not EasyLMConvertConfig)
-        p.set_defaults(func=run_action)
+        p.set_defaults(func=_with_card(name, run_action))

@@ -37,9 +37,19 @@ class ConvertConfig:
                                 "converted model in memory) and exit 1 if they differ beyond the tolerance")
     tolerance: float = option(TOLERANCE, "check tolerance, relative to max(1, max |source logit|)")
     progress: bool = option(True, "progress bars on a terminal")
+    push_to_hub: str | None = option(None, "after converting (and a passing --check), upload OUTPUT_DIR with its "
+                                           "model card to this Hub model repository, created if missing",
+                                     metavar="OWNER/NAME")
+    hub_private: bool = option(False, "create the --push-to-hub repository private")
+    hub_token_env: str = option("HF_TOKEN", "environment variable holding the Hub token for --push-to-hub (unset: "
+                                            "the token of `hf auth login`)", metavar="VAR")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.push_to_hub:
+            from coh.hub import check_repo_id
+
+            check_repo_id(self.push_to_hub)
         check_range(self, "tolerance", 0, low_open=True)
         if hasattr(self, "max_shard_size"):  # the actions that write safetensors shards
             from coh.convert.safetensors_io import parse_size

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-ROLES = ("system", "user", "assistant")
-
 
 class Turn(NamedTuple):
     """One message of the shared context. ``role`` is ``system``, ``user`` or ``assistant``.

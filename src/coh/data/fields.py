@@ -29,7 +29,7 @@ Differences, on purpose:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from coh.data.errors import DataError, describe
@@ -155,17 +155,3 @@ def read_fields_file(path: str | Path) -> Iterator[FeedbackRecord]:
 
     for line_no, obj in iter_json_lines(path):
         yield record_from_fields(obj, str(path), line_no)  # type: ignore[arg-type]
-
-
-def write_fields_file(records: Iterable[FeedbackRecord], path: str | Path) -> int:
-    """Write records in the original format, atomically. Returns the count."""
-    import json
-
-    from coh.data.io import atomic_writer
-
-    n = 0
-    with atomic_writer(path) as f:
-        for rec in records:
-            f.write(json.dumps(record_to_fields(rec), ensure_ascii=False) + "\n")
-            n += 1
-    return n

@@ -164,15 +164,3 @@ def read_records(path: str | Path) -> Iterator[FeedbackRecord]:
 
     for line_no, obj in iter_json_lines(path):
         yield record_from_json(obj, str(path), line_no)
-
-
-def write_records(records: Iterable[FeedbackRecord], path: str | Path) -> int:
-    """Write records as JSONL (atomically: a temporary file renamed into place). Returns the count."""
-    from coh.data.io import atomic_writer
-
-    n = 0
-    with atomic_writer(path) as f:
-        for rec in records:
-            f.write(rec.to_line())
-            n += 1
-    return n

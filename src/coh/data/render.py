@@ -33,7 +33,7 @@ import random
 from dataclasses import dataclass
 
 from coh.data.feedback import Candidate, FeedbackExample, Turn
-from coh.data.phrases import PhraseSet
+from coh.data.phrases import PhraseSet, phrases_for
 from coh.data.records import FeedbackRecord, Segment, separator
 
 FEEDBACK_TYPES = ("p", "n", "pn", "np", "aux", "chain")
@@ -214,3 +214,16 @@ def prompt_segments(turns: tuple[Turn, ...] | list[Turn], phrases: PhraseSet, fe
 def prompt_record(turns: tuple[Turn, ...] | list[Turn], phrases: PhraseSet, feedback: str | None = "good") -> FeedbackRecord:
     """``prompt_segments`` wrapped as a record (source ``prompt``), ready for ``RecordTokenizer``."""
     return FeedbackRecord("prompt", "prompt", "prompt", tuple(prompt_segments(turns, phrases, feedback)), "eval", {})
+
+
+# -- rendering again, per epoch ------------------------------------------------------------------
+def render_dataset(examples: list[FeedbackExample], spec: RenderSpec, phrases: dict[str, PhraseSet],
+                   kinds: dict[str, str], seed: int, epoch: int | None = None) -> list[FeedbackRecord]:
+    """Records of many examples; ``kinds`` maps source name to converter kind (for its phrases).
+
+    The build renders as it converts; the trainer calls this with ``epoch`` set to draw fresh
+    phrasing every epoch from ``examples/*.jsonl`` (written with ``resample``)."""
+    out: list[FeedbackRecord] = []
+    for ex in examples:
+        out.extend(render_records(ex, spec, phrases_for(kinds.get(ex.source, ex.source), phrases), seed, epoch))
+    return out

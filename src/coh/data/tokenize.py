@@ -25,11 +25,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from coh.data.records import FeedbackRecord, Segment
+from coh.data.tokenized import (  # their home: the tokenized/ folder
+    TOKEN_COLUMNS,
+    TOKENIZE_CONFIG,
+    TOKENIZE_FORMAT,
+    read_tokenize_config,
+    token_features,
+    tokenize_config,
+    tokenize_config_mismatch,
+    tokenizer_fingerprint,
+    tokens_batch,
+)
+
+__all__ = ["CHAT_TEMPLATE_MODES", "TOKENIZE_CONFIG", "TOKENIZE_FORMAT", "TOKEN_COLUMNS", "RecordTokenizer",
+           "TokenizedRecord", "chat_messages", "encode_texts", "leading_space_is_doubled", "read_tokenize_config",
+           "token_features", "tokenize_config", "tokenize_config_mismatch", "tokenize_many", "tokenizer_adds_bos",
+           "tokenizer_fingerprint", "tokens_batch"]
 
 CHAT_TEMPLATE_MODES = ("auto", "always", "never")
+
+
 @dataclass(frozen=True)
 class TokenizedRecord:
     input_ids: list[int]
@@ -307,145 +324,4 @@ def tokenize_many(records: Sequence[FeedbackRecord], record_tokenizer: RecordTok
             chunk = records[start : start + batch_size]
             out.extend(record_tokenizer.batch(chunk))
             bar.update(len(chunk))
-    return out
-
-
-def tokenize_records(records: Sequence[FeedbackRecord], record_tokenizer: RecordTokenizer, batch_size: int = 1000,
-                     progress: bool = False):
-    """Tokenize records into a ``datasets.Dataset`` (see ``tokens_dataset``), same order."""
-    records = list(records)
-    tokenized = tokenize_many(records, record_tokenizer, batch_size, progress)
-    return tokens_dataset([r.id for r in records], [r.source for r in records], [r.feedback for r in records],
-                          tokenized)
-
-
-TOKEN_COLUMNS = ("id", "source", "feedback", "input_ids", "loss_mask", "length", "loss_tokens")
-
-
-def token_features():
-    """The ``datasets.Features`` of a tokenized split (see ``tokens_batch``)."""
-    import datasets
-
-    return datasets.Features({
-        "id": datasets.Value("string"), "source": datasets.Value("string"), "feedback": datasets.Value("string"),
-        "input_ids": datasets.List(datasets.Value("int32")), "loss_mask": datasets.List(datasets.Value("int8")),
-        "length": datasets.Value("int32"), "loss_tokens": datasets.Value("int32"),
-    })
-
-
-def tokens_batch(ids: Sequence[str], sources: Sequence[str], feedbacks: Sequence[str],
-                 tokenized: Sequence[TokenizedRecord]):
-    """An Arrow record batch, one row per record: ``id``, ``source``, ``feedback``, ``input_ids``
-    (int32), ``loss_mask`` (int8, 1 = target), ``length`` and ``loss_tokens`` (int32)."""
-    import pyarrow as pa
-
-    # Arrow arrays built directly: datasets' per-row feature encoding is several times slower.
-    return pa.RecordBatch.from_pydict({
-        "id": pa.array(ids, pa.string()),
-        "source": pa.array(sources, pa.string()),
-        "feedback": pa.array(feedbacks, pa.string()),
-        "input_ids": pa.array([t.input_ids for t in tokenized], pa.list_(pa.int32())),
-        "loss_mask": pa.array([t.loss_mask for t in tokenized], pa.list_(pa.int8())),
-        "length": pa.array([len(t.input_ids) for t in tokenized], pa.int32()),
-        "loss_tokens": pa.array([sum(t.loss_mask) for t in tokenized], pa.int32()),
-    })
-
-
-def tokens_dataset(ids: list[str], sources: list[str], feedbacks: list[str], tokenized: list[TokenizedRecord]):
-    """A ``datasets.Dataset`` of ``tokens_batch``'s columns, one row per record."""
-    import datasets
-    import pyarrow as pa
-
-    batch = tokens_batch(ids, sources, feedbacks, tokenized)
-    return datasets.Dataset(pa.Table.from_batches([batch]), info=datasets.DatasetInfo(features=token_features()))
-
-
-# -- what a tokenized build was made with ---------------------------------------------------------
-TOKENIZE_CONFIG = "coh_tokenize.json"  # in tokenized/, beside the splits
-TOKENIZE_FORMAT = 1  # of the tokenized folder and its ids; raised when coh would tokenize a record differently
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of everything in a tokenizer that decides the ids a record gets: the Rust
-    tokenizer's whole state (vocabulary, merges, added and special tokens, normaliser,
-    pre-tokenizer, post-processor; not its padding and truncation settings, which a call may
-    change in place), the special tokens and their ids. Not the chat template, which
-    ``tokenize_config`` records on its own, as it matters only where it is used. The same tokenizer
-    loaded from another folder (a checkpoint's copy) gives the same fingerprint."""
-    import hashlib
-    import json
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        state.pop("padding", None)
-        state.pop("truncation", None)
-    else:  # a slow (Python) tokenizer: its vocabulary
-        state = sorted(tokenizer.get_vocab().items())
-    specials = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
-                "unk": tokenizer.unk_token_id, "all": sorted(tokenizer.all_special_tokens),
-                "adds_bos": tokenizer_adds_bos(tokenizer)}
-    text = json.dumps([state, specials], sort_keys=True, ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def tokenize_config(record_tokenizer: RecordTokenizer, name: str, chat_template: str) -> dict:
-    """What a tokenized build was made with, for ``tokenized/coh_tokenize.json``: ``format``, the
-    tokenizer (``name_or_path`` as given, ``fingerprint``, class, vocabulary size, BOS/EOS ids,
-    whether BOS is added), ``chat_template`` (the setting asked for), ``chat_template_used`` (what
-    it came to: ``never`` for a tokenizer without a template) and its hash, and ``max_length``
-    (``null``: the build never truncates; every record is whole, its length in ``length``)."""
-    import hashlib
-
-    tok = record_tokenizer.tokenizer
-    template = getattr(tok, "chat_template", None) if record_tokenizer.chat_template != "never" else None
-    return {
-        "format": TOKENIZE_FORMAT,
-        "tokenizer": {"name_or_path": str(name), "fingerprint": tokenizer_fingerprint(tok), "class": type(tok).__name__,
-                      "vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-                      "adds_bos": record_tokenizer.bos_id is not None},
-        "chat_template": chat_template,
-        "chat_template_used": record_tokenizer.chat_template,
-        "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest() if isinstance(template, str) else None,
-        "max_length": None,
-    }
-
-
-def read_tokenize_config(tokenized_dir: str | Path) -> dict:
-    """``coh_tokenize.json`` of a build's ``tokenized/`` folder; ``ValueError`` naming the file if
-    it is missing or not a JSON object (a build from before it was written: tokenize again)."""
-    import json
-
-    path = Path(tokenized_dir) / TOKENIZE_CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not found (a tokenized folder from an older coh: tokenize again)") from None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return config
-
-
-def tokenize_config_mismatch(saved: dict, current: dict, max_length: int | None = None) -> list[str]:
-    """Why token ids saved under ``saved`` (``read_tokenize_config``) are not those that
-    ``current`` (``tokenize_config`` of the tokenizer at hand) would give: one line per
-    difference, empty when they match. The tokenizer's path may differ (a checkpoint's copy);
-    its fingerprint may not. ``max_length``: the caller's limit; a build that truncated to
-    another one does not match (one that kept records whole matches any: the caller drops or
-    cuts by ``length``)."""
-    out = []
-
-    def differs(what: str, a: object, b: object) -> None:
-        if a != b:
-            out.append(f"{what}: saved {a!r}, now {b!r}")
-
-    tok_saved, tok_now = saved.get("tokenizer") or {}, current.get("tokenizer") or {}
-    differs("format", saved.get("format"), current.get("format"))
-    differs("tokenizer fingerprint", tok_saved.get("fingerprint"), tok_now.get("fingerprint"))
-    differs("chat template used", saved.get("chat_template_used"), current.get("chat_template_used"))
-    differs("chat template", saved.get("chat_template_sha256"), current.get("chat_template_sha256"))
-    if saved.get("max_length") is not None:
-        differs("max_length", saved.get("max_length"), max_length)
     return out

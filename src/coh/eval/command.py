@@ -7,7 +7,7 @@
   coh eval feedback summarization ...       ROUGE of summaries generated after the positive phrase
   coh eval feedback controllability ...     positive vs negative phrase, replies ranked by a scorer
   coh eval feedback pairwise ...            win rate of model A over model B under a scorer
-  coh eval compare RUN RUN ...              runs side by side: compare.md and compare.png
+  coh eval table RUN RUN ...                runs side by side: table.md and table.png
 
 Every run writes results.json and results.md to --output-dir (default coh-eval/PROTOCOL-TIME)
 and prints the table. Data are local files in each dataset's raw schema; without --data the
@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import sys
 import time
 from pathlib import Path
 
 from coh.eval.config import (
-    CompareConfig,
     ControllabilityConfig,
     DialogueConfig,
     HarnessConfig,
     PairwiseConfig,
     SummarizationConfig,
+    TableConfig,
 )
 from coh.options import add_options
 
@@ -65,30 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          "Win rate of A over B (ties count half) under a scorer, with a 95% percentile-bootstrap interval. A and "
          "B are model folders or OpenAI-compatible servers (they generate after --feedback), or generations.jsonl "
          "files of earlier runs."),
-        (sub, "compare", CompareConfig, _run_compare, "runs side by side: markdown table and PNG",
-         "Put several runs side by side: compare.md (metrics as rows, runs as columns, 95% intervals in brackets) "
-         "and compare.png (one bar chart per metric)."),
+        (sub, "table", TableConfig, _run_table, "runs side by side: markdown table and PNG",
+         "Put several runs side by side: table.md (metrics as rows, runs as columns, 95% intervals in brackets) "
+         "and table.png (one bar chart per metric)."),
     ]
     for parent, name, options, action, text, description in actions:
         p = parent.add_parser(name, help=text, description=description)
         add_options(p, options)
-        p.set_defaults(func=_reporting_os_errors(action))
-
-
-def _reporting_os_errors(func):
-    """``func`` with an OS error on a named file (or a full disk) raised as ``ValueError``, which
-    ``cli.main`` prints as ``coh eval: error: ...``."""
-
-    @functools.wraps(func)
-    def reported(config) -> int:
-        try:
-            return func(config)
-        except OSError as e:  # FileNotFoundError included: a file named on the command line, or a full disk
-            if isinstance(e, FileNotFoundError) and not e.filename:
-                raise
-            raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from e
-
-    return reported
+        p.set_defaults(func=action)
+    # The old name of `table`, for one release; not listed (no help=), it says so when run.
+    p = sub.add_parser("compare", description="Deprecated spelling of `coh eval table` (removed in the next "
+                                              "release); it writes compare.md and compare.png, as before.")
+    add_options(p, TableConfig)
+    p.set_defaults(func=_run_compare)
 
 
 # -- what every protocol run does ---------------------------------------------------------------------------
@@ -112,7 +100,7 @@ def _progress(config) -> bool:
 def _start(config, name: str):
     """The checks before any reading: the device is here, the output folder can be made. Returns
     the folder and where unusable rows go (None with ``--strict``: the first one stops the run)."""
-    from coh.judge.sources import SetAside
+    from coh.data.errors import SetAside
     from coh.models import pick_device
 
     pick_device(config.device)  # a device that is not there fails now, not after reading and loading
@@ -217,10 +205,16 @@ def _run_pairwise(config: PairwiseConfig) -> int:
                    set_aside)
 
 
-def _run_compare(config: CompareConfig) -> int:
-    from coh.eval.report import compare_runs
+def _run_table(config: TableConfig, name: str = "table") -> int:
+    from coh.eval.report import write_table
 
-    md, png = compare_runs(config.runs, _output_dir(config.output_dir, "compare"), config.labels)
+    md, png = write_table(config.runs, _output_dir(config.output_dir, name), config.labels, name)
     print(md.read_text(encoding="utf-8"), end="")
     print(f"\nwritten to {md} and {png}")
     return 0
+
+
+def _run_compare(config: TableConfig) -> int:
+    print("coh: `coh eval compare` is deprecated and will be removed in the next release; use `coh eval table` "
+          "(it writes table.md and table.png)", file=sys.stderr)
+    return _run_table(config, "compare")

@@ -70,7 +70,7 @@ def _api_key_env(text: str) -> str | None:
 # -- option groups ---------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class RunOptions:
-    """Where a run writes and what it runs on (every action but ``compare``)."""
+    """Where a run writes and what it runs on (every action but ``table``)."""
 
     output_dir: str | None = option(None, "where results.json and results.md go (none: coh-eval/ACTION-TIME)",
                                     flags=("-o",), metavar="DIR")
@@ -220,12 +220,13 @@ class PairwiseConfig(RunOptions, Sampling, ScorerOptions):
 
 
 @dataclass(kw_only=True)
-class CompareConfig:
-    """``coh eval compare``: several runs side by side (``coh.eval.report.compare_runs``)."""
+class TableConfig:
+    """``coh eval table`` (old spelling ``coh eval compare``): several runs side by side
+    (``coh.eval.report.write_table``)."""
 
     runs: list[str] = option(help="run folders (or their results.json)", positional=True, metavar="RUN")
     labels: list[str] | None = option(None, "column names, a comma list (none: the run folders' names)")
-    output_dir: str | None = option(None, "where compare.md and compare.png go (none: coh-eval/compare-TIME)",
+    output_dir: str | None = option(None, "where table.md and table.png go (none: coh-eval/table-TIME)",
                                     flags=("-o",), metavar="DIR")
 
     def __post_init__(self) -> None:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from coh.data.errors import DataError, RowError
+from coh.data.errors import DataError, SetAside
 from coh.data.feedback import FeedbackExample, Turn
-from coh.judge.sources import SetAside
 
 
 def read_examples(kind: str, data: str | None, limit: int | None = None, set_aside: SetAside | None = None
@@ -20,35 +19,26 @@ def read_examples(kind: str, data: str | None, limit: int | None = None, set_asi
     (WebGPT ties) are counted in ``skipped``. A row that cannot be evaluated (an empty reply, a
     missing field, a line that is not JSON) stops with its file, line and field, or with
     ``set_aside`` is recorded there, counted in ``invalid`` and left out."""
-    from coh.data.build import SourceSpec, read_source_rows
-    from coh.data.sources import CONVERTERS, Skip
+    from coh.data.reading import SourceSpec, read_source_rows
+    from coh.data.sources import CONVERTERS, convert_rows
 
     spec = SourceSpec(kind, files={"eval": data}) if data else SourceSpec(kind)
     examples: list[FeedbackExample] = []
     skipped: dict[str, int] = {}
     rows = 0
     mine = None if set_aside is None else SetAside()  # this file's rows, counted apart from others'
-    for split, where, line, row, _ in _hinted(read_source_rows(spec), data is None):
-        if split == "train":  # a hub dataset's training split: not for evaluation
-            continue
-        rows += 1
-        if isinstance(row, DataError):  # a line that could not be read as JSON
-            if mine is None:
-                raise row
-            mine.add(row)
-            continue
-        try:
-            if not isinstance(row, dict):
-                raise RowError(None, f"expected a JSON object, got {type(row).__name__}")
-            ex = CONVERTERS[kind](row, f"{kind}/{line}", "eval")
-        except RowError as e:
-            if mine is None:
-                raise e.at(where, line) from None
-            mine.add(e.at(where, line))
-            continue
-        if isinstance(ex, Skip):
-            skipped[ex.reason] = skipped.get(ex.reason, 0) + 1
-            continue
+
+    def eval_rows():
+        nonlocal rows
+        for split, where, line, row, _ in _hinted(read_source_rows(spec), data is None):
+            if split != "train":  # a hub dataset's training split: not for evaluation
+                rows += 1
+                yield where, line, row
+
+    def convert(row: dict, line: int):
+        return CONVERTERS[kind](row, f"{kind}/{line}", "eval")
+
+    for ex in convert_rows(eval_rows(), convert, mine, skipped):
         examples.append(ex)
         if limit is not None and len(examples) >= limit:
             break

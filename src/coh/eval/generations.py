@@ -15,10 +15,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from coh.data.errors import DataError
+from coh.data.errors import DataError, SetAside
 from coh.data.feedback import Turn
 from coh.eval.config import Sampling
-from coh.judge.sources import SetAside
 from coh.models import LoadedModel
 
 

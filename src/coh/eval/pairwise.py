@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from coh.data.errors import SetAside
 from coh.data.feedback import FeedbackExample, Turn
 from coh.data.io import JSON_SUFFIXES
 from coh.eval.config import Sampling
@@ -15,7 +16,6 @@ from coh.eval.examples import unique_contexts
 from coh.eval.generations import generate, generate_http, prompt_ids, read_generations, write_generations
 from coh.eval.metrics import add_win_rate
 from coh.eval.scorers import Scorer
-from coh.judge.sources import SetAside
 from coh.models import load_for_inference
 
 

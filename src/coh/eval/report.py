@@ -1,5 +1,6 @@
-"""Results of ``coh eval`` runs: ``results.json`` plus ``results.md`` per run, and ``compare``, which
-puts several runs side by side in a markdown table and a PNG (one small bar chart per metric).
+"""Results of ``coh eval`` runs: ``results.json`` plus ``results.md`` per run, and ``coh eval table``
+(:func:`write_table`), which puts several runs side by side in a markdown table and a PNG (one
+small bar chart per metric, :func:`metrics_plot`, which ``coh compare`` draws its metrics with too).
 
 ``results.json``::
 
@@ -133,7 +134,7 @@ def run_labels(paths: Sequence[str | Path]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
 
 
-def compare_markdown(results: Sequence[EvalResult], labels: Sequence[str]) -> str:
+def table_markdown(results: Sequence[EvalResult], labels: Sequence[str]) -> str:
     """Metrics as rows, runs as columns (``value [low, high]``); a missing metric shows as ``-``."""
     metrics: list[str] = []
     for r in results:
@@ -154,7 +155,7 @@ def compare_markdown(results: Sequence[EvalResult], labels: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
-def compare_plot(results: Sequence[EvalResult], labels: Sequence[str], png: str | Path) -> Path:
+def metrics_plot(results: Sequence[EvalResult], labels: Sequence[str], png: str | Path) -> Path:
     """One bar chart per metric (metrics differ in scale), a bar per run, 95 % intervals as error bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -193,15 +194,17 @@ def compare_plot(results: Sequence[EvalResult], labels: Sequence[str], png: str 
     return png
 
 
-def compare_runs(paths: Sequence[str | Path], output_dir: str | Path, labels: Sequence[str] | None = None
-                 ) -> tuple[Path, Path]:
-    """Read runs, write ``compare.md`` and ``compare.png`` into ``output_dir``; returns both paths."""
+def write_table(paths: Sequence[str | Path], output_dir: str | Path, labels: Sequence[str] | None = None,
+                name: str = "table") -> tuple[Path, Path]:
+    """Read runs, write ``NAME.md`` (:func:`table_markdown`) and ``NAME.png`` (:func:`metrics_plot`)
+    into ``output_dir``; returns both paths. (``name`` "compare": the files of the old spelling,
+    ``coh eval compare``.)"""
     results = [read_result(p) for p in paths]
     labels = list(labels) if labels else run_labels(paths)
     if len(labels) != len(results):
         raise ValueError(f"{len(labels)} labels for {len(results)} runs")
     out = Path(output_dir)
-    md = out / "compare.md"
+    md = out / f"{name}.md"
     with atomic_writer(md) as f:
-        f.write(compare_markdown(results, labels))
-    return md, compare_plot(results, labels, out / "compare.png")
+        f.write(table_markdown(results, labels))
+    return md, metrics_plot(results, labels, out / f"{name}.png")

@@ -40,33 +40,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="Ask each system for a reply to every prompt and write the comparisons "
                                    "(JSONL: id, prompt, outputs) that `coh judge serve` shows.")
     add_options(p, JudgePrepareConfig)
-    p.set_defaults(func=_reporting_errors(_run_prepare))
+    p.set_defaults(func=_reporting_database_errors(_run_prepare))
 
     p = sub.add_parser("serve", help="the voting web app",
                        description="Serve the voting page. Votes go to an SQLite database; several people can "
                                    "vote at once, and a person who comes back with the same name goes on where "
                                    "they stopped. The shared password may also come from $" + PASSWORD_ENV + ".")
     add_options(p, JudgeServeConfig)
-    p.set_defaults(func=_reporting_errors(_run_serve))
+    p.set_defaults(func=_reporting_database_errors(_run_serve))
 
     p = sub.add_parser("results", help="win / tie / loss per pair of systems, with intervals and a plot",
                        description="Win / tie / loss / neither shares per pair of systems with 95% Wilson "
                                    "intervals, as a table (or JSON) and a PNG plot.")
     add_options(p, JudgeResultsConfig)
-    p.set_defaults(func=_reporting_errors(_run_results))
+    p.set_defaults(func=_reporting_database_errors(_run_results))
 
     p = sub.add_parser("export", help="votes as preference rows for `coh data build -s preference:FILE`",
                        description="Write decisive votes as prompt/chosen/rejected rows (plus the voter's "
                                    "comment and provenance). Ties and 'neither' are counted, not written.")
     add_options(p, JudgeExportConfig)
-    p.set_defaults(func=_reporting_errors(_run_export))
+    p.set_defaults(func=_reporting_database_errors(_run_export))
 
 
 
-def _reporting_errors(func):
-    """``func`` with a votes database that broke while in use (corrupt, disk full, locked) and
-    an OS error on a named file (or a full disk) raised as ``ValueError``, which ``cli.main``
-    prints as ``coh judge: error: ...``."""
+def _reporting_database_errors(func):
+    """``func`` with a votes database that broke while in use (corrupt, disk full, locked) raised
+    as ``ValueError``, which ``cli.main`` prints as ``coh judge: error: votes database: ...`` (it
+    words OS errors itself)."""
 
     @functools.wraps(func)
     def reported(config) -> int:
@@ -74,10 +74,6 @@ def _reporting_errors(func):
             return func(config)
         except sqlite3.DatabaseError as e:
             raise ValueError(f"votes database: {e}") from e
-        except OSError as e:
-            if isinstance(e, FileNotFoundError) and not e.filename:
-                raise
-            raise ValueError(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}") from e
 
     return reported
 
@@ -93,7 +89,8 @@ def _output_file(path: str, flag: str = "--output") -> None:
 
 
 def _run_prepare(config: JudgePrepareConfig) -> int:
-    from coh.judge.sources import SetAside, prepare, read_prompts
+    from coh.data.errors import SetAside
+    from coh.judge.sources import prepare, read_prompts
     from coh.judge.systems import Generation
 
     _output_file(config.output)

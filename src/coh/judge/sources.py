@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from coh.data.errors import DataError, RowError, describe
+from coh.data.conversations import prompt_turns
+from coh.data.errors import DataError, RowError, SetAside, describe
 from coh.data.io import atomic_writer, iter_local_raw_rows, iter_local_rows
-from coh.data.sources import CONVERTERS, Skip, prompt_turns
+from coh.data.sources import CONVERTERS, Skip, convert_rows
 from coh.judge.systems import SYSTEM_NAME, Generation, SystemSpec, generate
 
 # coh.eval imports these two from here; their home is coh.judge.systems
@@ -44,45 +45,6 @@ class Prompt:
     def key(self) -> str:
         """The prompt's text identity, used to match prepared outputs to prompts."""
         return json.dumps(self.messages, ensure_ascii=False, sort_keys=True)
-
-
-@dataclass
-class SetAside:
-    """Rows left out because they cannot be used (an empty reply, a missing field, ...), each as
-    ``DataError.as_dict()``: file, line, field, problem. Readers given one record such a row here
-    and go on; readers given none stop at it. Rows are only pointed at, never copied or changed."""
-
-    rows: list[dict] = field(default_factory=list)
-
-    def add(self, error: DataError) -> None:
-        self.rows.append(error.as_dict())
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def reasons(self) -> dict[str, int]:
-        """Counts by field and problem, most common first (the value found is left out: ``expected
-        a string, got int 5`` counts as ``expected a string``)."""
-        counts: dict[str, int] = {}
-        for r in self.rows:
-            key = (f"{r['field']}: " if r["field"] else "") + r["problem"].split(", got ")[0]
-            counts[key] = counts.get(key, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-    def summary(self, listed_in: str | None = None) -> str:
-        """One line: how many, why, where they are listed, and the first one's place and problem."""
-        if not self.rows:
-            return "no rows set aside"
-        first = self.rows[0]
-        why = "; ".join(f"{n} x {k}" for k, n in self.reasons().items())
-        place = DataError(first["file"], first["line"], first["field"], first["problem"]).message
-        listed = f", listed in {listed_in}" if listed_in else ""
-        return f"{len(self.rows)} unusable row(s) skipped ({why}){listed}; the first: {place}"
-
-    def write(self, path: str | Path) -> None:
-        with atomic_writer(path) as f:
-            for r in self.rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def _as_messages(turns) -> list[dict]:
@@ -119,32 +81,24 @@ def read_prompts(spec: str, limit: int | None = None, set_aside: SetAside | None
     prompts: list[Prompt] = []
     skipped: dict[str, int] = {}
     seen: set[str] = set()
-    for line, row, _ in iter_local_raw_rows(path):
-        if limit is not None and len(prompts) >= limit:
-            break
-        if isinstance(row, DataError):  # a line that could not be read as JSON
-            if set_aside is None:
-                raise row
-            set_aside.add(row)
-            continue
-        try:
-            if not isinstance(row, dict):
-                raise RowError(None, f"expected a JSON object, got {describe(row)}")
-            if source_kind:
-                ex = CONVERTERS[source_kind](row, str(line), "eval")
-                if isinstance(ex, Skip):
-                    skipped[ex.reason] = skipped.get(ex.reason, 0) + 1
-                    continue
-                messages = _as_messages(ex.context)
-            else:
-                messages = _messages(row)
-            pid = _row_id(row, line)
-        except RowError as e:
-            if set_aside is None:
-                raise e.at(path, line) from None
-            set_aside.add(e.at(path, line))
-            continue
-        prompt = Prompt(pid, messages)
+
+    def to_prompt(row: dict, line: int) -> tuple[int, Prompt] | Skip:
+        if source_kind:
+            ex = CONVERTERS[source_kind](row, str(line), "eval")
+            if isinstance(ex, Skip):
+                return ex
+            messages = _as_messages(ex.context)
+        else:
+            messages = _messages(row)
+        return line, Prompt(_row_id(row, line), messages)
+
+    def rows():  # no row past the limit is read
+        for line, row, _ in iter_local_raw_rows(path):
+            if limit is not None and len(prompts) >= limit:
+                return
+            yield path, line, row
+
+    for line, prompt in convert_rows(rows(), to_prompt, set_aside, skipped):
         if prompt.id in seen:
             raise DataError(path, line, "id", f"id '{prompt.id}' appears twice; prompt ids must be unique")
         seen.add(prompt.id)

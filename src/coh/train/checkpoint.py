@@ -34,7 +34,7 @@ COMPLETE = "COMPLETE"
 RESUME_MAY_CHANGE = frozenset({
     "max_steps", "epochs", "output_dir", "resume", "resume_with_changes", "report_to", "log_every", "save_every",
     "keep_last", "eval_every", "eval_records", "eval_data", "pretrain_eval_data", "gradient_checkpointing",
-    "loss_chunk", "lora_merge", "progress",
+    "loss_chunk", "lora_merge", "progress", "push_to_hub", "hub_private", "hub_token_env",
 })
 _INVOCATION = ("output_dir", "resume", "resume_with_changes", "progress")  # how this run was started, not what it trains
 _PATH_OPTIONS = ("model", "tokenizer", "train_data", "eval_data", "pretrain_data", "pretrain_eval_data")

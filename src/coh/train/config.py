@@ -131,6 +131,12 @@ class TrainConfig:
                                   expected=f"a list of names ({', '.join(REPORT_TO)})")
     log_every: int = option(10, "log metrics every N optimizer steps", **AT_LEAST_1)
     progress: bool = option(True, "a progress bar on a terminal")
+    # the Hub
+    push_to_hub: str | None = option(None, "after training, upload final/ (with its model card) to this Hub model "
+                                           "repository, created if missing", metavar="OWNER/NAME")
+    hub_private: bool = option(False, "create the --push-to-hub repository private")
+    hub_token_env: str = option("HF_TOKEN", "environment variable holding the Hub token for --push-to-hub (unset: "
+                                            "the token of `hf auth login`)", metavar="VAR")
 
     def __post_init__(self) -> None:
         self.check()
@@ -160,6 +166,10 @@ class TrainConfig:
             raise ValueError("LoRA with distributed=fsdp is not supported: use distributed=ddp (adapters are small)")
         if not self.output_dir:
             raise ValueError("output_dir must not be empty")
+        if self.push_to_hub:
+            from coh.hub import check_repo_id
+
+            check_repo_id(self.push_to_hub)
 
     @property
     def fcm(self) -> bool:

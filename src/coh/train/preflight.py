@@ -69,7 +69,11 @@ def preflight(cfg: TrainConfig) -> RunPlan:
             raise TrainingError(f"{option} {source}: no such file or folder")
     try:
         check_trackers(cfg.report_to)
-    except ImportError as e:
+        if cfg.push_to_hub:  # a missing token is found now, not after the run
+            from coh.hub import check_push_ready
+
+            check_push_ready(cfg.push_to_hub, cfg.hub_token_env)
+    except (ImportError, ValueError) as e:
         raise TrainingError(str(e)) from None
     out = Path(cfg.output_dir)
     existing = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest

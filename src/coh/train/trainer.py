@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from coh.card import RunFacts, run_facts, write_training_card
 from coh.cohjson import CohJson
 from coh.data.tokenize import RecordTokenizer
 from coh.train.accounting import LogWindow
@@ -212,18 +213,25 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     accelerator.wait_for_everyone()
     if main:
-        save_final(out_dir, accelerator, model, tokenizer, coh_info, last_checkpoint, cfg)
+        facts = run_facts(train_path, run.fingerprint, records, final_metrics, out_dir)
+        save_final(out_dir, accelerator, model, tokenizer, coh_info, last_checkpoint, cfg, facts)
         log.close()
         png = plot_loss_curves(out_dir / "metrics.jsonl", out_dir / "loss_curves.png")
         print(f"model saved to {out_dir / 'final'}" + (f"; loss curves in {png}" if png else ""))
+        if cfg.push_to_hub:
+            from coh.hub import push_folder
+
+            push_folder(out_dir / "final", cfg.push_to_hub, private=cfg.hub_private, token_env=cfg.hub_token_env)
     return final_metrics
 
 
 def save_final(out_dir: Path, accelerator, model, tokenizer, coh_info: CohJson, last_checkpoint: Path | None,
-               cfg: TrainConfig) -> None:
+               cfg: TrainConfig, facts: RunFacts | None = None) -> None:
     """``final/`` (and with LoRA ``final-merged/``), each written under a temporary name and renamed
     after a ``COMPLETE`` marker like the checkpoints: an earlier run's final/ stays whole until the
-    new one is. Under FSDP it is exported from the last checkpoint's shards, never gathered in memory."""
+    new one is. Under FSDP it is exported from the last checkpoint's shards, never gathered in memory.
+    Each gets a model card (``coh.card``) from ``facts``."""
+    facts = facts or RunFacts()
     tmp = temporary_folder(out_dir / "final")
     if is_sharded(model):
         from coh.convert.sharded import export_sharded_checkpoint
@@ -231,10 +239,12 @@ def save_final(out_dir: Path, accelerator, model, tokenizer, coh_info: CohJson, 
         export_sharded_checkpoint(last_checkpoint, tmp)
     else:
         save_model_folder(tmp, accelerator.unwrap_model(model), tokenizer, coh_info)
+    write_training_card(tmp, out_dir / "final", coh_info, facts, adapter=bool(cfg.lora_r))
     publish_folder(tmp, out_dir / "final")
     if cfg.lora_r and cfg.lora_merge:  # a plain HF model as well, for tools that do not read adapters
         tmp = temporary_folder(out_dir / "final-merged")
         save_model_folder(tmp, accelerator.unwrap_model(model).merge_and_unload(), tokenizer, coh_info)
+        write_training_card(tmp, out_dir / "final-merged", coh_info, facts, adapter=False)
         publish_folder(tmp, out_dir / "final-merged")
 
 
