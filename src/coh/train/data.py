@@ -240,9 +240,8 @@ class TrainingEpochs:
     def records(self, epoch: int) -> list[FeedbackRecord]:
         if not self.resample:
             return for_mode(read_training_records(self.path), self.mode)
-        from coh.data.build import render_dataset
         from coh.data.phrases import DEFAULT_PHRASES, load_phrases
-        from coh.data.render import RenderSpec
+        from coh.data.render import RenderSpec, render_dataset
 
         r = self.render
         phrases = load_phrases(r["phrases_file"]) if r.get("phrases_file") else DEFAULT_PHRASES

@@ -121,7 +121,7 @@ def tokenize_to_folder(records: Iterable[FeedbackRecord], num_records: int, rtok
     global _WORKER_RTOK
     from concurrent.futures import ProcessPoolExecutor
 
-    from coh.data.io import write_dataset_folder
+    from coh.data.writing import write_dataset_folder
 
     num_proc = num_proc or os.cpu_count() or 1
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
