@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
+
+import numpy as np
 
 from coh.data.errors import DataError
 from coh.data.feedback import FeedbackExample
@@ -21,6 +26,16 @@ from coh.data.io import iter_json_lines
 from coh.data.records import FeedbackRecord, Segment, join_segments, record_from_json
 from coh.data.tokenize import RecordTokenizer, tokenize_many
 from coh.train.packing import PackingReport, fit_records, pack_documents
+from coh.train.tokens import (
+    MappedTokens,
+    cache_key,
+    cached_tokens,
+    count_lines,
+    is_main_process,
+    run_tokenize_config,
+    tokenize_to_folder,
+    usable_build,
+)
 
 
 def records_file(path: str | Path, split: str, option: str = "train_data") -> Path:
@@ -39,15 +54,18 @@ def read_training_records(path: str | Path) -> list[FeedbackRecord]:
     """Records of a JSONL file in our format or the original's ``fields`` format (detected per line).
     A line with none of ``segments``, ``fields`` and ``feedback`` is raw feedback data:
     ``DataError`` saying to run ``coh data build`` on it first."""
-    out = []
+    return list(iter_training_records(path))
+
+
+def iter_training_records(path: str | Path) -> Iterator[FeedbackRecord]:
+    """``read_training_records`` one record at a time."""
     for line, obj in iter_json_lines(path):
         if isinstance(obj, dict) and "fields" in obj and "segments" not in obj:
-            out.append(record_from_fields(obj, str(path), line))
+            yield record_from_fields(obj, str(path), line)
         elif isinstance(obj, dict) and not {"segments", "feedback"} & set(obj):
             raise _raw_data_error(path, line, obj)
         else:
-            out.append(record_from_json(obj, str(path), line))
-    return out
+            yield record_from_json(obj, str(path), line)
 
 
 def _raw_data_error(path: str | Path, line: int, obj: dict) -> DataError:
@@ -60,12 +78,18 @@ def _raw_data_error(path: str | Path, line: int, obj: dict) -> DataError:
         f"KIND:{path} -o DIR` (KIND one of {', '.join(sorted(CONVERTERS))}), then give --train-data DIR"))
 
 
-def for_mode(records: Sequence[FeedbackRecord], mode: str) -> list[FeedbackRecord]:
+def for_mode(records: Iterable[FeedbackRecord], mode: str) -> list[FeedbackRecord]:
     """Records for a training mode (see the module docstring). Duplicates that a mode creates
     (``p`` and ``pn`` of one example both give the same preferred record) are kept once."""
+    return list(iter_for_mode(records, mode))
+
+
+def iter_for_mode(records: Iterable[FeedbackRecord], mode: str) -> Iterator[FeedbackRecord]:
+    """``for_mode`` one record at a time, in order."""
     if mode == "coh":
-        return list(records)
-    out, seen = [], set()
+        yield from records
+        return
+    seen = set()
     for rec in records:
         kept: list[Segment] = []
         segs = rec.segments
@@ -80,8 +104,7 @@ def for_mode(records: Sequence[FeedbackRecord], mode: str) -> list[FeedbackRecor
         key = tuple(segments)
         if key not in seen:
             seen.add(key)
-            out.append(replace(rec, segments=segments, feedback=mode))
-    return out
+            yield replace(rec, segments=segments, feedback=mode)
 
 
 @dataclass
@@ -98,6 +121,10 @@ class TokenizedSet:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
 
     def targets(self, index: int) -> int:
         """Target tokens of a record (its first token is never a target)."""
@@ -124,10 +151,11 @@ class EpochPlan:
     report: PackingReport
 
 
-def epoch_plan(data: TokenizedSet, capacity: int, seed: int, epoch: int, n_long: int = 0, dropped: int = 0,
+def epoch_plan(data: TokenizedSet | MappedTokens, capacity: int, seed: int, epoch: int, n_long: int = 0, dropped: int = 0,
                policy: str = "error", max_length: int = 0) -> EpochPlan:
-    """Best-fit-decreasing packing (see ``coh.train.packing``), bins in a seeded order per epoch."""
-    lengths = [len(x) for x in data.input_ids]
+    """Best-fit-decreasing packing (see ``coh.train.packing``) of the records' lengths, bins in a
+    seeded order per epoch."""
+    lengths = data.lengths.tolist() if isinstance(data.lengths, np.ndarray) else data.lengths
     bins = pack_documents(lengths, capacity)
     random.Random(f"{seed}/epoch/{epoch}").shuffle(bins)
     report = PackingReport(len(lengths), sum(lengths), len(bins), capacity, n_long, dropped, policy, max_length)
@@ -147,51 +175,141 @@ def phrases_of(records: Sequence[FeedbackRecord]) -> dict[str, str]:
     return {k: max(v, key=v.get) for k, v in counts.items() if v}
 
 
+PHRASE_RECORDS = 5000  # the records coh.json's phrases and prompt format are read from (phrases_of)
+RENDER_CONFIG = "coh_render.json"
+TOKEN_CACHE = "tokens"  # the folder of a run's token caches, in its output_dir
+
+
+def render_config(build_dir: Path, cache_dir: Path) -> dict:
+    """How a build rendered its records, to render them afresh each epoch: ``seed``,
+    ``feedback``, ``shared_prefix``, ``phrases_file`` and ``kinds`` (source name -> converter
+    kind). Read from the build's ``examples/coh_render.json``; for a build without one (`coh data
+    build` does not write it yet) derived from its ``summary.json`` and saved as
+    ``cache_dir/coh_render.json``, the settings this run renders with."""
+    saved = build_dir / "examples" / RENDER_CONFIG
+    if saved.exists():
+        return json.loads(saved.read_text(encoding="utf-8"))
+    summary = json.loads((build_dir / "summary.json").read_text(encoding="utf-8"))
+    config = {"seed": summary["seed"], "feedback": summary["feedback"], "shared_prefix": summary["shared_prefix"],
+              "phrases_file": summary.get("phrases_file"),
+              "kinds": {name: src["spec"]["kind"] for name, src in summary["sources"].items()}}
+    if is_main_process():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        (cache_dir / RENDER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return config
+
+
+def _file_key(path: Path) -> dict:
+    stat = path.stat()
+    return {"file": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 class TrainingEpochs:
     """The training data epoch by epoch: the same records in a new seeded order, or with
     ``resample_each_epoch`` records rendered afresh from the build's ``examples/train.jsonl``
-    (new phrasing and order per epoch, as the original's first release did)."""
+    (new phrasing and order per epoch, as the original's first release did).
+
+    Token ids are never held as lists (``coh.train.tokens``): they are read memory-mapped from
+    the build's ``tokenized/`` folder when it was made as this run tokenizes, else from a folder
+    under ``cache_dir`` (default: a temporary one) that rank 0 tokenizes once, in ``num_proc``
+    worker processes, while other ranks wait; with ``resample`` one per epoch, which a resumed
+    run finds again. Why the build's tokens were not used is printed in one line."""
 
     def __init__(self, records_path: Path, mode: str, tokenizer: RecordTokenizer, capacity: int, max_length: int,
-                 overlong: str, seed: int, resample: bool):
-        self.path, self.mode, self.tokenizer = records_path, mode, tokenizer
+                 overlong: str, seed: int, resample: bool, cache_dir: Path | None = None,
+                 tokenizer_name: str | None = None, num_proc: int | None = None):
+        self.path, self.mode, self.tokenizer = Path(records_path), mode, tokenizer
         self.capacity, self.max_length, self.overlong, self.seed = capacity, max_length, overlong, seed
-        self.resample = resample
-        self._cache: tuple[int, list[FeedbackRecord], TokenizedSet, EpochPlan] | None = None
+        self.resample, self.num_proc = resample, num_proc
+        self.tokenizer_name = tokenizer_name or getattr(tokenizer.tokenizer, "name_or_path", "")
+        if cache_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="coh-tokens-")
+            cache_dir = Path(self._tmp.name)
+        self.cache_dir = Path(cache_dir)
+        self._cache: tuple[int, list[FeedbackRecord], MappedTokens, EpochPlan] | None = None
         if resample:
-            build_dir = records_path.parent
-            summary_path, examples_path = build_dir / "summary.json", build_dir / "examples" / "train.jsonl"
-            if not examples_path.exists() or not summary_path.exists():
+            build_dir = self.path.parent
+            summary_path, self.examples_path = build_dir / "summary.json", build_dir / "examples" / "train.jsonl"
+            if not self.examples_path.exists() or not summary_path.exists():
                 raise FileNotFoundError(
-                    f"resample_each_epoch needs {examples_path} and {summary_path}: build the data with "
+                    f"resample_each_epoch needs {self.examples_path} and {summary_path}: build the data with "
                     "`coh data build --resample`")
-            self.summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            self.examples = [FeedbackExample.from_json(obj) for _, obj in iter_json_lines(examples_path)]
+            self.render = render_config(build_dir, self.cache_dir)
+            self.examples = [FeedbackExample.from_json(obj) for _, obj in iter_json_lines(self.examples_path)]
 
     def records(self, epoch: int) -> list[FeedbackRecord]:
         if not self.resample:
             return for_mode(read_training_records(self.path), self.mode)
-        from coh.data.build import render_dataset
         from coh.data.phrases import DEFAULT_PHRASES, load_phrases
-        from coh.data.render import RenderSpec
+        from coh.data.render import RenderSpec, render_dataset
 
-        s = self.summary
-        phrases = load_phrases(s["phrases_file"]) if s.get("phrases_file") else DEFAULT_PHRASES
-        spec = RenderSpec(feedback=tuple(s["feedback"]), shared_prefix=s["shared_prefix"], resample=True)
-        kinds = {name: src["spec"]["kind"] for name, src in s["sources"].items()}
-        return for_mode(render_dataset(self.examples, spec, phrases, kinds, s["seed"], epoch), self.mode)
+        r = self.render
+        phrases = load_phrases(r["phrases_file"]) if r.get("phrases_file") else DEFAULT_PHRASES
+        spec = RenderSpec(feedback=tuple(r["feedback"]), shared_prefix=r["shared_prefix"], resample=True)
+        return for_mode(render_dataset(self.examples, spec, phrases, r["kinds"], r["seed"], epoch), self.mode)
 
-    def get(self, epoch: int) -> tuple[list[FeedbackRecord], TokenizedSet, EpochPlan]:
-        """Records, their tokens and the packing plan of ``epoch`` (the last one is cached)."""
+    def get(self, epoch: int) -> tuple[list[FeedbackRecord], MappedTokens, EpochPlan]:
+        """The records of ``epoch`` (with ``resample`` all of them, else the first
+        ``PHRASE_RECORDS``: what coh.json is read from), their tokens and the packing plan (the
+        last epoch's is kept)."""
         if self._cache is None or self._cache[0] != epoch:
             if self._cache is not None and not self.resample:
                 records, data = self._cache[1], self._cache[2]
-                n_long, dropped = self._cache[3].report.overlong, self._cache[3].report.overlong_tokens_dropped
             else:
-                records = self.records(epoch)
-                if not records:
-                    raise ValueError(f"{self.path}: no records for mode '{self.mode}'")
-                data, n_long, dropped = tokenize_set(records, self.tokenizer, self.max_length, self.overlong)
-            plan = epoch_plan(data, self.capacity, self.seed, epoch, n_long, dropped, self.overlong, self.max_length)
+                records, data = self._epoch_tokens(epoch)
+                if not data.has_targets():
+                    raise ValueError("the training records have no loss tokens: nothing to learn (check the data and "
+                                     "the mode)")
+            plan = epoch_plan(data, self.capacity, self.seed, epoch, data.overlong, data.tokens_dropped, self.overlong,
+                              self.max_length)
             self._cache = (epoch, records, data, plan)
         return self._cache[1], self._cache[2], self._cache[3]
+
+    def _tokenize_key(self) -> dict:
+        config = run_tokenize_config(self.tokenizer, self.tokenizer_name)
+        config["tokenizer"] = {k: v for k, v in config["tokenizer"].items() if k != "name_or_path"}
+        return config
+
+    def _map(self, folder: Path) -> MappedTokens:
+        return MappedTokens(folder, self.max_length, self.overlong)
+
+    def _epoch_tokens(self, epoch: int) -> tuple[list[FeedbackRecord], MappedTokens]:
+        if self.resample:
+            records = self.records(epoch)
+            if not records:
+                raise ValueError(f"{self.examples_path}: no records for mode '{self.mode}'")
+            key = cache_key({"examples": _file_key(self.examples_path), "render": self.render, "mode": self.mode,
+                             "tokenize": self._tokenize_key(), "epoch": epoch})
+
+            def make(folder: Path) -> None:
+                tokenize_to_folder(records, len(records), self.tokenizer, folder, self.num_proc)
+                for old in self.cache_dir.glob("train-epoch*-*"):  # keep this epoch's and the one before
+                    number = old.name.split("-")[1][len("epoch"):]
+                    if number.isdigit() and int(number) < epoch - 1:
+                        shutil.rmtree(old, ignore_errors=True)
+
+            return records, self._map(cached_tokens(self.cache_dir / f"train-epoch{epoch}-{key}", make))
+        head = list(islice(iter_for_mode(iter_training_records(self.path), self.mode), PHRASE_RECORDS))
+        if not head:
+            raise ValueError(f"{self.path}: no records for mode '{self.mode}'")
+        folder, reason = usable_build(self.path, self.tokenizer, self.tokenizer_name, self.max_length, self.mode)
+        if folder is not None:
+            _say(f"training tokens: {folder}, memory-mapped (the build tokenized as this run would)")
+            return head, self._map(folder)
+        _say(f"tokenizing {self.path} again: {reason}")
+        key = cache_key({"data": _file_key(self.path), "mode": self.mode, "tokenize": self._tokenize_key()})
+
+        def make(folder: Path) -> None:
+            if self.mode == "coh" and self.path.name.endswith((".jsonl", ".jsonl.gz")):  # streamed: one chunk at a time
+                records, count = iter_training_records(self.path), count_lines(self.path)
+            else:  # a mode's duplicates are found over all records
+                records = for_mode(read_training_records(self.path), self.mode)
+                count = len(records)
+            tokenize_to_folder(records, count, self.tokenizer, folder, self.num_proc)
+
+        return head, self._map(cached_tokens(self.cache_dir / f"{self.path.stem}-{key}", make))
+
+
+def _say(line: str) -> None:
+    if is_main_process():
+        print(line, flush=True)

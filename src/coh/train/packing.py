@@ -23,6 +23,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from coh.train.config import OVERLONG_POLICIES
@@ -83,6 +84,43 @@ class PackingReport:
 
 
 @dataclass
+class FittedLengths:
+    """The overlong policy applied to record lengths: piece ``i`` is tokens ``start[i] :
+    start[i] + length[i]`` of input record ``origin[i]`` (int64 arrays)."""
+
+    origin: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    overlong: int
+    tokens_dropped: int
+
+
+def fit_lengths(lengths: Sequence[int] | np.ndarray, capacity: int, policy: str) -> FittedLengths:
+    """Apply the overlong policy to records of these lengths: ``error`` raises, ``split`` cuts a
+    long record into pieces of ``capacity`` tokens (each piece a record of its own), ``skip``
+    leaves it out (counted). Lengths only: the tokens are cut where they lie."""
+    if policy not in OVERLONG_POLICIES:
+        raise ValueError(f"overlong policy must be one of {OVERLONG_POLICIES}, got {policy!r}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    long = lengths > capacity
+    n_long = int(long.sum())
+    if n_long and policy == "error":
+        raise ValueError(
+            f"{n_long} of {len(lengths)} records are longer than max_length {capacity} tokens (longest "
+            f"{int(lengths[long].max())}). Raise max_length, or choose overlong: split (cut them into pieces) or skip "
+            "(leave them out)."
+        )
+    pieces = -(-lengths // capacity)  # an empty record has none
+    if policy == "skip":
+        pieces[long] = 0
+    origin = np.repeat(np.arange(len(lengths), dtype=np.int64), pieces)
+    first_piece = np.cumsum(pieces) - pieces
+    start = (np.arange(len(origin), dtype=np.int64) - np.repeat(first_piece, pieces)) * capacity
+    length = np.minimum(capacity, lengths[origin] - start)
+    return FittedLengths(origin, start, length, n_long, int(lengths[long].sum()) if policy == "skip" else 0)
+
+
+@dataclass
 class FittedRecords:
     """Records after the overlong policy; ``origin[i]`` is the input record piece ``i`` came from."""
 
@@ -94,27 +132,11 @@ class FittedRecords:
 
 
 def fit_records(input_ids: list[list[int]], loss_mask: list[list[int]], capacity: int, policy: str) -> FittedRecords:
-    """Apply the overlong policy: ``error`` raises, ``split`` cuts a long record into pieces of
-    ``capacity`` tokens (each piece a record of its own), ``skip`` leaves it out (counted)."""
-    if policy not in OVERLONG_POLICIES:
-        raise ValueError(f"overlong policy must be one of {OVERLONG_POLICIES}, got {policy!r}")
-    long_ids = [i for i, ids in enumerate(input_ids) if len(ids) > capacity]
-    if long_ids and policy == "error":
-        longest = max(len(input_ids[i]) for i in long_ids)
-        raise ValueError(
-            f"{len(long_ids)} of {len(input_ids)} records are longer than max_length {capacity} tokens (longest "
-            f"{longest}). Raise max_length, or choose overlong: split (cut them into pieces) or skip (leave them out)."
-        )
-    out = FittedRecords([], [], [], len(long_ids), 0)
-    for k, (ids, mask) in enumerate(zip(input_ids, loss_mask)):
-        if len(ids) > capacity and policy == "skip":
-            out.tokens_dropped += len(ids)
-            continue
-        for start in range(0, len(ids), capacity):
-            out.input_ids.append(ids[start : start + capacity])
-            out.loss_mask.append(mask[start : start + capacity])
-            out.origin.append(k)
-    return out
+    """``fit_lengths`` on records held as lists: the pieces themselves."""
+    fitted = fit_lengths([len(ids) for ids in input_ids], capacity, policy)
+    pieces = list(zip(fitted.origin.tolist(), fitted.start.tolist(), fitted.length.tolist()))
+    return FittedRecords([input_ids[k][s : s + n] for k, s, n in pieces], [loss_mask[k][s : s + n] for k, s, n in pieces],
+                         fitted.origin.tolist(), fitted.overlong, fitted.tokens_dropped)
 
 
 def dense_attention(model: torch.nn.Module) -> bool:

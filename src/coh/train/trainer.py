@@ -36,7 +36,7 @@ from coh.train.checkpoint import (
     temporary_folder,
 )
 from coh.train.config import TrainConfig
-from coh.train.data import TrainingEpochs
+from coh.train.data import TOKEN_CACHE, TrainingEpochs
 from coh.train.distributed import clip_grad_norm, is_sharded, shard_model
 from coh.train.evaluation import evaluate, load_eval_set
 from coh.train.loss import check_loss_kernel
@@ -100,7 +100,7 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = load_tokenizer(cfg)
     rtok = RecordTokenizer(tokenizer)
     epochs = TrainingEpochs(train_path, cfg.mode, rtok, cfg.micro_batch_tokens, cfg.max_length, cfg.overlong,
-                            cfg.seed, cfg.resample_each_epoch)
+                            cfg.seed, cfg.resample_each_epoch, out_dir / TOKEN_CACHE, cfg.tokenizer or cfg.model)
     records, data, plan = epochs.get(0)
     eval_set = load_eval_set(cfg, eval_path, rtok) if eval_path is not None else None
 
