@@ -5,6 +5,8 @@ replies exactly as ``coh serve`` does with the same phrases (greedy)."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,10 @@ MAX_NEW = 12
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    # COH_TEST_DEMO_RUN=runs/demo: the same checks on a full `coh demo` run (its replies are real
+    # sentences; the quick run's are mostly blank), without training again
+    if os.environ.get("COH_TEST_DEMO_RUN"):
+        return Path(os.environ["COH_TEST_DEMO_RUN"])
     out = tmp_path_factory.mktemp("demo") / "run"
     assert main(["demo", "--quick", "--no-progress", "--output-dir", str(out), "--seed", "3"]) == 0
     return out
