@@ -126,8 +126,9 @@ def test_resampled_epochs_are_tokenized_once_and_found_on_resume(workspace, tmp_
     first = epochs()
     a, b = first.get(0), first.get(1)
     assert sorted(p.name.split("-")[1] for p in cache.glob("train-epoch*")) == ["epoch0", "epoch1"]
-    render = json.loads((cache / "coh_render.json").read_text())
+    render = json.loads((resampled / "examples" / "coh_render.json").read_text())  # the build's own
     assert render["feedback"] == ["pn", "np"] and render["kinds"] == {"dialogue": "dialogue"}
+    assert not (cache / "coh_render.json").exists()
     with mock.patch.object(data_module, "tokenize_to_folder", side_effect=AssertionError("tokenized again")):
         again = epochs()
         a2, b2 = again.get(0), again.get(1)
@@ -164,3 +165,20 @@ def test_two_processes_map_one_copy(workspace, tokenized, tmp_path):
     for run in ("mapped-ddp", "retokenized-ddp"):
         got = step_losses(workspace / run)
         assert ref.keys() == got.keys() and all(abs(ref[s] - got[s]) < 1e-5 for s in ref)
+
+
+def test_a_build_without_render_settings_renders_as_its_summary_says(workspace, tmp_path):
+    """A build made before builds wrote examples/coh_render.json: the settings come from its
+    summary.json, are saved beside the run's token caches, and render the same epochs."""
+    resampled = tmp_path / "resampled"
+    build(BuildConfig([SourceSpec.parse(f"dialogue:{workspace / 'hh.jsonl'}")], str(resampled), skip_invalid=True,
+                      render=RenderSpec(feedback=("pn", "np"), resample=True), progress=False))
+    rtok = rtok_of(workspace)
+    with_settings = TrainingEpochs(resampled / "train.jsonl", "coh", rtok, 1024, 512, "skip", 0, True,
+                                   tmp_path / "cache1").get(1)[0]
+    saved = json.loads((resampled / "examples" / "coh_render.json").read_text())
+    (resampled / "examples" / "coh_render.json").unlink()
+    cache = tmp_path / "cache2"
+    derived = TrainingEpochs(resampled / "train.jsonl", "coh", rtok, 1024, 512, "skip", 0, True, cache).get(1)[0]
+    assert json.loads((cache / "coh_render.json").read_text()) == saved
+    assert [r.text for r in derived] == [r.text for r in with_settings]

@@ -259,6 +259,12 @@ def _build(cfg: BuildConfig, phrases: dict[str, PhraseSet], out_dir: Path, repor
             with atomic_writer(stage / "tokenized" / TOKENIZE_CONFIG) as f:
                 json.dump(saved, f, indent=2, ensure_ascii=False)
                 f.write("\n")
+        if cfg.render.resample:  # what coh train needs to render the examples afresh each epoch
+            from coh.data.render import RENDER_CONFIG, render_settings
+
+            with atomic_writer(stage / "examples" / RENDER_CONFIG) as f:
+                json.dump(render_settings(summary), f, indent=2, ensure_ascii=False)
+                f.write("\n")
         with atomic_writer(stage / "summary.json") as f:
             json.dump(summary, f, indent=2, ensure_ascii=False, allow_nan=False)
             f.write("\n")

@@ -227,3 +227,16 @@ def render_dataset(examples: list[FeedbackExample], spec: RenderSpec, phrases: d
     for ex in examples:
         out.extend(render_records(ex, spec, phrases_for(kinds.get(ex.source, ex.source), phrases), seed, epoch))
     return out
+
+
+RENDER_CONFIG = "coh_render.json"  # beside the examples of a build made with resample
+
+
+def render_settings(summary: dict) -> dict:
+    """How a build rendered its records, from its ``summary.json``: ``seed``, ``feedback``,
+    ``shared_prefix``, ``phrases_file`` and ``kinds`` (source name -> converter kind), what
+    ``coh train --resample-each-epoch`` needs to render the build's examples afresh each epoch.
+    A build with resample writes it as ``examples/coh_render.json``."""
+    return {"seed": summary["seed"], "feedback": summary["feedback"], "shared_prefix": summary["shared_prefix"],
+            "phrases_file": summary.get("phrases_file"),
+            "kinds": {name: src["spec"]["kind"] for name, src in summary["sources"].items()}}

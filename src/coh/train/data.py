@@ -24,6 +24,7 @@ from coh.data.feedback import FeedbackExample
 from coh.data.fields import record_from_fields
 from coh.data.io import iter_json_lines
 from coh.data.records import FeedbackRecord, Segment, join_segments, record_from_json
+from coh.data.render import RENDER_CONFIG, render_settings
 from coh.data.tokenize import RecordTokenizer, tokenize_many
 from coh.train.packing import PackingReport, fit_records, pack_documents
 from coh.train.tokens import (
@@ -176,23 +177,19 @@ def phrases_of(records: Sequence[FeedbackRecord]) -> dict[str, str]:
 
 
 PHRASE_RECORDS = 5000  # the records coh.json's phrases and prompt format are read from (phrases_of)
-RENDER_CONFIG = "coh_render.json"
 TOKEN_CACHE = "tokens"  # the folder of a run's token caches, in its output_dir
 
 
 def render_config(build_dir: Path, cache_dir: Path) -> dict:
     """How a build rendered its records, to render them afresh each epoch: ``seed``,
     ``feedback``, ``shared_prefix``, ``phrases_file`` and ``kinds`` (source name -> converter
-    kind). Read from the build's ``examples/coh_render.json``; for a build without one (`coh data
-    build` does not write it yet) derived from its ``summary.json`` and saved as
-    ``cache_dir/coh_render.json``, the settings this run renders with."""
+    kind). Read from the build's ``examples/coh_render.json``; for a build made before builds
+    wrote it, derived from its ``summary.json`` and saved as ``cache_dir/coh_render.json``, the
+    settings this run renders with."""
     saved = build_dir / "examples" / RENDER_CONFIG
     if saved.exists():
         return json.loads(saved.read_text(encoding="utf-8"))
-    summary = json.loads((build_dir / "summary.json").read_text(encoding="utf-8"))
-    config = {"seed": summary["seed"], "feedback": summary["feedback"], "shared_prefix": summary["shared_prefix"],
-              "phrases_file": summary.get("phrases_file"),
-              "kinds": {name: src["spec"]["kind"] for name, src in summary["sources"].items()}}
+    config = render_settings(json.loads((build_dir / "summary.json").read_text(encoding="utf-8")))
     if is_main_process():
         cache_dir.mkdir(parents=True, exist_ok=True)
         (cache_dir / RENDER_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
