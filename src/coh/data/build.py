@@ -50,7 +50,7 @@ from coh.data.reading import SPLITS, SourceRow, SourceSpec, read_source_rows
 from coh.data.render import RenderSpec, render_dataset
 from coh.data.spill import Spill, read_shuffled, shuffle_order
 from coh.data.tokenize import CHAT_TEMPLATE_MODES
-from coh.data.workers import Job, held_out, in_order, load_record_tokenizer, record_tokenizer
+from coh.data.workers import Job, held_out, in_order, load_record_tokenizer, record_tokenizer, work
 from coh.data.writing import atomic_writer, check_output_dir, staged_outputs, write_dataset_folder
 
 # The build's entry points, and the names other modules have imported from here (their homes:
@@ -144,7 +144,7 @@ def build_source(spec: SourceSpec, cfg: BuildConfig, phrases: PhraseSet, report:
     counts = {split: Counter() for split in SPLITS}
     bar = tqdm(desc=f"build {spec.name}", unit=" rows", disable=not cfg.progress, file=sys.stderr)
     try:
-        for chunk in in_order(pool, chunks(), 2 * cfg.num_proc):
+        for chunk in in_order(pool, work, chunks(), 2 * cfg.num_proc):
             for r, raw in zip(chunk.rows, raws.popleft()):
                 report.rows += 1
                 if r.status == "invalid":

@@ -12,7 +12,7 @@ import dataclasses
 import gc
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -171,16 +171,20 @@ def _encodable(lines: list[str]) -> bool:
     return True
 
 
-def in_order(pool: ProcessPoolExecutor | None, chunks: Iterator, ahead: int) -> Iterator[list[_Row]]:
-    """Results of ``work`` in chunk order, with at most ``ahead`` chunks in flight, so memory
-    stays bounded and an error stops the build without processing the rest."""
+def in_order(pool: ProcessPoolExecutor | None, func: Callable, chunks: Iterator, ahead: int) -> Iterator:
+    """``func`` over ``chunks`` (in ``pool``'s worker processes; here without one), results in
+    chunk order, with at most ``ahead`` chunks in flight, so memory stays bounded and an error
+    stops the work without processing the rest. The build's rows (``work``) and training's
+    token tables (``coh.train.tokens``) both go through it."""
     if pool is None:
-        yield from map(work, chunks)
+        yield from map(func, chunks)
         return
     in_flight: collections.deque = collections.deque()
     for chunk in chunks:
-        in_flight.append(pool.submit(work, chunk))
+        in_flight.append(pool.submit(func, chunk))
         if len(in_flight) >= ahead:
             yield in_flight.popleft().result()
+    while in_flight:
+        yield in_flight.popleft().result()
     while in_flight:
         yield in_flight.popleft().result()

@@ -20,7 +20,6 @@ page cache, shared by every process of a ``torchrun`` job that maps the same fil
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import multiprocessing
@@ -41,6 +40,7 @@ from coh.data.tokenize import (
     tokenize_config_mismatch,
     tokens_batch,
 )
+from coh.data.workers import in_order
 from coh.train.packing import fit_lengths
 
 CACHE_FORMAT = 1  # of the token cache folders; raised when their layout or key changes
@@ -136,7 +136,7 @@ def tokenize_to_folder(records: Iterable[FeedbackRecord], num_records: int, rtok
         else:
             # fork: the workers inherit the loaded tokenizer instead of loading it again
             with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) as pool:
-                tables = _in_order(pool, _prepend(first, chunks), 2 * num_proc)
+                tables = in_order(pool, _tokens_table, _prepend(first, chunks), 2 * num_proc)
                 write_dataset_folder(tables, tmp, token_features(), num_records, 0)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -151,17 +151,6 @@ def _prepend(first: list, rest: Iterator) -> Iterator:
     if first:
         yield first
     yield from rest
-
-
-def _in_order(pool, chunks: Iterator, ahead: int) -> Iterator:
-    """Results of ``_tokens_table`` over ``chunks`` in order, at most ``ahead`` chunks in flight."""
-    pending: collections.deque = collections.deque()
-    for chunk in chunks:
-        pending.append(pool.submit(_tokens_table, chunk))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def cache_key(parts: dict) -> str:
