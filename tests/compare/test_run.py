@@ -89,11 +89,20 @@ def test_function_scorer_plugs_in(tmp_path):
     assert all(r["score"] == len(r["reply"].split()) for r in rows)
 
 
+def _rows_file(tmp_path) -> str:
+    """A data file beside the output folder: the folder is refused before any row is read, so
+    these tests need no real data (and run where ../shared is absent)."""
+    path = tmp_path.parent / f"{tmp_path.name}-rows.jsonl"
+    path.write_text('{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: hello", '
+                    '"rejected": "\\n\\nHuman: hi\\n\\nAssistant: go away"}\n')
+    return str(path)
+
+
 def test_refuses_a_folder_it_did_not_write(tmp_path):
     from coh.compare.runner import run_compare
 
     (tmp_path / "mine.txt").write_text("keep me")
-    cfg = CompareConfig.load("smoke", {"output_dir": str(tmp_path), "data": str(HH_SAMPLE)})
+    cfg = CompareConfig.load("smoke", {"output_dir": str(tmp_path), "data": _rows_file(tmp_path)})
     with pytest.raises(ValueError, match="not written by coh compare"):
         run_compare(cfg, progress=False)
 
@@ -132,6 +141,6 @@ def test_refuses_a_folder_in_use(tmp_path):
     (tmp_path / MARKER).write_text("x")
     with (tmp_path / ".lock").open("a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        cfg = CompareConfig.load("smoke", {"output_dir": str(tmp_path), "data": str(HH_SAMPLE)})
+        cfg = CompareConfig.load("smoke", {"output_dir": str(tmp_path), "data": _rows_file(tmp_path)})
         with pytest.raises(ValueError, match="in use by another coh compare"):
             run_compare(cfg, progress=False)
