@@ -85,8 +85,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     del model
 
     _stage(3, "coh data: preference rows into CoH records", t0)
+    # with the tokenizer: the build writes tokenized/, which coh train maps instead of tokenizing again
     _cli(["data", "build", "--source", f"preference:{rows_file}", "--output-dir", str(out / "data"),
-          "--seed", str(cfg.seed), "--eval-fraction", str(cfg.eval_fraction), "--num-proc", "1", "--no-progress"])
+          "--tokenizer", str(out / "base"), "--seed", str(cfg.seed), "--eval-fraction", str(cfg.eval_fraction), "--num-proc", "1", "--no-progress"])
     build_summary = json.loads((out / "data" / "summary.json").read_text(encoding="utf-8"))
 
     train_args = ["--model", str(out / "base"), "--train-data", str(out / "data"), "--max-steps", str(cfg.steps),
