@@ -3,28 +3,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import yaml
 
 from coh.cli import main
 from coh.convert.command import ACTIONS
 from coh.convert.config import EasyLMConvertConfig, MetaLlamaConvertConfig, ShardedConvertConfig
+from tests.help_text import assert_lists_every_option, help_text
 
 
 @pytest.mark.parametrize("action", ACTIONS)
 def test_help_lists_every_option_with_help_and_default(action, capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "2000")  # argparse wraps to the terminal, cutting long words
-    with pytest.raises(SystemExit) as stop:
-        main(["convert", action, "--help"])
-    assert stop.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(ACTIONS[action][0]):
-        shown = f.name.upper() if f.metadata["positional"] else "--" + f.name.replace("_", "-")
-        words = " ".join(f.metadata["help"].split())
-        required = f.default is dataclasses.MISSING
-        assert shown in text and words + (" (required)" if required else " (default: ") in text, f.name
+    text = help_text(capsys, monkeypatch, ["convert", action])
+    assert assert_lists_every_option(text, ACTIONS[action][0]) == []
     assert "--print-config" in text
     assert ("--config FILE" in text) == (action != "easylm")  # easylm's --config is the model's config
 

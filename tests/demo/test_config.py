@@ -3,13 +3,12 @@ in --help with its default, recipes and --print-config."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import yaml
 
 from coh.cli import main
 from coh.demo.config import QUICK_SIZES, SIZES, DemoConfig
+from tests.help_text import assert_lists_every_option, help_text
 
 
 def test_quick_sizes_unless_given():
@@ -23,13 +22,8 @@ def test_quick_sizes_unless_given():
 
 
 def test_help_lists_every_option_with_its_default(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "2000")
-    with pytest.raises(SystemExit):
-        main(["demo", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(DemoConfig):
-        words = " ".join(f.metadata["help"].split())
-        assert "--" + f.name.replace("_", "-") in text and words + " (default: " in text, f.name
+    text = help_text(capsys, monkeypatch, ["demo"])
+    assert assert_lists_every_option(text, DemoConfig) == []
     assert "--output-dir DIR, -o DIR" in text and "--no-progress" in text and "--print-config" in text
 
 

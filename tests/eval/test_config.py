@@ -21,6 +21,7 @@ from coh.eval.config import (
     TableConfig,
 )
 from tests.eval.conftest import HH_81_92
+from tests.help_text import assert_lists_every_option, help_text
 
 ACTIONS = {("harness",): HarnessConfig, ("feedback", "dialogue"): DialogueConfig,
            ("feedback", "summarization"): SummarizationConfig, ("feedback", "controllability"): ControllabilityConfig,
@@ -29,26 +30,13 @@ SCORER = "tests.eval.scorer_functions:prompt_words"
 
 
 def _help(capsys, monkeypatch, action: tuple[str, ...]) -> str:
-    monkeypatch.setenv("COLUMNS", "2000")  # argparse wraps to the terminal, cutting long words
-    with pytest.raises(SystemExit) as stop:
-        main(["eval", *action, "--help"])
-    assert stop.value.code == 0
-    return " ".join(capsys.readouterr().out.split())
+    return help_text(capsys, monkeypatch, ["eval", *action])
 
 
 @pytest.mark.parametrize("action", ACTIONS, ids=" ".join)
 def test_help_lists_every_option_with_help_and_default(action, capsys, monkeypatch):
     text = _help(capsys, monkeypatch, action)
-    cls = ACTIONS[action]
-    shown_fields = [f for f in dataclasses.fields(cls) if f.metadata["cli"]]
-    assert {f.name for f in dataclasses.fields(cls)} - {f.name for f in shown_fields} <= {"extra"}
-    for f in shown_fields:
-        shown = f.metadata["metavar"] if f.metadata["positional"] else "--" + f.name.replace("_", "-")
-        assert shown in text, f"{action}: {f.name}"
-        words = " ".join(f.metadata["help"].split())
-        assert words in text, f"{action}: help of {f.name}"
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        assert words + (" (required)" if required else " (default: ") in text, f"{action}: default of {f.name}"
+    assert set(assert_lists_every_option(text, ACTIONS[action])) <= {"extra"}
     assert "--config FILE" in text and "--print-config" in text
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from coh.cli import main
 from coh.judge.config import JudgeExportConfig, JudgePrepareConfig, JudgeResultsConfig, JudgeServeConfig
+from tests.help_text import assert_lists_every_option, help_text
 
 ACTIONS = {"prepare": JudgePrepareConfig, "serve": JudgeServeConfig, "results": JudgeResultsConfig,
            "export": JudgeExportConfig}
@@ -17,23 +18,13 @@ SYSTEMS = ["a:url=http://127.0.0.1:9/v1", "b:url=http://127.0.0.1:9/v1,feedback=
 
 
 def _help(capsys, monkeypatch, action: str) -> str:
-    monkeypatch.setenv("COLUMNS", "2000")  # argparse wraps to the terminal, cutting long words
-    with pytest.raises(SystemExit) as stop:
-        main(["judge", action, "--help"])
-    assert stop.value.code == 0
-    return " ".join(capsys.readouterr().out.split())
+    return help_text(capsys, monkeypatch, ["judge", action])
 
 
 @pytest.mark.parametrize("action", ACTIONS)
 def test_help_lists_every_option_with_help_and_default(action, capsys, monkeypatch):
     text = _help(capsys, monkeypatch, action)
-    for f in dataclasses.fields(ACTIONS[action]):
-        shown = f.name.upper() if f.metadata["positional"] else "--" + f.name.replace("_", "-")
-        assert shown in text, f"{action}: {f.name}"
-        words = " ".join(f.metadata["help"].split())
-        assert words in text, f"{action}: help of {f.name}"
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        assert words + (" (required)" if required else " (default: ") in text, f"{action}: default of {f.name}"
+    assert assert_lists_every_option(text, ACTIONS[action]) == []
     assert "--config FILE" in text and "--print-config" in text
 
 

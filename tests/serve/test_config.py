@@ -15,20 +15,12 @@ import yaml
 from coh.cli import main
 from coh.generation.config import EngineConfig
 from coh.serve.config import ServeConfig
+from tests.help_text import assert_lists_every_option, help_text
 
 
 def test_help_lists_every_option_with_help_and_default(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "2000")  # argparse wraps to the terminal, cutting long words
-    with pytest.raises(SystemExit) as stop:
-        main(["serve", "--help"])
-    assert stop.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(ServeConfig):
-        shown = f.name.upper() if f.metadata["positional"] else "--" + f.name.replace("_", "-")
-        assert shown in text, f.name
-        words = " ".join(f.metadata["help"].split())
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        assert words + (" (required)" if required else " (default: ") in text, f.name
+    text = help_text(capsys, monkeypatch, ["serve"])
+    assert assert_lists_every_option(text, ServeConfig) == []
     assert "--config FILE" in text and "--print-config" in text
     assert "--max-tokens" not in text  # the old spelling works but is not advertised
 
