@@ -86,6 +86,13 @@ def test_why_the_build_is_not_used(workspace, tokenized, tmp_path):
         f.write((other / "train.jsonl").read_text().splitlines()[0] + "\n")
     assert "not the same build" in usable_build(other / "train.jsonl", rtok, "llama", 512, "coh")[1]
 
+    broken = tmp_path / "c"  # a cut Arrow file (a full disk, a copy stopped half-way): tokenize again, say why
+    shutil.copytree(tokenized, broken)
+    arrow = next((broken / "tokenized" / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    folder, reason = usable_build(broken / "train.jsonl", rtok, "llama", 512, "coh")
+    assert folder is None and f"{broken / 'tokenized' / 'train'} cannot be read" in reason
+
 
 def test_worker_processes_tokenize_as_the_build_did(workspace, tokenized, tmp_path):
     """Records tokenized in 2 worker processes, 7 records a chunk, give the build's rows exactly;

@@ -74,7 +74,10 @@ def usable_build(records_path: Path, rtok: RecordTokenizer, name: str, max_lengt
         return None, f"{folder}: no such folder"
     import datasets
 
-    rows = datasets.load_from_disk(str(folder)).num_rows
+    try:
+        rows = datasets.load_from_disk(str(folder)).num_rows
+    except Exception as e:  # datasets and pyarrow raise many types; the tokens are a cache of the JSONL
+        return None, f"{folder} cannot be read ({type(e).__name__}: {e})"
     lines = count_lines(records_path)
     if rows != lines:
         return None, f"{folder} holds {rows} records, {records_path} {lines}: not the same build"
